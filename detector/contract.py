@@ -1,0 +1,726 @@
+"""The data contract (../shared/contract/DATA_CONTRACT.md) in one module.
+
+Every table's columns, types, requirements and enums are declared here once; reading,
+normalising, validating, quarantining and writing all work from these declarations.
+
+Reading is deliberately two-step: every value is first read as text (or as its
+Parquet type) and then cast with ``strict=False``; a non-null input that becomes null
+is a problem we can name by file, column, row and value, instead of an exception from
+the CSV parser that names none of them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import polars as pl
+
+from detector.errors import InputError, UsageError
+
+# Column kinds. Each maps to one polars dtype after reading.
+STRING = "string"
+DATE = "date"
+INT = "integer"
+FLOAT = "float"
+BOOL = "bool"
+COUNTRY = "country"
+ENUM = "enum"
+COUNTRY_LIST = "list of country"
+STRING_LIST = "list of string"
+
+POLARS_TYPES: dict[str, pl.DataType] = {
+    STRING: pl.String(),
+    DATE: pl.Date(),
+    INT: pl.Int64(),
+    FLOAT: pl.Float64(),
+    BOOL: pl.Boolean(),
+    COUNTRY: pl.String(),
+    ENUM: pl.String(),
+    COUNTRY_LIST: pl.List(pl.String()),
+    STRING_LIST: pl.List(pl.String()),
+}
+
+UNKNOWN = "unknown"
+LIST_SEPARATOR = ";"
+MAX_ROWS_SHOWN = 5
+MAX_VALUES_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str
+    required: bool = False
+    values: tuple[str, ...] = ()  # the allowed values of an enum
+    pattern: str | None = None  # a regular expression the text must match (hs_code)
+    pattern_hint: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    id_column: str | None = None
+    date_column: str | None = None
+    required: bool = False
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    @property
+    def schema(self) -> dict[str, pl.DataType]:
+        return {c.name: POLARS_TYPES[c.kind] for c in self.columns}
+
+
+def _enum(name: str, *values: str) -> Column:
+    return Column(name, ENUM, values=values)
+
+
+SHIPMENTS = Table(
+    "shipments",
+    (
+        Column("shipment_id", STRING, True),
+        Column("export_date", DATE, True),
+        Column("exporter_name", STRING, True),
+        Column("exporter_country", COUNTRY, True),
+        Column("consignee_name", STRING, True),
+        Column("consignee_country", COUNTRY, True),
+        Column("consignee_address", STRING),
+        _enum("consignee_type", "direct_consumer", "government", "reseller", "other", UNKNOWN),
+        Column("consignee_party_id", STRING),
+        Column("intermediate_consignee_name", STRING),
+        Column("intermediate_consignee_country", COUNTRY),
+        Column("forwarder_name", STRING),
+        Column("destination_country", COUNTRY, True),
+        Column("transit_countries", COUNTRY_LIST),
+        _enum("transport_mode", "air", "vessel", "truck", "rail", "courier", "mail", "other",
+              UNKNOWN),
+        Column("hs_code", STRING, True, pattern=r"^[0-9]{6,10}$",
+               pattern_hint="6 to 10 digits, dots allowed"),
+        Column("eccn", STRING),
+        _enum("license_type", "license", "nlr", "exception", UNKNOWN),
+        Column("description", STRING, True),
+        Column("quantity", INT, True),
+        Column("value_usd", FLOAT, True),
+        Column("gross_weight_kg", FLOAT),
+        Column("incoterm", STRING),
+        Column("routed_export", BOOL),
+        Column("related_party", BOOL),
+        Column("payer_name", STRING),
+        Column("payer_country", COUNTRY),
+        _enum("payment_method", "wire", "letter_of_credit", "open_account", "cash", "crypto",
+              "third_party", UNKNOWN),
+        Column("declared_end_use", STRING),
+    ),
+    id_column="shipment_id",
+    date_column="export_date",
+    required=True,
+)
+
+PARTIES = Table(
+    "parties",
+    (
+        Column("party_id", STRING, True),
+        Column("name", STRING, True),
+        Column("aliases", STRING_LIST),
+        Column("country", COUNTRY, True),
+        Column("address", STRING),
+        Column("incorporation_date", DATE),
+        Column("parent_party_id", STRING),
+        _enum("industry", "cloud_provider", "data_center", "oem", "distributor", "reseller",
+              "logistics", "trading", "university", "research", "manufacturer", "government",
+              "other", UNKNOWN),
+        Column("employees", INT),
+        Column("registration_id", STRING),
+    ),
+    id_column="party_id",
+)
+
+LEASES = Table(
+    "leases",
+    (
+        Column("lease_id", STRING, True),
+        Column("provider_name", STRING, True),
+        Column("provider_party_id", STRING),
+        Column("datacenter_country", COUNTRY, True),
+        Column("lessee_name", STRING, True),
+        Column("lessee_party_id", STRING),
+        Column("lessee_country", COUNTRY, True),
+        Column("gpu_model", STRING, True),
+        Column("gpu_count", INT, True),
+        Column("start_date", DATE, True),
+        Column("term_months", INT),
+        Column("value_usd", FLOAT),
+        Column("payer_country", COUNTRY),
+        _enum("access_type", "bare_metal", "dedicated_vm", "shared_vm", "managed_service",
+              UNKNOWN),
+    ),
+    id_column="lease_id",
+    date_column="start_date",
+)
+
+LABELS = Table(
+    "labels",
+    (
+        Column("record_kind", ENUM, True, values=("shipment", "lease")),
+        Column("record_id", STRING, True),
+        Column("label", INT, True),
+        Column("typology", STRING),
+        Column("decided_on", DATE),
+    ),
+)
+
+SCREENING_LIST = Table(
+    "screening_list",
+    (
+        Column("name", STRING, True),
+        Column("alt_names", STRING_LIST),
+        Column("country", COUNTRY),
+        Column("address", STRING),
+        Column("list_name", STRING, True),
+        Column("start_date", DATE),
+    ),
+)
+
+SCORES = Table(
+    "scores",
+    (
+        Column("record_kind", STRING, True),
+        Column("record_id", STRING, True),
+        Column("risk_score", FLOAT, True),
+        Column("rank", INT, True),
+        Column("reasons", STRING, True),
+        Column("model", STRING, True),
+    ),
+)
+
+INPUT_TABLES: dict[str, Table] = {
+    t.name: t for t in (SHIPMENTS, PARTIES, LEASES, LABELS, SCREENING_LIST)
+}
+RECORD_TABLES = {"shipment": SHIPMENTS, "lease": LEASES}
+
+
+@cache
+def iso_country_codes() -> frozenset[str]:
+    """ISO 3166-1 alpha-2 codes (pycountry's copy of the standard)."""
+    import pycountry
+
+    return frozenset(c.alpha_2 for c in pycountry.countries)
+
+
+# --------------------------------------------------------------------------- problems
+
+
+@dataclass
+class Issue:
+    """One class of problem: a file, a column, what is wrong, and where."""
+
+    severity: str  # "error" or "warning"
+    file: str
+    column: str | None
+    message: str
+    rows: list[int] = field(default_factory=list)
+    count: int = 0
+    values: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        where = self.file + (f", column '{self.column}'" if self.column else "")
+        text = f"{self.severity.upper()} {where}: {self.message}"
+        if self.count:
+            shown = ", ".join(str(r) for r in self.rows[:MAX_ROWS_SHOWN])
+            more = f" and {self.count - MAX_ROWS_SHOWN} more" if self.count > MAX_ROWS_SHOWN else ""
+            text += f" (rows {shown}{more}; {self.count} in all)"
+        if self.values:
+            text += "; values: " + ", ".join(repr(v) for v in self.values[:MAX_VALUES_SHOWN])
+        return text
+
+
+@dataclass
+class ValidationReport:
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def text(self) -> str:
+        return "\n".join(str(i) for i in self.errors + self.warnings)
+
+    def error(self, file: str, column: str | None, message: str, **kw) -> None:
+        self.issues.append(Issue("error", file, column, message, **kw))
+
+    def warn(self, file: str, column: str | None, message: str, **kw) -> None:
+        self.issues.append(Issue("warning", file, column, message, **kw))
+
+
+class FatalInputError(InputError):
+    """A dataset that cannot be read at all: the report says everything found."""
+
+    def __init__(self, report: ValidationReport):
+        self.report = report
+        super().__init__(report.text())
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _clean_text(expr: pl.Expr) -> pl.Expr:
+    """Trimmed text, with empty cells as null (the contract's 'empty cell = null')."""
+    stripped = expr.cast(pl.String).str.strip_chars()
+    return pl.when(stripped.str.len_chars() > 0).then(stripped)
+
+
+def _parse(column: Column, raw: pl.Expr, source: pl.DataType) -> tuple[pl.Expr, pl.Expr, str]:
+    """(typed value, bad mask, what was expected) for one column read from ``source``."""
+    kind = column.kind
+    if kind == INT and (source.is_integer() or source.is_float() or source.is_decimal()):
+        typed = raw.cast(pl.Int64, strict=False)
+        lossless = typed.is_not_null() & (typed.cast(pl.Float64) == raw.cast(pl.Float64))
+        typed = pl.when(lossless).then(typed)
+        return typed, raw.is_not_null() & typed.is_null(), "a whole number"
+    if kind == FLOAT and source.is_numeric():
+        typed = raw.cast(pl.Float64, strict=False)
+        return typed, raw.is_not_null() & ~typed.is_finite().fill_null(False), "a finite number"
+    if kind == DATE and source == pl.Date:
+        return raw, pl.lit(False), "a date"
+    if kind == DATE and isinstance(source, pl.Datetime):
+        as_utc = raw.dt.convert_time_zone("UTC") if source.time_zone else raw
+        return as_utc.dt.date(), pl.lit(False), "a date"
+    if kind == BOOL and source == pl.Boolean:
+        return raw, pl.lit(False), "a boolean"
+
+    text = _clean_text(raw)
+    present = text.is_not_null()
+    if kind == STRING:
+        if column.pattern:
+            digits = text.str.replace_all(r"[.\s]", "")
+            ok = digits.str.contains(column.pattern)
+            return pl.when(ok).then(digits), present & ~ok.fill_null(False), column.pattern_hint
+        return text, pl.lit(False), "text"
+    if kind == INT:
+        typed = text.cast(pl.Int64, strict=False)
+        return typed, present & typed.is_null(), "a whole number"
+    if kind == FLOAT:
+        typed = text.cast(pl.Float64, strict=False)
+        return (
+            pl.when(typed.is_finite()).then(typed),
+            present & ~typed.is_finite().fill_null(False),
+            "a finite number",
+        )
+    if kind == DATE:
+        typed = text.str.to_date("%Y-%m-%d", strict=False)
+        return typed, present & typed.is_null(), "a date YYYY-MM-DD"
+    if kind == BOOL:
+        low = text.str.to_lowercase()
+        typed = (
+            pl.when(low.is_in(["true", "1", "yes"]))
+            .then(True)
+            .when(low.is_in(["false", "0", "no"]))
+            .then(False)
+        )
+        return typed, present & typed.is_null(), "true/false, 1/0 or yes/no"
+    if kind == COUNTRY:
+        up = text.str.to_uppercase()
+        ok = up.is_in(sorted(iso_country_codes()))
+        return pl.when(ok).then(up), present & ~ok, "an ISO 3166-1 alpha-2 country code"
+    if kind == ENUM:
+        low = text.str.to_lowercase()
+        return (
+            pl.when(low.is_in(list(column.values))).then(low).when(present).then(pl.lit(UNKNOWN)),
+            pl.lit(False),
+            "one of " + ", ".join(column.values),
+        )
+    if kind in (COUNTRY_LIST, STRING_LIST):
+        items = text.str.split(LIST_SEPARATOR).list.eval(
+            pl.element().str.strip_chars().filter(pl.element().str.len_chars() > 0)
+        )
+        if kind == STRING_LIST:
+            return items, pl.lit(False), "a ';'-separated list"
+        items = items.list.eval(pl.element().str.to_uppercase())
+        bad = items.list.eval(pl.element().is_in(sorted(iso_country_codes())).not_()).list.any()
+        return pl.when(~bad.fill_null(False)).then(items), bad.fill_null(False), (
+            "';'-separated ISO 3166-1 alpha-2 country codes"
+        )
+    raise AssertionError(f"unhandled column kind {kind}")
+
+
+def _find_table_file(directory: Path, table: Table, report: ValidationReport) -> Path | None:
+    found = [directory / f"{table.name}.{ext}" for ext in ("csv", "parquet")]
+    found = [p for p in found if p.exists()]
+    if len(found) == 2:
+        report.error(
+            f"{table.name}.csv / {table.name}.parquet",
+            None,
+            "both a CSV and a Parquet file exist for this table; keep one so it is clear "
+            "which is meant",
+        )
+        return None
+    if not found:
+        if table.required:
+            report.error(f"{directory}/{table.name}.csv", None,
+                         "required table missing (expected shipments.csv or shipments.parquet)")
+        return None
+    return found[0]
+
+
+def _scan(path: Path) -> pl.LazyFrame:
+    if path.suffix == ".parquet":
+        return pl.scan_parquet(path)
+    return pl.scan_csv(
+        path,
+        infer_schema=False,
+        encoding="utf8",
+        raise_if_empty=True,
+        truncate_ragged_lines=False,
+    )
+
+
+@dataclass
+class TableRead:
+    """One table as read: typed rows that passed, rows that failed with their problem."""
+
+    data: pl.DataFrame
+    quarantined: pl.DataFrame | None = None  # original columns plus `problem`
+    path: Path | None = None
+    readable: bool = True  # False: the file as a whole could not be used
+
+
+def _empty(table: Table) -> pl.DataFrame:
+    return pl.DataFrame(schema=table.schema)
+
+
+def read_table(path: Path, table: Table, report: ValidationReport, *,
+               label: str | None = None) -> TableRead:
+    """Read one table file, recording every problem in ``report``.
+
+    Rows with errors are split off (with the original text of every column and a
+    `problem` column) so the caller can quarantine them or refuse the whole dataset.
+    """
+    name = label or path.name
+    try:
+        if path.stat().st_size == 0:
+            report.error(name, None, "the file is empty: expected a header row")
+            return TableRead(_empty(table), path=path, readable=False)
+        lf = _scan(path)
+        source_schema = lf.collect_schema()
+    except Exception as exc:  # polars raises several kinds for unreadable files
+        report.error(name, None, f"cannot be read as {path.suffix[1:].upper()}: "
+                     f"{_first_line(exc)}")
+        return TableRead(_empty(table), path=path, readable=False)
+
+    # Header names are matched without regard to case or surrounding spaces.
+    by_key = {n.strip().lower(): n for n in source_schema.names()}
+    missing = [c.name for c in table.columns if c.required and c.name not in by_key]
+    if missing:
+        header = list(source_schema.names())
+        hint = ""
+        if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
+            hint = f" (the header is one column {header[0][:80]!r}: is the file comma-separated?)"
+        report.error(name, ", ".join(missing),
+                     f"required column(s) missing; found {header[:12]}{hint}")
+        return TableRead(_empty(table), path=path, readable=False)
+
+    exprs: list[pl.Expr] = []
+    checks: list[tuple[Column, str, str]] = []  # column, bad-mask name, expected
+    for column in table.columns:
+        src_name = by_key.get(column.name)
+        if src_name is None:
+            exprs.append(pl.lit(None, POLARS_TYPES[column.kind]).alias(column.name))
+            continue
+        source = source_schema[src_name]
+        raw = pl.col(src_name)
+        typed, bad, expected = _parse(column, raw, source)
+        exprs.append(typed.cast(POLARS_TYPES[column.kind]).alias(column.name))
+        exprs.append(bad.alias(f"__bad_{column.name}"))
+        checks.append((column, f"__bad_{column.name}", expected))
+        if column.required:
+            exprs.append(_clean_text(raw).is_null().alias(f"__null_{column.name}")
+                         if not source.is_temporal() and not source.is_numeric()
+                         and source != pl.Boolean
+                         else raw.is_null().alias(f"__null_{column.name}"))
+        if column.kind == ENUM:
+            exprs.append(_clean_text(raw).alias(f"__raw_{column.name}"))
+        exprs.append(raw.cast(pl.String).alias(f"__text_{column.name}"))
+
+    original = list(source_schema.names())
+    try:
+        df = (
+            lf.with_row_index("__row", offset=1)
+            .select(pl.col("__row"), *[pl.col(c).alias(f"__orig_{c}") for c in original], *exprs)
+            .collect()
+        )
+    except Exception as exc:
+        report.error(name, None, f"cannot be read: {_first_line(exc)}")
+        return TableRead(_empty(table), path=path, readable=False)
+
+    if df.height == 0 and table.required:
+        report.error(name, None, "the file has a header but no rows")
+        return TableRead(_empty(table), path=path, readable=False)
+
+    problem_parts: list[pl.Expr] = []
+    for column, bad_name, expected in checks:
+        bad = df[bad_name]
+        n_bad = int(bad.sum())
+        if n_bad:
+            sub = df.filter(bad)
+            report.error(name, column.name, f"expected {expected}",
+                         rows=sub["__row"].head(MAX_ROWS_SHOWN).to_list(), count=n_bad,
+                         values=_distinct(sub[f"__text_{column.name}"]))
+            problem_parts.append(
+                pl.when(pl.col(bad_name)).then(pl.format(
+                    f"{column.name}: expected {expected}, got '{{}}'",
+                    pl.col(f"__text_{column.name}")))
+            )
+        if column.required:
+            nulls = df[f"__null_{column.name}"]
+            n_null = int(nulls.sum())
+            if n_null:
+                report.error(name, column.name, "required value is empty",
+                             rows=df.filter(nulls)["__row"].head(MAX_ROWS_SHOWN).to_list(),
+                             count=n_null)
+                problem_parts.append(pl.when(pl.col(f"__null_{column.name}"))
+                                     .then(pl.lit(f"{column.name}: required value is empty")))
+        if column.kind == ENUM:
+            unknown = (df[column.name] == UNKNOWN) & (
+                df[f"__raw_{column.name}"].str.to_lowercase() != UNKNOWN)
+            n_unknown = int(unknown.sum())
+            if n_unknown:
+                report.warn(name, column.name,
+                            f"value not in the contract's list ({', '.join(column.values)}); "
+                            "read as 'unknown'",
+                            rows=df.filter(unknown)["__row"].head(MAX_ROWS_SHOWN).to_list(),
+                            count=n_unknown,
+                            values=_distinct(df.filter(unknown)[f"__raw_{column.name}"]))
+
+    if table.id_column is not None and df.height:
+        dup = df[table.id_column].is_duplicated() & df[table.id_column].is_not_null()
+        n_dup = int(dup.sum())
+        if n_dup:
+            report.error(name, table.id_column, "duplicate id (every copy is rejected)",
+                         rows=df.filter(dup)["__row"].head(MAX_ROWS_SHOWN).to_list(),
+                         count=n_dup, values=_distinct(df.filter(dup)[table.id_column]))
+            df = df.with_columns(__dup=dup)
+            problem_parts.append(pl.when(pl.col("__dup")).then(
+                pl.format(f"{table.id_column}: duplicate id '{{}}'", pl.col(table.id_column))))
+
+    _warn_recoverable(df, table, name, report)
+
+    if problem_parts:
+        df = df.with_columns(
+            pl.concat_str(problem_parts, separator="; ", ignore_nulls=True).alias("problem"))
+        failed = df.filter(pl.col("problem").is_not_null())
+        passed = df.filter(pl.col("problem").is_null())
+        quarantined = failed.select(
+            *[pl.col(f"__orig_{c}").alias(c) for c in original], pl.col("problem"))
+    else:
+        passed, quarantined = df, None
+    return TableRead(passed.select(table.column_names), quarantined, path)
+
+
+def _warn_recoverable(df: pl.DataFrame, table: Table, name: str, report: ValidationReport):
+    """Implausible but usable values: kept and scored, and said out loud."""
+    checks = {
+        "shipments": [("gross_weight_kg", pl.col("gross_weight_kg") < 0, "negative weight"),
+                      ("value_usd", pl.col("value_usd") < 0, "negative value"),
+                      ("quantity", pl.col("quantity") <= 0, "quantity is zero or negative")],
+        "leases": [("gpu_count", pl.col("gpu_count") <= 0, "gpu_count is zero or negative"),
+                   ("value_usd", pl.col("value_usd") < 0, "negative value")],
+        "parties": [("employees", pl.col("employees") < 0, "negative employee count")],
+        "labels": [("label", ~pl.col("label").is_in([0, 1]),
+                    "label must be 0 or 1; the row is ignored for training")],
+    }.get(table.name, [])
+    for column, mask, message in checks:
+        hit = df.filter(mask.fill_null(False))
+        if hit.height:
+            report.warn(name, column, message + " (row kept)",
+                        rows=hit["__row"].head(MAX_ROWS_SHOWN).to_list(), count=hit.height,
+                        values=_distinct(hit[column].cast(pl.String)))
+
+
+def _distinct(series: pl.Series) -> list[str]:
+    return [str(v) for v in series.drop_nulls().unique(maintain_order=True).head(MAX_VALUES_SHOWN)]
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class Dataset:
+    """A validated dataset: typed frames for every contract table."""
+
+    directory: Path
+    shipments: pl.DataFrame
+    parties: pl.DataFrame
+    leases: pl.DataFrame
+    labels: pl.DataFrame  # resolved: one row per labelled record
+    screening_list: pl.DataFrame | None  # None when the directory holds none
+    report: ValidationReport
+    quarantined: dict[str, pl.DataFrame] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def quarantined_rows(self) -> int:
+        return sum(df.height for df in self.quarantined.values())
+
+
+def read_dataset(directory: str | Path, *, allow_errors: bool = False) -> Dataset:
+    """Read, normalise and validate every contract table in ``directory``.
+
+    With ``allow_errors`` the rows that fail are kept aside in ``Dataset.quarantined``
+    (see :func:`write_quarantine`) and the rest is returned; without it any error
+    raises :class:`FatalInputError` listing every problem found. Problems that stop
+    the dataset being read at all (no shipments file, an unreadable file) raise
+    either way.
+    """
+    directory = Path(directory)
+    report = ValidationReport()
+    if not directory.is_dir():
+        raise InputError(f"{directory}: dataset directory not found")
+
+    reads: dict[str, TableRead] = {}
+    files: dict[str, Path] = {}
+    fatal = False
+    for table in INPUT_TABLES.values():
+        path = _find_table_file(directory, table, report)
+        errors_before = len(report.errors)
+        if path is None:
+            fatal |= len(report.errors) > errors_before
+            reads[table.name] = TableRead(_empty(table))
+            continue
+        files[table.name] = path
+        reads[table.name] = read_table(path, table, report)
+        fatal |= not reads[table.name].readable  # nothing to quarantine row by row
+
+    labels = resolve_labels(reads["labels"].data, report, files.get("labels"))
+    _check_references(reads, labels, report, files)
+    labels = _known_labels(labels, reads)
+
+    quarantined = {k: r.quarantined for k, r in reads.items() if r.quarantined is not None}
+    if report.errors and (fatal or not allow_errors):
+        raise FatalInputError(report)
+    return Dataset(
+        directory=directory,
+        shipments=reads["shipments"].data,
+        parties=reads["parties"].data,
+        leases=reads["leases"].data,
+        labels=labels,
+        screening_list=reads["screening_list"].data if "screening_list" in files else None,
+        report=report,
+        quarantined=quarantined,
+        files=files,
+    )
+
+
+def resolve_labels(labels: pl.DataFrame, report: ValidationReport,
+                   path: Path | None) -> pl.DataFrame:
+    """One label per record: the latest ``decided_on`` wins, label 1 on a tie."""
+    labels = labels.filter(pl.col("label").is_in([0, 1]))
+    key = ["record_kind", "record_id"]
+    repeated = labels.filter(pl.len().over(key) > 1)
+    if repeated.height:
+        ids = repeated["record_id"].unique(maintain_order=True)
+        report.warn(path.name if path else "labels", "record_id",
+                    "several labels for one record; the latest decided_on wins (label 1 on a tie)",
+                    values=ids.head(MAX_VALUES_SHOWN).to_list())
+    return (
+        labels.sort([*key, "decided_on", "label"], nulls_last=False)
+        .group_by(key, maintain_order=True)
+        .last()
+        .sort(key)
+    )
+
+
+def _ids(df: pl.DataFrame, column: str) -> pl.Series:
+    return df[column].drop_nulls().unique()
+
+
+def _check_references(reads: dict[str, TableRead], labels: pl.DataFrame,
+                      report: ValidationReport, files: dict[str, Path]) -> None:
+    party_ids = _ids(reads["parties"].data, "party_id")
+    for table, column in [("shipments", "consignee_party_id"), ("parties", "parent_party_id"),
+                          ("leases", "provider_party_id"), ("leases", "lessee_party_id")]:
+        values = reads[table].data[column].drop_nulls()
+        dangling = values.filter(~values.is_in(party_ids.implode()))
+        if dangling.len():
+            report.warn(files[table].name, column,
+                        "refers to a party_id not in parties (resolved by name instead)",
+                        count=dangling.len(), values=_distinct(dangling))
+    for kind, table in RECORD_TABLES.items():
+        ids = _ids(reads[table.name].data, table.id_column)
+        unknown = labels.filter((pl.col("record_kind") == kind) & ~pl.col("record_id").is_in(ids.implode()))
+        if unknown.height:
+            report.warn(files["labels"].name, "record_id",
+                        f"label for a {kind} not in the dataset; ignored",
+                        count=unknown.height, values=_distinct(unknown["record_id"]))
+
+
+def _known_labels(labels: pl.DataFrame, reads: dict[str, TableRead]) -> pl.DataFrame:
+    keep = []
+    for kind, table in RECORD_TABLES.items():
+        ids = _ids(reads[table.name].data, table.id_column)
+        keep.append(labels.filter((pl.col("record_kind") == kind)
+                                  & pl.col("record_id").is_in(ids.implode())))
+    return pl.concat(keep)
+
+
+def write_quarantine(dataset: Dataset, directory: str | Path) -> list[Path]:
+    """Write each table's failed rows (original columns + `problem`) as CSV in ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, df in dataset.quarantined.items():
+        path = directory / f"{name}.csv"
+        write_table(df, path)
+        written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_table(df: pl.DataFrame, path: str | Path) -> Path:
+    """Write a frame in the contract's form (CSV or Parquet by extension), atomically.
+
+    The data goes to a temporary file beside the target and is renamed into place, so a
+    failure never leaves a partial file. List columns are joined with ';' in CSV.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise UsageError(f"{path}: output must end in .csv or .parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if suffix == ".parquet":
+            df.write_parquet(tmp)
+        else:
+            lists = [n for n, t in df.schema.items() if isinstance(t, pl.List)]
+            out = df.with_columns(pl.col(n).list.join(LIST_SEPARATOR) for n in lists)
+            out.write_csv(tmp, date_format="%Y-%m-%d")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,1 @@
+"""Feature builders: the red flags of real diversion cases as polars expressions."""
