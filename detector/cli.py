@@ -75,6 +75,160 @@ def validate(
     raise typer.Exit(1)
 
 
+HistoryOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--history", help="Earlier dataset used as context (repeatable); not scored.")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local "
+                    "bundle directory. Default: models:/chip-diversion@champion.")]
+ScreeningOpt = Annotated[Optional[Path], typer.Option(
+    "--screening-list", help="Screening list CSV/Parquet: the contract's shape or the US "
+                             "Consolidated Screening List as downloaded.")]
+
+
+def _progress(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command()
+def train(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset with a labels table.")],
+    history: HistoryOpt = None,
+    config: Annotated[Optional[Path], typer.Option(
+        help="Training settings (TOML), e.g. experiments/baseline.toml.")] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "chip-diversion",
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
+    screening_list: ScreeningOpt = None,
+) -> None:
+    """Train on the labelled records, log the run to MLflow, register a model version.
+
+    Labelled records are ordered by date: the model is fitted on the oldest part, early
+    stopping and calibration use the next part, metrics come from the latest part. The
+    first version of a name becomes `champion`.
+    """
+    from detector.training import train as run_training
+
+    try:
+        result = run_training(dataset_dir, history or [], config_path=config,
+                              experiment=experiment, model_name=name,
+                              screening_list=screening_list, log=_progress)
+    except DetectorError as exc:
+        _fail(exc)
+    m = result.metrics
+    typer.echo(f"registered {result.name} version {result.version}"
+               + (" (champion)" if result.champion else "")
+               + f"; run {result.run_id} in experiment {result.experiment!r}")
+    typer.echo(f"test slice ({int(m['records'])} labelled records, {int(m['positives'])} "
+               f"confirmed, {result.slices['test']['from']} to {result.slices['test']['to']}): "
+               f"PR-AUC {m['pr_auc']:.3f}, precision@1% {m['precision_at_1pct']:.3f}, "
+               f"recall@5% {m['recall_at_5pct']:.3f}, Brier {m['brier']:.4f}")
+    typer.echo("reliability (test slice):")
+    for r in result.reliability.iter_rows(named=True):
+        typer.echo(f"  {r['band_low']:.1f}-{r['band_high']:.1f}: {r['records']:>6} records, "
+                   f"predicted {r['mean_predicted']:.3f}, observed {r['observed_rate']:.3f}")
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
+    version: Annotated[Optional[int], typer.Option(help="Version to make champion.")] = None,
+    run: Annotated[Optional[str], typer.Option(help="Run whose version to make champion.")] = None,
+) -> None:
+    """Point the `champion` alias at a version (also to roll back)."""
+    from detector.tracking import promote as do_promote
+
+    if (version is None) == (run is None):
+        typer.echo("error: give exactly one of --version N or --run RUN_ID", err=True)
+        raise typer.Exit(2)
+    try:
+        number = do_promote(name, version=version, run_id=run)
+    except DetectorError as exc:
+        _fail(exc)
+    typer.echo(f"{name}@champion -> version {number}")
+
+
+@app.command()
+def models(
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
+) -> None:
+    """List registered versions with their key metrics and which one is `champion`."""
+    from detector.tracking import model_versions
+
+    try:
+        rows = model_versions(name)
+    except DetectorError as exc:
+        _fail(exc)
+    if not rows:
+        typer.echo(f"no versions of {name!r} registered yet (train one with `detector train`)")
+        return
+    typer.echo(f"{'version':>7}  {'champion':<8}  {'PR-AUC':>6}  {'P@1%':>6}  {'R@5%':>6}  "
+               f"{'Brier':>6}  {'config':<28} run")
+    for r in rows:
+        m = r["metrics"]
+
+        def fmt(key):
+            v = m.get(key)
+            return f"{v:6.3f}" if v is not None else "     -"
+        typer.echo(f"{r['version']:>7}  {'*' if r['champion'] else '':<8}  {fmt('pr_auc')}  "
+                   f"{fmt('precision_at_1pct')}  {fmt('recall_at_5pct')}  {fmt('brier')}  "
+                   f"{r['tags'].get('config', '-')[-28:]:<28} {r['run_id']}")
+
+
+@app.command()
+def score(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset to score.")],
+    out: Annotated[Path, typer.Option(help="Scores file: .csv or .parquet.")],
+    history: HistoryOpt = None,
+    model: ModelOpt = None,
+    quarantine: Annotated[Optional[Path], typer.Option(
+        help="Write rows that fail validation here and score the rest.")] = None,
+    top: Annotated[int, typer.Option(help="Rows printed, and given full reasons.")] = 1000,
+    screening_list: ScreeningOpt = None,
+) -> None:
+    """Score every shipment and lease; write the scores table; print the top N with reasons."""
+    from detector.scoring import score as run_scoring
+    from detector.scoring import top_table
+
+    try:
+        scored = run_scoring(dataset_dir, out, history or [], model_uri=model,
+                             quarantine=quarantine, top=top, screening_list=screening_list,
+                             log=_progress)
+    except DetectorError as exc:
+        _fail(exc)
+    typer.echo(top_table(scored, top))
+    quarantined = scored.batch.dataset.quarantined_rows
+    if quarantined:
+        typer.echo(f"quarantined {quarantined} row(s) to {quarantine}", err=True)
+    typer.echo(f"wrote {scored.frame.height} scores to {out} (model {scored.model.label})",
+               err=True)
+
+
+@app.command()
+def explain(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset holding the record.")],
+    record_id: Annotated[str, typer.Argument(help="shipment_id or lease_id.")],
+    kind: Annotated[Optional[str], typer.Option(help="shipment or lease.")] = None,
+    history: HistoryOpt = None,
+    model: ModelOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    screening_list: ScreeningOpt = None,
+) -> None:
+    """Why one record scored as it did: feature values, rule hits, contributions."""
+    import json
+
+    from detector.reasons import explain_text
+    from detector.scoring import explain as run_explain
+
+    try:
+        explanation = run_explain(dataset_dir, record_id, kind, history or [], model_uri=model,
+                                  screening_list=screening_list, log=_progress)
+    except DetectorError as exc:
+        _fail(exc)
+    if json_out:
+        typer.echo(json.dumps(explanation, indent=2, default=str))
+    else:
+        typer.echo(explain_text(explanation))
+
+
 def main() -> None:
     try:
         app()

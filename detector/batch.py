@@ -1,0 +1,107 @@
+"""A batch to score or train on: one dataset, its history, the screening list, provenance."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from detector.contract import RECORD_TABLES, Dataset, read_dataset
+from detector.errors import InputError
+
+
+@dataclass
+class Batch:
+    dataset: Dataset
+    history: list[Dataset]
+    shipments: pl.DataFrame  # the dataset's and the history's, each row once
+    leases: pl.DataFrame
+    parties: pl.DataFrame  # history first, the dataset's row wins for a repeated party_id
+    screening_list: pl.DataFrame
+    screening_source: str
+    fingerprint: str
+    reference_version: str
+    provenance: dict = field(default_factory=dict)
+
+    def batch_keys(self) -> pl.DataFrame:
+        """(record_kind, record_id) of the records being scored: the dataset's own."""
+        return pl.concat([
+            self.dataset.shipments.select(pl.lit("shipment").alias("record_kind"),
+                                          pl.col("shipment_id").alias("record_id")),
+            self.dataset.leases.select(pl.lit("lease").alias("record_kind"),
+                                       pl.col("lease_id").alias("record_id")),
+        ])
+
+
+def fingerprint(datasets: list[Dataset]) -> str:
+    """sha256 over the bytes of every table file read, in a fixed order."""
+    digest = hashlib.sha256()
+    for ds in datasets:
+        for name in sorted(ds.files):
+            digest.update(name.encode())
+            with open(ds.files[name], "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _combine_records(dataset: Dataset, history: list[Dataset], kind: str) -> pl.DataFrame:
+    table = RECORD_TABLES[kind]
+    frames = [getattr(ds, table.name) for ds in [dataset, *history]]
+    combined = pl.concat(frames)
+    repeated = combined[table.id_column].filter(combined[table.id_column].is_duplicated())
+    if repeated.len():
+        raise InputError(
+            f"{table.id_column}: {repeated.n_unique()} id(s) appear both in {dataset.directory} "
+            f"and in a --history dataset (records never repeat across them): "
+            f"{repeated.unique(maintain_order=True).head(5).to_list()}")
+    return combined
+
+
+def load_batch(dataset_dir: str | Path, history_dirs: list[str | Path] = (),
+               screening_list: str | Path | None = None, *,
+               allow_errors: bool = False) -> Batch:
+    """Read the dataset and its history, resolve the screening list, fingerprint the inputs."""
+    from detector.reference import load_reference, resolve_screening_list
+
+    dataset = read_dataset(dataset_dir, allow_errors=allow_errors)
+    history = [read_dataset(d) for d in history_dirs]
+    parties = (
+        pl.concat([ds.parties for ds in [*history[::-1], dataset]])
+        .unique("party_id", keep="last", maintain_order=True)
+    )
+    sl, sl_source = resolve_screening_list(
+        Path(screening_list) if screening_list else None, dataset.screening_list)
+    reference = load_reference()
+    fp = fingerprint([dataset, *history])
+    return Batch(
+        dataset=dataset,
+        history=history,
+        shipments=_combine_records(dataset, history, "shipment"),
+        leases=_combine_records(dataset, history, "lease"),
+        parties=parties,
+        screening_list=sl,
+        screening_source=sl_source,
+        fingerprint=fp,
+        reference_version=reference.version,
+        provenance={
+            "dataset": str(Path(dataset_dir).resolve()),
+            "history": [str(Path(d).resolve()) for d in history_dirs],
+            "data_fingerprint": fp,
+            "screening_list": sl_source,
+            "reference_version": reference.version,
+        },
+    )
+
+
+def feature_frame(batch: Batch, stats=None) -> pl.DataFrame:
+    """The feature frame of the batch's own records (history is context only)."""
+    from detector.reference import load_reference
+    from features.build import build_features
+
+    frame = build_features(batch.shipments, batch.leases, batch.parties, batch.screening_list,
+                           load_reference(), stats)
+    return frame.join(batch.batch_keys(), on=["record_kind", "record_id"], how="semi") \
+        .sort(["record_kind", "record_id"])

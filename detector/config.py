@@ -1,0 +1,116 @@
+"""Training settings: a validated object loaded from a TOML file (experiments/*.toml)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from detector.errors import InputError
+
+KNOWN_DETECTORS = ("iforest", "hbos", "loda")
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    fit: float = 0.6  # oldest labelled share: fit the model
+    calibrate: float = 0.2  # next share: early stopping and calibration; the rest: metrics
+
+
+@dataclass(frozen=True)
+class UnsupervisedSettings:
+    detectors: tuple[str, ...] = KNOWN_DETECTORS
+    max_fit_rows: int = 200_000
+
+
+@dataclass(frozen=True)
+class LightGBMSettings:
+    learning_rate: float = 0.05
+    num_leaves: int = 15
+    min_data_in_leaf: int = 10
+    feature_fraction: float = 0.8
+    lambda_l2: float = 1.0
+    num_boost_round: int = 400
+    early_stopping_rounds: int = 40
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    name: str = "baseline"
+    description: str = "default settings"
+    seed: int = 0
+    split: SplitSettings = field(default_factory=SplitSettings)
+    unsupervised: UnsupervisedSettings = field(default_factory=UnsupervisedSettings)
+    lightgbm: LightGBMSettings = field(default_factory=LightGBMSettings)
+    source: str = "built-in defaults"
+
+    def as_params(self) -> dict:
+        """Flat parameters for MLflow (``split.fit``, ``lightgbm.num_leaves``, ...)."""
+        flat = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        return flat
+
+    def lightgbm_params(self) -> dict:
+        lgb = asdict(self.lightgbm)
+        lgb.pop("num_boost_round")
+        lgb.pop("early_stopping_rounds")
+        return {**lgb, "seed": self.seed}
+
+
+_SECTIONS = {"split": SplitSettings, "unsupervised": UnsupervisedSettings,
+             "lightgbm": LightGBMSettings}
+
+
+def _build(cls, values: dict, where: str):
+    allowed = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise InputError(f"{where}: unknown setting(s) {unknown}; expected {sorted(allowed)}")
+    kwargs = {}
+    for key, value in values.items():
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            if not isinstance(value, list):
+                raise InputError(f"{where}.{key}: expected a list, got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, bool) or not isinstance(value, type(default)) and not (
+                isinstance(default, float) and isinstance(value, int)):
+            raise InputError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None) -> TrainingConfig:
+    """Read and validate a training config; None gives the built-in defaults."""
+    if path is None:
+        return TrainingConfig()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid TOML: {exc}") from None
+    top = {k: v for k, v in raw.items() if k not in _SECTIONS}
+    allowed_top = {"name", "description", "seed"}
+    unknown = sorted(set(top) - allowed_top)
+    if unknown:
+        raise InputError(f"{path}: unknown setting(s) {unknown}; expected sections "
+                         f"{sorted(_SECTIONS)} and keys {sorted(allowed_top)}")
+    sections = {k: _build(cls, raw.get(k, {}), f"{path} [{k}]") for k, cls in _SECTIONS.items()}
+    config = _build(TrainingConfig, top, str(path))
+    config = TrainingConfig(**{**asdict(config), **sections, "source": str(path)})
+    bad = [d for d in config.unsupervised.detectors if d not in KNOWN_DETECTORS]
+    if bad:
+        raise InputError(f"{path} [unsupervised].detectors: unknown {bad}; "
+                         f"expected some of {list(KNOWN_DETECTORS)}")
+    if not (0 < config.split.fit < 1 and 0 < config.split.calibrate < 1
+            and config.split.fit + config.split.calibrate < 1):
+        raise InputError(f"{path} [split]: fit and calibrate must be shares in (0, 1) that "
+                         f"leave a test slice; got fit={config.split.fit}, "
+                         f"calibrate={config.split.calibrate}")
+    return config

@@ -1,0 +1,89 @@
+"""The unsupervised layer: pyod detectors that suit repeated batch scoring.
+
+IForest, HBOS and LODA keep a compact fitted state and score 100k rows in well under
+a second (ECOD/COPOD re-scan their training data on every call; see
+ENGINEERING_NOTES.md). Each detector's raw score is mapped to its percentile among
+the training scores, so the combined score is the mean training percentile: 0.99
+means "more unusual than 99% of what the model was fitted on".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from detector.models.base import RiskModel, feature_matrix
+
+DETECTORS = ("iforest", "hbos", "loda")
+
+
+def _make(name: str, random_state: int):
+    if name == "iforest":
+        from pyod.models.iforest import IForest
+
+        return IForest(n_estimators=100, max_samples=256, random_state=random_state, n_jobs=1)
+    if name == "hbos":
+        from pyod.models.hbos import HBOS
+
+        return HBOS(n_bins=20)
+    if name == "loda":
+        from pyod.models.loda import LODA
+
+        return LODA(n_random_cuts=100, random_state=random_state)
+    raise ValueError(f"unknown unsupervised detector {name!r}; expected one of {DETECTORS}")
+
+
+class UnsupervisedEnsemble(RiskModel):
+    """Mean training-percentile of several pyod detectors over the model features."""
+
+    def __init__(self, features: list[str], detectors: tuple[str, ...] = DETECTORS,
+                 max_fit_rows: int = 200_000, random_state: int = 0):
+        self.features = features
+        self.detectors = detectors
+        self.max_fit_rows = max_fit_rows
+        self.random_state = random_state
+
+    def _prepare(self, frame: pl.DataFrame) -> np.ndarray:
+        x = feature_matrix(frame, self.features)
+        nan = np.isnan(x)
+        if nan.any():
+            x[nan] = np.take(self.fill_values_, np.nonzero(nan)[1])
+        return (x - self.center_) / self.scale_
+
+    def fit(self, frame: pl.DataFrame, labels: np.ndarray | None = None):
+        x = feature_matrix(frame, self.features)
+        rng = np.random.default_rng(self.random_state)
+        if len(x) > self.max_fit_rows:  # a sample describes "normal" as well as the whole
+            x = x[np.sort(rng.choice(len(x), self.max_fit_rows, replace=False))]
+        with np.errstate(all="ignore"):
+            fill = np.nanmedian(x, axis=0)
+        self.fill_values_ = np.where(np.isnan(fill), 0.0, fill)
+        nan = np.isnan(x)
+        x[nan] = np.take(self.fill_values_, np.nonzero(nan)[1])
+        self.center_ = np.median(x, axis=0)
+        spread = np.quantile(x, 0.95, axis=0) - np.quantile(x, 0.05, axis=0)
+        self.scale_ = np.where(spread > 0, spread, np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0))
+        x = (x - self.center_) / self.scale_
+        self.detectors_ = {}
+        self.train_scores_ = {}
+        for name in self.detectors:
+            det = _make(name, self.random_state).fit(x)
+            self.detectors_[name] = det
+            self.train_scores_[name] = np.sort(det.decision_scores_.astype(np.float64))
+        return self
+
+    def detector_scores(self, frame: pl.DataFrame) -> dict[str, np.ndarray]:
+        """Each detector's score as its percentile among the training scores (0..1)."""
+        if frame.height == 0:
+            return {name: np.zeros(0) for name in self.detectors_}
+        x = self._prepare(frame)
+        out = {}
+        for name, det in self.detectors_.items():
+            raw = det.decision_function(x)
+            ref = self.train_scores_[name]
+            out[name] = np.searchsorted(ref, raw, side="right") / len(ref)
+        return out
+
+    def decision_function(self, frame: pl.DataFrame) -> np.ndarray:
+        scores = self.detector_scores(frame)
+        return np.mean(np.vstack(list(scores.values())), axis=0) if scores else np.zeros(0)

@@ -1,0 +1,180 @@
+"""`detector train`: features → rules + unsupervised + LightGBM → MLflow run and version.
+
+Protocol (CLI.md): labelled records ordered by date; the model is fitted on the older
+part, early stopping and calibration use a later part, and the logged metrics come from
+the latest part, which none of them saw. Unlabelled records are never negatives: they
+only shape the unsupervised layer (those dated inside the fitting period).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from detector.batch import feature_frame, load_batch
+from detector.config import load_config
+from detector.errors import InputError
+from detector.evaluation import evaluate, reliability_table
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    name: str
+    version: int
+    champion: bool
+    experiment: str
+    metrics: dict
+    reliability: pl.DataFrame
+    slices: dict
+
+
+def _labelled(frame: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+    return (
+        frame.join(labels.select("record_kind", "record_id", "label", "typology"),
+                   on=["record_kind", "record_id"], how="inner")
+        .sort(["record_date", "record_kind", "record_id"])
+    )
+
+
+def split_by_time(labelled: pl.DataFrame, fit: float, calibrate: float) -> dict[str, pl.DataFrame]:
+    """Oldest ``fit`` share, next ``calibrate`` share, the latest rest (rows sorted by date)."""
+    n = labelled.height
+    a, b = int(round(n * fit)), int(round(n * (fit + calibrate)))
+    return {"fit": labelled[:a], "calibrate": labelled[a:b], "test": labelled[b:]}
+
+
+def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
+          config_path: str | Path | None = None, experiment: str = "chip-diversion",
+          model_name: str = "chip-diversion", screening_list: str | Path | None = None,
+          log: Callable[[str], None] = lambda _: None) -> TrainResult:
+    from detector import tracking
+    from detector.models.ensemble import DiversionModel, ModelBundle
+    from features.build import fit_feature_stats
+    from features.registry import model_feature_names
+
+    config = load_config(config_path)
+    log(f"reading {dataset_dir}")
+    batch = load_batch(dataset_dir, history_dirs, screening_list)
+    labels = batch.dataset.labels
+    counts = labels["label"].value_counts()
+    present = set(counts["label"].to_list())
+    if not {0, 1} <= present:
+        raise InputError(
+            f"{dataset_dir}: training needs labels 0 (reviewed and cleared) and 1 (confirmed "
+            f"diversion); the labels table has {labels.height} usable row(s) with label values "
+            f"{sorted(present) or 'none'}")
+
+    log("fitting feature statistics and building features")
+    from detector.reference import load_reference
+
+    stats = fit_feature_stats(batch.shipments, batch.leases, batch.parties, load_reference())
+    frame = feature_frame(batch, stats)
+    features = model_feature_names()
+
+    labelled = _labelled(frame, labels)
+    slices = split_by_time(labelled, config.split.fit, config.split.calibrate)
+    for name, part in slices.items():
+        if part["label"].n_unique() < 2:
+            raise InputError(
+                f"{dataset_dir}: the {name} slice of the labelled records (ordered by date) "
+                f"holds only label {part['label'].unique().to_list()}; training needs both "
+                f"labels in each of the fit, calibrate and test slices "
+                f"({labelled.height} labelled records in all)")
+    cutoff = slices["fit"]["record_date"].max()
+    unlabelled = frame.join(labels, on=["record_kind", "record_id"], how="anti") \
+        .filter(pl.col("record_date") <= cutoff)
+
+    log(f"fitting on {slices['fit'].height} labelled + {unlabelled.height} unlabelled records; "
+        f"calibrating on {slices['calibrate'].height}; testing on {slices['test'].height}")
+    model = DiversionModel(
+        features,
+        lightgbm_params=config.lightgbm_params(),
+        num_boost_round=config.lightgbm.num_boost_round,
+        early_stopping_rounds=config.lightgbm.early_stopping_rounds,
+        unsupervised_detectors=config.unsupervised.detectors,
+        max_fit_rows=config.unsupervised.max_fit_rows,
+        random_state=config.seed,
+    ).fit(slices["fit"], slices["fit"]["label"].to_numpy(), unlabelled=unlabelled,
+          valid_frame=slices["calibrate"], valid_labels=slices["calibrate"]["label"].to_numpy())
+
+    test = slices["test"]
+    y = test["label"].to_numpy()
+    probability = model.decision_function(test)
+    metrics = evaluate(y, probability, test["typology"].to_list())
+    metrics["best_iteration"] = float(model.supervised_.best_iteration_)
+    reliability = reliability_table(y, probability)
+    evaluation_table = test.select("record_kind", "record_id", "record_date", "label",
+                                   "typology").with_columns(risk_score=probability)
+    importance = model.supervised_.feature_importance()
+
+    slice_info = {name: {"records": part.height, "positives": int(part["label"].sum()),
+                         "from": str(part["record_date"].min()),
+                         "to": str(part["record_date"].max())}
+                  for name, part in slices.items()}
+    provenance = {**batch.provenance, "config": config.source, "slices": slice_info}
+    bundle = ModelBundle(model, features, stats.to_dict(), batch.reference_version,
+                         config.as_params(), metrics, provenance)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        bundle_dir = bundle.save(tmp / "bundle")
+        plots = _plots(importance, y, probability, reliability, tmp)
+        log("logging the run to MLflow and registering the model")
+        run = tracking.log_training_run(
+            experiment=experiment, model_name=model_name, bundle_dir=bundle_dir,
+            params={**config.as_params(),
+                    **{f"slice.{k}.{kk}": vv for k, v in slice_info.items()
+                       for kk, vv in v.items()}},
+            metrics=metrics,
+            tags={"data_fingerprint": batch.fingerprint,
+                  "screening_list": batch.screening_source,
+                  "reference_version": batch.reference_version,
+                  "dataset": provenance["dataset"], "config": config.source},
+            artifacts=plots,
+            tables={"feature_importance": importance, "reliability": reliability,
+                    "evaluation": evaluation_table},
+        )
+    return TrainResult(run.run_id, run.name, run.version, run.champion, run.experiment,
+                       metrics, reliability, slice_info)
+
+
+def _plots(importance: pl.DataFrame, y: np.ndarray, probability: np.ndarray,
+           reliability: pl.DataFrame, directory: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    top = importance.head(20).reverse()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.barh(top["feature"].to_list(), top["gain"].to_list(), color="#3b6ea5")
+    ax.set_title("Feature importance (gain)")
+    fig.tight_layout()
+    out["importance"] = directory / "feature_importance.png"
+    fig.savefig(out["importance"], dpi=110)
+    plt.close(fig)
+
+    order = np.argsort(-probability, kind="stable")
+    hits = y[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    recall = np.cumsum(hits) / max(hits.sum(), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(recall, precision, color="#a53b3b")
+    axes[0].set(xlabel="recall", ylabel="precision", title="Precision-recall (test slice)",
+                xlim=(0, 1), ylim=(0, 1.02))
+    axes[1].plot([0, 1], [0, 1], ls="--", color="grey")
+    axes[1].plot(reliability["mean_predicted"].to_list(), reliability["observed_rate"].to_list(),
+                 marker="o", color="#3b6ea5")
+    axes[1].set(xlabel="predicted probability", ylabel="observed rate",
+                title="Reliability (test slice)", xlim=(0, 1), ylim=(0, 1))
+    fig.tight_layout()
+    out["precision_recall"] = directory / "precision_recall.png"
+    fig.savefig(out["precision_recall"], dpi=110)
+    plt.close(fig)
+    return out
