@@ -229,6 +229,59 @@ def explain(
         typer.echo(explain_text(explanation))
 
 
+@app.command()
+def simulate(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the dataset into.")],
+    seed: Annotated[int, typer.Option(help="Random seed; same seed and arguments, same bytes.")] = 0,
+    shipments: Annotated[int, typer.Option(help="Number of shipment rows.")] = 10000,
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2024-01-01",
+    months: Annotated[int, typer.Option(help="Number of months simulated.")] = 24,
+) -> None:
+    """Write a synthetic labelled dataset, screening_list.csv and truth.parquet."""
+    from datetime import date
+
+    from detector.errors import UsageError
+    from detector.simulate import simulate as run_simulate
+
+    try:
+        try:
+            first_day = date.fromisoformat(start)
+        except ValueError:
+            raise UsageError(f"--start: expected a date YYYY-MM-DD, got {start!r}") from None
+        summary = run_simulate(out_dir, seed=seed, shipments=shipments, start=first_day,
+                               months=months, log=lambda m: typer.echo(m, err=True))
+    except DetectorError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {out_dir}: {summary.shipments} shipments "
+               f"({summary.diversion_shipments} diverted), {summary.leases} leases "
+               f"({summary.diversion_leases} diverted), {summary.parties} parties, "
+               f"{summary.labels} labels ({summary.confirmed} confirmed, {summary.cleared} "
+               f"cleared), {summary.screening_entries} screening-list entries")
+
+
+@app.command()
+def report(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset to report on.")],
+    out: Annotated[Path, typer.Option(help="Output file: .html, or .pdf for a PDF.")],
+    history: HistoryOpt = None,
+    model: ModelOpt = None,
+    period: Annotated[Optional[str], typer.Option(
+        help="Month to report, YYYY-MM. Default: the latest month in the data.")] = None,
+    capacity: Annotated[str, typer.Option(
+        help="Review capacity: a count (250) or a share (1%).")] = "1%",
+    screening_list: ScreeningOpt = None,
+) -> None:
+    """The scheduled risk report: one self-contained HTML file, or a PDF."""
+    from detector.report import generate_report
+
+    try:
+        path = generate_report(dataset_dir, out, history or [], model_uri=model, period=period,
+                               capacity=capacity, screening_list=screening_list, log=_progress)
+    except DetectorError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,722 @@
+"""The scheduled risk report (`detector report`): one self-contained HTML page or PDF.
+
+Built for schedulers: the same inputs give the same bytes (no clock reads, no random
+ids), nothing is fetched from anywhere (inline CSS, charts as inline SVG), text from the
+data is escaped by jinja2's autoescape, and failures raise :mod:`detector.errors`
+exceptions that the CLI turns into non-zero exit codes.
+
+Definitions used throughout (they are also printed on the page):
+
+* The period is a calendar month ``YYYY-MM``; a record belongs to it by its date
+  (``export_date`` for a shipment, ``start_date`` for a lease).
+* Review capacity ``k`` (``--capacity``): the period's records are ordered by risk
+  (ties by record_kind, then record_id, as in the scores table); the review list is the
+  first ``k`` and the review threshold is the score of the ``k``-th.
+* "Above the threshold" means a score at or above it (ties at the threshold count).
+* The previous period is the month before, counted at this period's threshold so the
+  two figures are comparable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from detector import charts
+from detector.errors import EnvironmentFailure, InputError, UsageError
+
+if TYPE_CHECKING:
+    from detector.contract import Dataset
+
+FALLBACK_MODEL = "rules+unsupervised"
+# Hubs named in real diversion cases, then those reported by the press (FACTS.md).
+HUB_COUNTRIES = ("SG", "MY", "TH", "HK", "TW", "JP", "ID", "MO", "AE", "VN", "IN")
+NO_HUB = "no hub"
+TOP_GROUPS = 6
+TOP_PARTIES = 10
+MAX_NETWORK_NODES = 8
+MAX_TRAIL_ROWS = 15
+METRIC_LABELS = {
+    "pr_auc": "PR-AUC",
+    "precision_at_1pct": "precision at 1%",
+    "recall_at_5pct": "recall at 5%",
+    "brier": "Brier score (lower is better)",
+}
+
+# Legal-form suffixes dropped when matching names (DATA_CONTRACT.md, parties).
+_LEGAL_FORMS = (
+    "pte ltd", "pte limited", "private limited", "sdn bhd", "co ltd", "company limited",
+    "co limited", "limited", "ltd", "llc", "l l c", "inc", "incorporated", "corp",
+    "corporation", "company", "co", "gmbh", "plc", "pty ltd", "pty", "bv", "b v", "sa",
+    "ag", "kk", "k k", "jsc", "tbk", "pt", "lp", "llp", "sarl", "srl", "spa", "oy", "ab",
+    "holdings", "group",
+)
+_LEGAL_FORM_RE = re.compile(
+    r"(?:\s+(?:" + "|".join(re.escape(f) for f in sorted(_LEGAL_FORMS, key=len, reverse=True))
+    + r"))+$")
+_PREFIX_FORM_RE = re.compile(r"^(?:pt|cv)\s+")
+_NON_ALNUM = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalise_name(name: str | None) -> str:
+    """Case, punctuation and legal-form suffixes removed: 'Acme Pte. Ltd.' -> 'acme'."""
+    if not name:
+        return ""
+    text = _NON_ALNUM.sub(" ", name.casefold()).strip()
+    stripped = _PREFIX_FORM_RE.sub("", _LEGAL_FORM_RE.sub("", text)).strip()
+    return stripped or text
+
+
+def normalise_address(address: str | None) -> str:
+    return _NON_ALNUM.sub(" ", address.casefold()).strip() if address else ""
+
+
+# ----------------------------------------------------------------------------- capacity
+
+_COUNT_RE = re.compile(r"^\s*(\d+)\s*$")
+_SHARE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*%\s*$")
+
+
+def parse_capacity(text: str, n_records: int) -> int:
+    """Review capacity in records: "250" -> 250, "1%" -> ceil(1% of n_records), at least 1."""
+    text = str(text)
+    if match := _COUNT_RE.match(text):
+        count = int(match.group(1))
+        if count < 1:
+            raise UsageError(f"--capacity: expected a positive count such as 250 or a share "
+                             f"such as 1%, got {text!r}")
+        return count
+    if match := _SHARE_RE.match(text):
+        share = float(match.group(1))
+        if not 0 < share <= 100:
+            raise UsageError(f"--capacity: a share must be above 0% and at most 100%, "
+                             f"got {text!r}")
+        return max(1, math.ceil(share / 100 * n_records - 1e-9))
+    raise UsageError(f"--capacity: expected a count such as 250 or a share such as 1%, "
+                     f"got {text!r}")
+
+
+# ----------------------------------------------------------------------------- periods
+
+_PERIOD_RE = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def _parse_period(text: str) -> tuple[int, int]:
+    match = _PERIOD_RE.match(text.strip())
+    if not match or not 1 <= int(match.group(2)) <= 12:
+        raise UsageError(f"--period: expected a month as YYYY-MM (e.g. 2024-06), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _previous_month(period: str) -> str:
+    year, month = _parse_period(period)
+    return f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
+
+
+def _month_range(first: str, last: str) -> list[str]:
+    months, (year, month) = [], _parse_period(first)
+    while f"{year}-{month:02d}" <= last:
+        months.append(f"{year}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return months
+
+
+# ----------------------------------------------------------------------------- records
+
+def _shipment_records(shipments: pl.DataFrame) -> pl.DataFrame:
+    """Shipments in the report's common shape (one row per record)."""
+    hub = pl.lit(None, pl.String)
+    # The first hub on the declared route: intermediate consignee, transit countries in
+    # order, the consignee's country, the declared destination.
+    route = pl.concat_list(
+        pl.col("intermediate_consignee_country"),
+        pl.col("transit_countries").fill_null(pl.lit([], pl.List(pl.String))),
+        pl.col("consignee_country"), pl.col("destination_country"))
+    hub = route.list.eval(pl.element().filter(pl.element().is_in(HUB_COUNTRIES))).list.first()
+    return shipments.select(
+        pl.lit("shipment").alias("record_kind"),
+        pl.col("shipment_id").alias("record_id"),
+        pl.col("export_date").alias("record_date"),
+        pl.col("consignee_name").alias("party_name"),
+        pl.col("consignee_country").alias("party_country"),
+        pl.col("destination_country").alias("destination"),
+        hub.fill_null(NO_HUB).alias("hub"),
+        pl.col("forwarder_name"),
+        pl.col("value_usd"),
+    )
+
+
+def _lease_records(leases: pl.DataFrame) -> pl.DataFrame:
+    """Leases in the common shape: the lessee's country is where the compute is used,
+    the data centre's country is the hub the hardware sits in."""
+    return leases.select(
+        pl.lit("lease").alias("record_kind"),
+        pl.col("lease_id").alias("record_id"),
+        pl.col("start_date").alias("record_date"),
+        pl.col("lessee_name").alias("party_name"),
+        pl.col("lessee_country").alias("party_country"),
+        pl.col("lessee_country").alias("destination"),
+        pl.col("datacenter_country").alias("hub"),
+        pl.lit(None, pl.String).alias("forwarder_name"),
+        pl.col("value_usd"),
+    )
+
+
+def _records(dataset: Dataset) -> pl.DataFrame:
+    return pl.concat([_shipment_records(dataset.shipments), _lease_records(dataset.leases)],
+                     how="vertical_relaxed").with_columns(
+        pl.col("record_date").dt.strftime("%Y-%m").alias("month"))
+
+
+def _scored_records(dataset: Dataset, scores: pl.DataFrame) -> pl.DataFrame:
+    from detector.contract import SCORES
+
+    missing_columns = [c for c in SCORES.column_names if c not in scores.columns]
+    if missing_columns:
+        raise InputError(f"scores: expected the contract's columns {SCORES.column_names}; "
+                         f"missing {missing_columns}")
+    scores = scores.select(
+        pl.col("record_kind").cast(pl.String), pl.col("record_id").cast(pl.String),
+        pl.col("risk_score").cast(pl.Float64), pl.col("reasons").cast(pl.String),
+        pl.col("model").cast(pl.String))
+    duplicated = scores.filter(pl.len().over("record_kind", "record_id") > 1)
+    if duplicated.height:
+        raise InputError(f"scores: {duplicated.height} rows repeat a (record_kind, record_id); "
+                         f"e.g. {duplicated['record_id'].head(5).to_list()}")
+    records = _records(dataset).join(scores, on=["record_kind", "record_id"], how="left")
+    unscored = records.filter(pl.col("risk_score").is_null())
+    if unscored.height:
+        examples = [f"{kind} {rid}" for kind, rid in
+                    unscored.select("record_kind", "record_id").head(5).iter_rows()]
+        raise InputError(
+            f"scores: expected a risk_score for every shipment and lease of "
+            f"{dataset.directory}; {unscored.height} have none, e.g. {examples}")
+    # Highest risk first; ties by record_kind then record_id, as in the scores table.
+    return records.sort(["risk_score", "record_kind", "record_id"],
+                        descending=[True, False, False])
+
+
+# ----------------------------------------------------------------------------- registry
+
+@dataclass
+class _Registry:
+    """Parties and shipments from the dataset and its history, indexed for case cards."""
+
+    parties: dict[str, dict]
+    by_name: dict[tuple[str, str], str]
+    by_address: dict[str, list[str]]
+    shipments: pl.DataFrame  # with normalised exporter / consignee names
+
+    def party(self, party_id: str | None, name: str | None, country: str | None
+              ) -> tuple[dict | None, str]:
+        if party_id and party_id in self.parties:
+            return self.parties[party_id], "by party id"
+        match = self.by_name.get((normalise_name(name), (country or "").upper()))
+        if match:
+            return self.parties[match], "by name and country"
+        return None, "not found in the party registry"
+
+    def unique_name(self, name: str | None) -> dict | None:
+        """The one party with this normalised name in any country, if exactly one."""
+        norm = normalise_name(name)
+        found = {pid for (n, _), pid in self.by_name.items() if n == norm}
+        return self.parties[found.pop()] if norm and len(found) == 1 else None
+
+    def chain(self, party: dict | None) -> list[dict]:
+        """The parent chain above ``party`` up to its ultimate parent (cycles stopped)."""
+        chain, seen = [], {party["party_id"]} if party else set()
+        parent_id = party.get("parent_party_id") if party else None
+        while parent_id and parent_id in self.parties and parent_id not in seen:
+            seen.add(parent_id)
+            chain.append(self.parties[parent_id])
+            parent_id = self.parties[parent_id].get("parent_party_id")
+        return chain
+
+
+def _registry(dataset: Dataset, history: Sequence[Dataset]) -> _Registry:
+    # The dataset's own party rows win over history rows with the same party_id.
+    parties: dict[str, dict] = {}
+    for source in [*reversed(list(history)), dataset]:
+        for row in source.parties.to_dicts():
+            parties[row["party_id"]] = row
+    by_name: dict[tuple[str, str], str] = {}
+    by_address: dict[str, list[str]] = {}
+    for party_id in sorted(parties):
+        row = parties[party_id]
+        for name in [row["name"], *(row.get("aliases") or [])]:
+            by_name.setdefault((normalise_name(name), (row["country"] or "").upper()), party_id)
+        if address := normalise_address(row.get("address")):
+            by_address.setdefault(address, []).append(party_id)
+    shipments = pl.concat([d.shipments for d in [dataset, *history]], how="vertical_relaxed")
+    names = pl.concat([shipments["exporter_name"], shipments["consignee_name"]]).unique()
+    lookup = pl.DataFrame({"name": names,
+                           "norm": [normalise_name(n) for n in names.to_list()]})
+    shipments = (shipments
+                 .join(lookup.rename({"name": "exporter_name", "norm": "exporter_norm"}),
+                       on="exporter_name", how="left")
+                 .join(lookup.rename({"name": "consignee_name", "norm": "consignee_norm"}),
+                       on="consignee_name", how="left")
+                 .sort(["export_date", "shipment_id"]))
+    return _Registry(parties, by_name, by_address, shipments)
+
+
+# ----------------------------------------------------------------------------- case cards
+
+def _anchor(kind: str, record_id: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", record_id).strip("-")
+    if slug != record_id:  # keep anchors unique when ids differ only in odd characters
+        slug += "-" + hashlib.sha1(record_id.encode()).hexdigest()[:8]
+    return f"case-{kind}-{slug}"
+
+
+def _party_view(party: dict | None) -> dict | None:
+    if party is None:
+        return None
+    return {k: party.get(k) for k in ("party_id", "name", "country", "address",
+                                      "incorporation_date", "industry", "employees",
+                                      "registration_id")} | {
+        "aliases": "; ".join(party.get("aliases") or []),
+        "profile": " · ".join(part for part in (
+            f"incorporated {party['incorporation_date']}" if party.get("incorporation_date")
+            else "", party.get("industry") or "",
+            f"{party['employees']:,} employees" if party.get("employees") is not None else "",
+            f"registry no. {party['registration_id']}" if party.get("registration_id") else "",
+        ) if part)}
+
+
+def _shared_address(registry: _Registry, party: dict | None, address: str | None,
+                    exclude: set[str]) -> list[dict]:
+    keys = {normalise_address(address)} | ({normalise_address(party.get("address"))}
+                                           if party else set())
+    found = []
+    for key in sorted(k for k in keys if k):
+        for party_id in registry.by_address.get(key, []):
+            if party_id not in exclude:
+                exclude.add(party_id)
+                found.append(registry.parties[party_id])
+    return found
+
+
+def _reexport_trail(registry: _Registry, name: str, country: str, after: date,
+                    record_id: str) -> list[dict]:
+    """Later shipments whose exporter is this consignee, from its country."""
+    norm = normalise_name(name)
+    if not norm:
+        return []
+    trail = registry.shipments.filter(
+        (pl.col("exporter_norm") == norm)
+        & (pl.col("exporter_country").str.to_uppercase() == (country or "").upper())
+        & (pl.col("export_date") >= after) & (pl.col("shipment_id") != record_id))
+    return trail.select("shipment_id", "export_date", "consignee_name", "consignee_country",
+                        "destination_country", "quantity", "value_usd",
+                        "description").to_dicts()
+
+
+def _network(centre_name: str, centre_role: str, centre_country: str,
+             related: list[tuple[str, str, str, int, str]], label: str) -> tuple[str, int]:
+    """Draw the case network; ``related`` rows are (name, role, country, link_to, edge)."""
+    shown = related[:MAX_NETWORK_NODES]
+    others = [(n, r, c) for n, r, c, _, _ in shown]
+    edges = [(link if link < len(shown) + 1 else 0, i + 1, edge)
+             for i, (_, _, _, link, edge) in enumerate(shown)]
+    svg = charts.network_svg((centre_name, centre_role, centre_country), others, edges, label)
+    return svg, len(related) - len(shown)
+
+
+def _shipment_card(row: dict, record: dict, registry: _Registry) -> dict:
+    party, matched_how = registry.party(row.get("consignee_party_id"), row["consignee_name"],
+                                        row["consignee_country"])
+    chain = registry.chain(party)
+    exclude = {p["party_id"] for p in [party, *chain] if p}
+    shared = _shared_address(registry, party, row.get("consignee_address"), exclude)
+    trail = _reexport_trail(registry, row["consignee_name"], row["consignee_country"],
+                            row["export_date"], row["shipment_id"])
+
+    related: list[tuple[str, str, str, int, str]] = []
+    for i, parent in enumerate(chain):
+        related.append((parent["name"], "parent", parent["country"], i, "owned by"))
+    if row.get("payer_name") or row.get("payer_country"):
+        related.append((row.get("payer_name") or "(unnamed payer)", "payer",
+                        row.get("payer_country") or "", 0,
+                        f"paid ({row.get('payment_method') or 'unknown'})"))
+    for other in shared:
+        related.append((other["name"], "shared address", other["country"], 0, "same address"))
+    seen_counterparties = set()
+    for leg in trail:
+        key = (leg["consignee_name"], leg["consignee_country"])
+        if key not in seen_counterparties:
+            seen_counterparties.add(key)
+            related.append((leg["consignee_name"], "re-export", leg["consignee_country"], 0,
+                            "re-exported to"))
+    network, hidden = _network(row["consignee_name"], "consignee", row["consignee_country"],
+                               related, f"Entities linked to shipment {row['shipment_id']}")
+
+    route = [("exporter", row["exporter_name"], row["exporter_country"])]
+    route += [("transit", None, c) for c in (row.get("transit_countries") or [])]
+    if row.get("intermediate_consignee_name") or row.get("intermediate_consignee_country"):
+        route.append(("intermediate consignee", row.get("intermediate_consignee_name"),
+                      row.get("intermediate_consignee_country")))
+    route.append(("consignee", row["consignee_name"], row["consignee_country"]))
+    route.append(("destination", None, row["destination_country"]))
+    payer_mismatch = bool(row.get("payer_country") and row["payer_country"]
+                          != row["consignee_country"])
+    return record | {
+        "row": row, "route": route, "party": _party_view(party), "matched_how": matched_how,
+        "chain": [_party_view(p) for p in chain], "shared": [_party_view(p) for p in shared],
+        "trail": trail[:MAX_TRAIL_ROWS], "trail_more": max(0, len(trail) - MAX_TRAIL_ROWS),
+        "payer_mismatch": payer_mismatch, "network": network, "network_hidden": hidden,
+    }
+
+
+def _lease_card(row: dict, record: dict, registry: _Registry) -> dict:
+    party, matched_how = registry.party(row.get("lessee_party_id"), row["lessee_name"],
+                                        row["lessee_country"])
+    chain = registry.chain(party)
+    exclude = {p["party_id"] for p in [party, *chain] if p}
+    shared = _shared_address(registry, party, None, exclude)
+    provider, _ = registry.party(row.get("provider_party_id"), row["provider_name"],
+                                 row["datacenter_country"])
+    if provider is None:  # providers often run data centres outside their home country
+        provider = registry.unique_name(row["provider_name"])
+    related: list[tuple[str, str, str, int, str]] = [
+        (row["provider_name"], "provider", row["datacenter_country"], 0,
+         f"leases {row['gpu_count']} GPUs")]
+    for i, parent in enumerate(chain):
+        related.append((parent["name"], "parent", parent["country"], 0 if i == 0 else i + 1,
+                        "owned by"))
+    if row.get("payer_country"):
+        related.append(("(payer)", "payer", row["payer_country"], 0, "paid"))
+    for other in shared:
+        related.append((other["name"], "shared address", other["country"], 0, "same address"))
+    network, hidden = _network(row["lessee_name"], "lessee", row["lessee_country"], related,
+                               f"Entities linked to lease {row['lease_id']}")
+    payer_mismatch = bool(row.get("payer_country") and row["payer_country"]
+                          != row["lessee_country"])
+    return record | {
+        "row": row, "party": _party_view(party), "matched_how": matched_how,
+        "provider": _party_view(provider),
+        "chain": [_party_view(p) for p in chain], "shared": [_party_view(p) for p in shared],
+        "payer_mismatch": payer_mismatch, "network": network, "network_hidden": hidden,
+    }
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _headline(current: dict, previous: dict | None, key: str, kind: str,
+              signals_risk: bool = True) -> dict:
+    value = current[key]
+    out = {"value": value, "text": _format(value, kind), "delta": None, "direction": ""}
+    if previous is not None and previous.get(key) is not None:
+        before = previous[key]
+        change = value - before
+        pct = f" ({change / before:+.0%})" if before else ""
+        out["delta"] = f"{_format(change, kind, signed=True)}{pct}"
+        out["previous"] = _format(before, kind)
+        # Colour only where a rise means more risk; more records scored is just volume.
+        out["direction"] = ("same" if not signals_risk or change == 0
+                            else "up" if change > 0 else "down")
+    return out
+
+
+def _format(value: float, kind: str, signed: bool = False) -> str:
+    if kind == "money":
+        text = charts.money(abs(value))
+        return ("+" if value >= 0 else "−") + text if signed else text
+    return f"{value:+,}" if signed else f"{value:,}"
+
+
+def _figures(records: pl.DataFrame, threshold: float) -> dict:
+    flagged = records.filter(pl.col("risk_score") >= threshold)
+    return {"scored": records.height, "flagged": flagged.height,
+            "value_at_risk": float(flagged["value_usd"].fill_null(0.0).sum())}
+
+
+def _over_time(scored: pl.DataFrame, threshold: float, column: str,
+               months: list[str]) -> dict[str, list[int]]:
+    flagged = scored.filter(pl.col("risk_score") >= threshold)
+    totals = (flagged.group_by(column).len().sort(["len", column], descending=[True, False]))
+    top = totals[column].head(TOP_GROUPS).to_list()
+    grouped = (flagged.with_columns(
+        pl.when(pl.col(column).is_in(top)).then(pl.col(column)).otherwise(pl.lit("other"))
+        .alias("group"))
+        .group_by("group", "month").len())
+    counts = {(g, m): n for g, m, n in grouped.iter_rows()}
+    groups = top + (["other"] if any(g == "other" for g, _ in counts) else [])
+    return {g: [counts.get((g, m), 0) for m in months] for g in groups}
+
+
+def _ranked_parties(period_records: pl.DataFrame, column: str, threshold: float,
+                    country_column: str | None = None) -> list[tuple[str, float, int]]:
+    """Parties ranked by summed risk (expected diverted records) in the period.
+
+    Spellings of one party ('Acme Pte. Ltd.', 'ACME PTE LTD') are counted together under
+    its most frequent spelling; with ``country_column`` the same name in two countries
+    stays two parties.
+    """
+    frame = period_records.filter(pl.col(column).is_not_null())
+    names = frame[column].unique().sort()
+    lookup = pl.DataFrame({column: names,
+                           "norm": [normalise_name(n) for n in names.to_list()]})
+    keys = ["norm", *([country_column] if country_column else [])]
+    table = (frame.join(lookup, on=column, how="left")
+             .group_by(keys)
+             .agg(pl.col(column).mode().sort().first().alias("display"),
+                  pl.col("risk_score").sum().alias("risk"),
+                  (pl.col("risk_score") >= threshold).sum().alias("flagged"))
+             .sort(["risk", *keys], descending=[True] + [False] * len(keys))
+             .head(TOP_PARTIES))
+    rows = []
+    for row in table.iter_rows(named=True):
+        label = row["display"] + (f" ({row[country_column]})" if country_column else "")
+        rows.append((label, float(row["risk"]), int(row["flagged"])))
+    return rows
+
+
+def _typologies(dataset: Dataset, history: Sequence[Dataset], period_ids: pl.DataFrame
+                ) -> list[tuple[str, int, int]]:
+    labels = pl.concat([d.labels.select("record_kind", "record_id", "label", "typology")
+                        for d in [dataset, *history]], how="vertical_relaxed")
+    labels = labels.unique(["record_kind", "record_id"], keep="first", maintain_order=True)
+    positives = labels.filter(pl.col("label") == 1).with_columns(
+        pl.col("typology").fill_null("unspecified"))
+    if positives.height == 0:
+        return []
+    in_period = positives.join(period_ids, on=["record_kind", "record_id"], how="semi")
+    counts = positives.group_by("typology").len().join(
+        in_period.group_by("typology").len().rename({"len": "in_period"}), on="typology",
+        how="left").sort(["len", "typology"], descending=[True, False])
+    return [(t, int(n), int(p or 0)) for t, n, p in counts.iter_rows()]
+
+
+# ----------------------------------------------------------------------------- build
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("detector", "templates"),
+        autoescape=True,  # every value from the data is text, never markup
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+    )
+    env.filters["money"] = charts.money
+    env.filters["score"] = lambda v: f"{v:.3f}"
+    env.filters["country_or_dash"] = lambda v: v or "—"
+    return env
+
+
+def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | None,
+                 period: str | None = None, capacity: str = "1%",
+                 history: Sequence[Dataset] = (), provenance: dict | None = None) -> str:
+    """The risk report for one month of ``dataset`` as one self-contained HTML page."""
+    history = list(history)
+    scored = _scored_records(dataset, scores)
+    if scored.height == 0:
+        raise InputError(f"{dataset.directory}: no shipments or leases to report on")
+    months_present = scored["month"].unique().sort().to_list()
+    if period is None:
+        period = months_present[-1]
+    else:
+        period = "{}-{:02d}".format(*_parse_period(period))
+    in_period = scored.filter(pl.col("month") == period)
+    if in_period.height == 0:
+        raise InputError(f"--period {period}: the dataset has no shipments or leases dated in "
+                         f"that month; it covers {months_present[0]} to {months_present[-1]}")
+
+    k = parse_capacity(capacity, in_period.height)
+    review = in_period.head(k)
+    threshold = float(review["risk_score"][-1])
+    previous_period = _previous_month(period)
+    current = _figures(in_period, threshold)
+
+    previous_scored = scored.filter(pl.col("month") == previous_period)
+    previous_note = None
+    if previous_scored.height:
+        previous = _figures(previous_scored, threshold)
+    else:
+        # Records of the previous month that only the history holds were not scored in
+        # this run: we can count them but not say how many cross the threshold.
+        filed = sum(_records(h).filter(pl.col("month") == previous_period).height
+                    for h in history)
+        previous = None
+        previous_note = (f"{previous_period}: {filed:,} records in the history datasets, not "
+                         "scored in this run" if filed else
+                         f"no records dated {previous_period} in the data")
+    headlines = [
+        ("Records scored", _headline(current, previous, "scored", "count", signals_risk=False)),
+        (f"At or above the review threshold ({threshold:.3f})",
+         _headline(current, previous, "flagged", "count")),
+        ("Declared value at risk", _headline(current, previous, "value_at_risk", "money")),
+    ]
+
+    months = _month_range(months_present[0], max(months_present[-1], period))
+    charts_svg = {
+        "over_time": charts.risk_over_time(
+            "chart-time", months,
+            [("by destination", _over_time(scored, threshold, "destination", months)),
+             ("by hub (first hub on the route; data-centre country for leases)",
+              _over_time(scored, threshold, "hub", months))],
+            period, "records at or above threshold"),
+        "distribution": charts.score_distribution(
+            "chart-dist", in_period["risk_score"].to_list(), threshold, k),
+        "consignees": charts.ranked_bars(
+            "chart-consignees", "Top consignees and lessees by risk",
+            _ranked_parties(in_period, "party_name", threshold, "party_country"), "summed risk score"),
+        "forwarders": charts.ranked_bars(
+            "chart-forwarders", "Top forwarders by risk",
+            _ranked_parties(in_period, "forwarder_name", threshold), "summed risk score"),
+    }
+    typologies = _typologies(dataset, history, in_period.select("record_kind", "record_id"))
+    charts_svg["typology"] = (charts.typology_mix("chart-typology", typologies, period)
+                              if typologies else None)
+
+    registry = _registry(dataset, history)
+    shipments_by_id = {r["shipment_id"]: r for r in dataset.shipments.filter(
+        pl.col("shipment_id").is_in(review.filter(pl.col("record_kind") == "shipment")
+                                    ["record_id"].implode())).to_dicts()}
+    leases_by_id = {r["lease_id"]: r for r in dataset.leases.filter(
+        pl.col("lease_id").is_in(review.filter(pl.col("record_kind") == "lease")
+                                 ["record_id"].implode())).to_dicts()}
+    cards = []
+    for position, rec in enumerate(review.to_dicts(), start=1):
+        record = rec | {
+            "position": position, "anchor": _anchor(rec["record_kind"], rec["record_id"]),
+            "reason_list": [r.strip() for r in (rec["reasons"] or "").split(";") if r.strip()],
+        }
+        if rec["record_kind"] == "shipment":
+            cards.append(_shipment_card(shipments_by_id[rec["record_id"]], record, registry))
+        else:
+            cards.append(_lease_card(leases_by_id[rec["record_id"]], record, registry))
+
+    score_models = scored["model"].unique().sort().to_list()
+    fallback = model_info is None or FALLBACK_MODEL in score_models
+    metrics = [(METRIC_LABELS.get(k, k), v) for k, v in sorted(
+        ((model_info or {}).get("metrics") or {}).items(),
+        key=lambda kv: (list(METRIC_LABELS).index(kv[0]) if kv[0] in METRIC_LABELS else 99,
+                        kv[0]))]
+
+    html = _environment().get_template("report.html.j2").render(
+        period=period, previous_period=previous_period, previous_note=previous_note,
+        capacity_text=capacity, capacity=k, threshold=threshold,
+        n_period=in_period.height,
+        n_shipments=in_period.filter(pl.col("record_kind") == "shipment").height,
+        n_leases=in_period.filter(pl.col("record_kind") == "lease").height,
+        headlines=headlines, cards=cards, charts=charts_svg,
+        model_info=model_info, metrics=metrics, fallback=fallback,
+        score_models=score_models, provenance=sorted((provenance or {}).items()),
+        history_count=len(history), months=months, hubs=", ".join(HUB_COUNTRIES),
+    )
+    return html
+
+
+# ----------------------------------------------------------------------------- writing
+
+def write_report(html: str, out: Path) -> Path:
+    """Write the report: ``.html`` as is, ``.pdf`` through WeasyPrint; atomically either way."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".html", ".htm", ".pdf"):
+        raise UsageError(f"--out {out}: expected a file name ending in .html or .pdf")
+    if suffix == ".pdf":
+        weasyprint = _import_weasyprint()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if suffix == ".pdf":
+            # base_url: relative references (there are none) would resolve locally only.
+            weasyprint.HTML(string=html, base_url=str(out.parent)).write_pdf(tmp)
+        else:
+            Path(tmp).write_text(html, encoding="utf-8")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise EnvironmentFailure(f"{out}: could not write the report: {exc}") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _import_weasyprint() -> Any:
+    try:
+        import weasyprint
+    except ImportError as exc:
+        name = getattr(exc, "name", "") or ""
+        if name.startswith("weasyprint") or "weasyprint" in str(exc) and "No module" in str(exc):
+            raise EnvironmentFailure(
+                "PDF output needs the weasyprint package: pip install weasyprint "
+                "(or pip install -e '.[dev]'); or write .html instead") from exc
+        raise EnvironmentFailure(_missing_library_message(exc)) from exc
+    except OSError as exc:  # cffi could not load a system library (Pango, GObject)
+        raise EnvironmentFailure(_missing_library_message(exc)) from exc
+    return weasyprint
+
+
+def _missing_library_message(exc: Exception) -> str:
+    return ("PDF output needs the system Pango library, which could not be loaded "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); install it "
+            "with: apt-get install libpango-1.0-0 libpangoft2-1.0-0 "
+            "(or write .html instead)")
+
+
+def generate_report(dataset_dir: str | Path, out: str | Path,
+                    history_dirs: Sequence[str | Path] = (), *, model_uri: str | None = None,
+                    period: str | None = None, capacity: str = "1%",
+                    screening_list: str | Path | None = None,
+                    log: Callable[[str], None] = lambda _: None) -> Path:
+    """`detector report`: score the dataset, build the page, write HTML or PDF atomically."""
+    from detector.batch import load_batch
+    from detector.reasons import full_reasons
+    from detector.scoring import load_model, score_batch
+
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm", ".pdf"):
+        raise UsageError(f"--out {out}: the report must end in .html or .pdf")
+    if period is not None:
+        _parse_period(period)
+    batch = load_batch(dataset_dir, history_dirs, screening_list)
+    model = load_model(model_uri, log)
+    log(f"scoring {batch.dataset.shipments.height} shipments and "
+        f"{batch.dataset.leases.height} leases with {model.label}")
+    scored = score_batch(batch, model, top=0)
+    # Full reasons for each month's review list (the rows a reader sees), whatever the period.
+    frame = scored.frame.with_columns(
+        month=pl.col("record_date").dt.strftime("%Y-%m"),
+        _pos=pl.int_range(pl.len()))
+    review = pl.concat([
+        grp.head(parse_capacity(capacity, grp.height))
+        for _, grp in frame.group_by("month", maintain_order=True)
+    ]).sort("_pos")
+    reasons = full_reasons(review, None if model.fallback else model.bundle.model, model.fallback)
+    frame = frame.join(review.select("_pos").with_columns(_full=pl.Series(reasons,
+                                                                          dtype=pl.String)),
+                       on="_pos", how="left").sort("_pos")
+    scores = frame.with_columns(reasons=pl.coalesce("_full", "reasons")).select(
+        "record_kind", "record_id", "risk_score", "rank", "reasons", "model")
+    model_info = None
+    if not model.fallback:
+        from detector import tracking
+
+        metrics = model.info.get("metrics") or {}
+        if model.info.get("run_id"):
+            metrics = tracking.run_info(model.info["run_id"])["metrics"] or metrics
+        model_info = {"name": model.info.get("name") or model.label,
+                      "version": model.info.get("version") or "",
+                      "run_id": model.info.get("run_id"), "metrics": metrics,
+                      "trained_on": (model.info.get("provenance") or {}).get("dataset")}
+    html = build_report(batch.dataset, scores, model_info=model_info, period=period,
+                        capacity=capacity, history=batch.history,
+                        provenance={**batch.provenance, "model": model.label})
+    return write_report(html, out)

@@ -1,0 +1,1 @@
+"""Building blocks of the world simulator (`detector simulate`, see detector/simulate.py)."""
