@@ -234,7 +234,9 @@ class Issue:
     def __str__(self) -> str:
         where = self.file + (f", column '{self.column}'" if self.column else "")
         text = f"{self.severity.upper()} {where}: {self.message}"
-        if self.count:
+        if self.count and not self.rows:  # cross-table checks count rows without numbering them
+            text += f" ({self.count} rows)"
+        elif self.count:
             shown = ", ".join(str(r) for r in self.rows[:MAX_ROWS_SHOWN])
             more = f" and {self.count - MAX_ROWS_SHOWN} more" if self.count > MAX_ROWS_SHOWN else ""
             text += f" (rows {shown}{more}; {self.count} in all)"
@@ -420,8 +422,8 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
         lf = _scan(path)
         source_schema = lf.collect_schema()
     except Exception as exc:  # polars raises several kinds for unreadable files
-        report.error(name, None, f"cannot be read as {path.suffix[1:].upper()}: "
-                     f"{_first_line(exc)}")
+        report.error(*(_encoding_problem(path, name) or (
+            name, None, f"cannot be read as {path.suffix[1:].upper()}: {_first_line(exc)}")))
         return TableRead(_empty(table), path=path, readable=False)
 
     # Header names are matched without regard to case or surrounding spaces.
@@ -445,6 +447,9 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
             continue
         source = source_schema[src_name]
         raw = pl.col(src_name)
+        if isinstance(source, pl.List):  # a native Parquet list: read as the ';'-joined text
+            raw = raw.cast(pl.List(pl.String)).list.join(LIST_SEPARATOR)
+            source = pl.String()
         typed, bad, expected = _parse(column, raw, source)
         exprs.append(typed.cast(POLARS_TYPES[column.kind]).alias(column.name))
         exprs.append(bad.alias(f"__bad_{column.name}"))
@@ -466,7 +471,8 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
             .collect()
         )
     except Exception as exc:
-        report.error(name, None, f"cannot be read: {_first_line(exc)}")
+        report.error(*(_encoding_problem(path, name) or (name, None, f"cannot be read: "
+                                                          f"{_first_line(exc)}")))
         return TableRead(_empty(table), path=path, readable=False)
 
     if df.height == 0 and table.required:
@@ -522,8 +528,9 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
     _warn_recoverable(df, table, name, report)
 
     if problem_parts:
-        df = df.with_columns(
-            pl.concat_str(problem_parts, separator="; ", ignore_nulls=True).alias("problem"))
+        # concat_str gives "" (not null) when every part is null: only non-empty is a problem
+        problem = pl.concat_str(problem_parts, separator="; ", ignore_nulls=True)
+        df = df.with_columns(pl.when(problem.str.len_chars() > 0).then(problem).alias("problem"))
         failed = df.filter(pl.col("problem").is_not_null())
         passed = df.filter(pl.col("problem").is_null())
         quarantined = failed.select(
@@ -555,6 +562,37 @@ def _warn_recoverable(df: pl.DataFrame, table: Table, name: str, report: Validat
 
 def _distinct(series: pl.Series) -> list[str]:
     return [str(v) for v in series.drop_nulls().unique(maintain_order=True).head(MAX_VALUES_SHOWN)]
+
+
+def _encoding_problem(path: Path, name: str) -> tuple[str, str | None, str] | None:
+    """(file, column, message) locating the first non-UTF-8 byte of a CSV file, if any."""
+    if path.suffix.lower() != ".csv":
+        return None
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return None
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    line_start = data.rfind(b"\n", 0, start) + 1
+    line_no = data.count(b"\n", 0, start) + 1
+    line_end = data.find(b"\n", start)
+    line = data[line_start:line_end if line_end >= 0 else len(data)].decode("latin-1")
+    header = data[:data.find(b"\n")].decode("utf-8", "replace").strip().split(",")
+    column = None
+    if line_no > 1:  # which field holds the bad byte (assumes no quoted newlines before it)
+        import csv
+
+        offset, position = 0, start - line_start
+        for i, field_text in enumerate(next(csv.reader([line]), [])):
+            offset = line.find(field_text, offset) + len(field_text)
+            if offset > position:
+                column = header[i].strip() if i < len(header) else None
+                break
+    where = f"line {line_no} (data row {line_no - 1})" if line_no > 1 else "the header"
+    return (name, column, f"not UTF-8: byte {data[start:start + 1]!r} in {where}; "
+            f"value: {line[max(0, start - line_start - 20):start - line_start + 20]!r}; "
+            "save the file as UTF-8")
 
 
 def _first_line(exc: Exception) -> str:
@@ -713,11 +751,12 @@ def write_table(df: pl.DataFrame, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        # The contract stores list columns as one ';'-joined string in both formats.
+        lists = [n for n, t in df.schema.items() if isinstance(t, pl.List)]
+        out = df.with_columns(pl.col(n).list.join(LIST_SEPARATOR) for n in lists)
         if suffix == ".parquet":
-            df.write_parquet(tmp)
+            out.write_parquet(tmp)
         else:
-            lists = [n for n, t in df.schema.items() if isinstance(t, pl.List)]
-            out = df.with_columns(pl.col(n).list.join(LIST_SEPARATOR) for n in lists)
             out.write_csv(tmp, date_format="%Y-%m-%d")
         os.replace(tmp, path)
     except BaseException:
