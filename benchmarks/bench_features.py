@@ -24,9 +24,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.contract import LEASES, PARTIES, SHIPMENTS, read_dataset  # noqa: E402
-from detector.reference import load_reference  # noqa: E402
-from features.build import build_features, fit_feature_stats  # noqa: E402
+from detector.contract import LEASES, PARTIES, SHIPMENTS, read_dataset
+from detector.reference import load_reference
+from features.build import build_features, fit_feature_stats
 
 COUNTRIES = np.array(["SG", "MY", "TH", "HK", "TW", "JP", "US", "DE", "CN", "AE", "VN", "IN"])
 FORMS = {"SG": "Pte. Ltd.", "MY": "Sdn. Bhd.", "HK": "Limited", "CN": "Co., Ltd.",
@@ -106,7 +106,7 @@ def main() -> None:
             tmp = Path(tempfile.mkdtemp(prefix="bench_world_"))
             simulate(tmp, seed=0, shipments=args.shipments)
             args.world = tmp
-        except Exception as exc:  # the simulator is optional here
+        except (ImportError, AttributeError, ValueError, OSError) as exc:  # optional here
             print(f"simulator unavailable ({type(exc).__name__}); using the plain world")
     if args.world is not None:
         ds = read_dataset(args.world)

@@ -6,34 +6,14 @@ import numpy as np
 import polars as pl
 
 from features.registry import FEATURES, render_reason
-from features.rules import RULES
+from features.rules import RULES, render_rule_reason
 
 _RULES = {r.name: r for r in RULES}
 
 
-def _fill(template: str, row: dict) -> str | None:
-    """A reason template filled from ``row``; None when a value it needs is missing."""
-    try:
-        return template.format_map(_Strict(row))
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
-class _Strict(dict):
-    def __getitem__(self, key):
-        value = dict.__getitem__(self, key)
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            raise KeyError(key)
-        return value
-
-
 def rule_reasons(row: dict) -> list[str]:
-    out = []
-    for name in row.get("rule_hits") or []:
-        rule = _RULES.get(name)
-        if rule is not None:
-            out.append(_fill(rule.reason, row) or rule.description)
-    return out
+    return [text for name in row.get("rule_hits") or []
+            if (text := render_rule_reason(name, row)) is not None]
 
 
 def rule_labels(hits: pl.Expr) -> pl.Expr:
@@ -129,7 +109,7 @@ def explain_record(row: pl.DataFrame, scored, model) -> dict:
         "model": model.label,
         "fallback": model.fallback,
         "rule_hits": [{"rule": h, "points": _RULES[h].points,
-                       "reason": _fill(_RULES[h].reason, record) or _RULES[h].description}
+                       "reason": render_rule_reason(h, record)}
                       for h in (record.get("rule_hits") or []) if h in _RULES],
         "reasons": full_reasons(row, None if model.fallback else model.bundle.model,
                                 model.fallback)[0],

@@ -1,0 +1,260 @@
+"""The registry: every column of the feature frame, named, described and tied to the
+red flag (FACTS.md "Red flags", numbered 1-11) or case typology it encodes.
+
+`detector explain` shows these names and values to an analyst, and `reason` templates
+turn a row into plain language. Context columns (model_input=False) are kept for
+reasons only: names, countries, the matched list entry.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from dataclasses import dataclass
+
+S = ("shipment",)
+L = ("lease",)
+B = ("shipment", "lease")
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    description: str
+    red_flag: str  # which red flag / case it encodes
+    kinds: tuple[str, ...]  # ("shipment",), ("lease",) or both
+    model_input: bool = True  # False for context columns (names, list entry, chip model text)
+    reason: str | None = None  # template with {column} placeholders using format-spec
+
+
+_F = Feature
+_ALL: list[Feature] = [
+    # ---- context (reasons only)
+    _F("chip_model", "catalogue model recognised in the description / contracted GPU model",
+       "product identification", B, False),
+    _F("chip_eccn", "ECCN the catalogue gives the recognised model (3A090.a, 4A090.a, ...)",
+       "control status", B, False),
+    _F("chip_price_low_usd", "catalogue low market price for one declared unit",
+       "misdeclaration (value)", S, False),
+    _F("chip_price_high_usd", "catalogue high market price for one declared unit",
+       "misdeclaration (value)", S, False),
+    _F("consignee_industry", "industry of the resolved consignee party", "3 line of business",
+       S, False),
+    _F("ultimate_parent_name", "name of the top of the ownership chain", "11 ownership", B,
+       False),
+    _F("ultimate_parent_country", "country of the top of the ownership chain", "11 ownership",
+       B, False),
+    _F("screening_match_name", "screening-list entry closest to the party's name or address",
+       "1 listed party", B, False),
+    _F("screening_match_list", "list of that entry (Entity List, MEU, UVL, SDN...)",
+       "1 listed party", B, False),
+    _F("reexport_destination", "destination of the consignee's first later export to D:5/HK/MO",
+       "transshipment", S, False),
+    _F("consignee_country", "consignee's declared country", "context", S, False),
+    _F("destination_country", "declared country of ultimate destination", "context", S, False),
+    _F("payer_country", "country of the payer", "context", B, False),
+    _F("payment_method", "payment method as declared", "context", S, False),
+    _F("lessee_country", "lessee's declared country", "context", L, False),
+    _F("datacenter_country", "where the leased hardware runs", "context", L, False),
+    _F("transit_countries", "countries passed through, in order", "context", S, False),
+    # ---- product and control
+    _F("chip_units", "GPUs on the line (servers count their GPUs) or GPUs leased",
+       "scale", B),
+    _F("chip_tpp", "total processing performance of one GPU of the recognised model",
+       "control parameter (3A090)", B),
+    _F("total_tpp", "TPP of one GPU times the GPUs on the record", "scale", B),
+    _F("chip_controlled", "recognised model is a 3A090/4A090 item", "control status", B,
+       reason="{chip_model} is a controlled item ({chip_eccn})"),
+    _F("licence_required_for_item", "the item needs a licence to this destination on this date",
+       "licence requirement (§744.23, Apr 2025 H20/MI308 rule)", S,
+       reason="{chip_model} needs a licence to {destination_country}"),
+    _F("controlled_declared_low_eccn", "controlled model declared EAR99, 5A992 or similar",
+       "misdeclaration (classification)", S,
+       reason="{chip_model} ({chip_eccn}) declared under a lower ECCN"),
+    _F("misdeclared_to_licence_destination",
+       "item needing a licence declared EAR99/5A992 or 'no licence required'",
+       "misdeclaration (classification)", S,
+       reason="{chip_model} declared uncontrolled / no licence required to {destination_country}"),
+    _F("no_licence_for_licence_destination",
+       "item needing a licence shipped without licence_type 'license'", "licence requirement",
+       S, reason="no licence stated for {chip_model} to {destination_country}"),
+    _F("parts_hs_for_gpu_priced_item", "HS 8473.30 'parts' for a controlled or GPU-priced line",
+       "misdeclaration (HS code)", S,
+       reason="GPU-priced line (${unit_value_usd:,.0f} per unit) declared as parts under 8473.30"),
+    _F("hs_code_typical_for_gpus", "HS code is one GPUs and servers are filed under",
+       "product identification", S),
+    _F("unit_value_usd", "declared value per declared unit", "5 value", S),
+    _F("unit_value_to_market_low", "unit value divided by the catalogue's low market price",
+       "misdeclaration (value) / 5 paying above market", S,
+       reason="declared ${unit_value_usd:,.0f} per unit; {chip_model} market range "
+              "${chip_price_low_usd:,.0f}–{chip_price_high_usd:,.0f}"),
+    _F("unit_value_to_learned_median", "unit value divided by the training median for the model",
+       "misdeclaration (value)", S,
+       reason="declared value is {unit_value_to_learned_median:.0%} of the usual for {chip_model}"),
+    _F("weight_per_unit_kg", "gross weight per declared unit", "dummy servers / misdeclaration",
+       S),
+    _F("weight_to_catalogue", "weight per unit divided by the catalogue weight",
+       "dummy servers / misdeclaration", S,
+       reason="weight per unit {weight_per_unit_kg:,.1f} kg is {weight_to_catalogue:.0%} of a "
+              "{chip_model}"),
+    _F("vague_description", "no model recognised but GPU-ish or 'parts/adapters' wording or "
+       "GPU HS code", "misdeclaration (description); 2 vague", S,
+       reason="vague description: no chip model named"),
+    _F("end_use_vague_or_missing", "declared end use missing or boilerplate", "2 vague end use",
+       S, reason="end use not stated"),
+    _F("value_usd", "declared line value / total contract value", "scale", B),
+    _F("chip_model_code", "catalogue row of the recognised model (-1 none)", "product", B),
+    # ---- parties
+    _F("consignee_resolved", "consignee matched to a registered party (id, name or fuzzy)",
+       "6 no business history", S),
+    _F("consignee_resolution_score", "name match score of that resolution (100 exact/id)",
+       "6 no business history", S),
+    _F("consignee_age_days", "days from the consignee's incorporation to the shipment",
+       "6 newly formed", S,
+       reason="consignee incorporated {consignee_age_days:,.0f} days before the shipment"),
+    _F("consignee_employees", "registered employees of the consignee", "4 stated capacity", S,
+       reason="consignee has {consignee_employees:,.0f} employees"),
+    _F("consignee_industry_misfit", "consignee's industry (logistics, trading, other) does not "
+       "buy data-centre chips in the ordinary course", "3 line of business", S,
+       reason="consignee's line of business ({consignee_industry}) does not fit the goods"),
+    _F("consignee_industry_code", "industry as a code (contract enum order; -1 unknown)",
+       "3 line of business", S),
+    _F("consignee_address_shared_by", "other registered parties at the consignee's address",
+       "6 shell companies / shared addresses", S,
+       reason="{consignee_address_shared_by} other companies registered at the consignee's "
+              "address"),
+    _F("lessee_resolved", "lessee matched to a registered party", "6 no business history", L),
+    _F("lessee_resolution_score", "name match score of that resolution", "6", L),
+    _F("lessee_age_days", "days from the lessee's incorporation to the lease start",
+       "6 newly formed", L,
+       reason="lessee incorporated {lessee_age_days:,.0f} days before the lease"),
+    _F("lessee_employees", "registered employees of the lessee", "10 capacity beyond size", L),
+    _F("ownership_depth", "levels from the party to its ultimate parent", "11 ownership chains",
+       B),
+    _F("ultimate_parent_in_d5_or_macau", "ultimate parent headquartered in D:5 or Macau",
+       "§744.23(a)(3); 10/11 ownership", B,
+       reason="ultimately owned by {ultimate_parent_name} ({ultimate_parent_country})"),
+    _F("screening_match_score", "best token-sort similarity (0-100) of name or address to a "
+       "screening-list entry", "1 listed party", B,
+       reason="resembles {screening_match_list} entry '{screening_match_name}' "
+              "({screening_match_score:.0f}/100)"),
+    _F("screening_name_score", "best similarity of the name to a list name or alias",
+       "1 listed party", B),
+    _F("screening_address_score", "best similarity of the address to a list address",
+       "1 listed party", S),
+    # ---- route and terms
+    _F("destination_licence_required", "destination needs a licence for 3A090/4A090 items",
+       "8 route", S),
+    _F("destination_d5_or_macau", "destination in D:5 or Macau", "8 route", S,
+       reason="destination {destination_country} is in D:5 / Macau"),
+    _F("destination_is_hub", "destination is a diversion hub named in cases", "8 route", S,
+       reason="destination {destination_country} is a known diversion hub"),
+    _F("destination_unconfirmed_hub", "destination is a hub reported by press only", "8 route",
+       S),
+    _F("consignee_destination_mismatch", "consignee country differs from the destination",
+       "8 route", S),
+    _F("transit_via_hk_or_mo", "goods pass through Hong Kong or Macau", "8 route", S,
+       reason="routed through {transit_countries}"),
+    _F("transit_country_count", "number of transit countries", "8 route", S),
+    _F("intermediate_consignee_present", "an intermediate consignee is declared", "8 route", S),
+    _F("consignee_is_logistics", "consignee is a forwarder / logistics company (industry or "
+       "name)", "7 forwarder as consignee", S, reason="consignee is a logistics company"),
+    _F("routed_export", "the foreign party controls the export", "8 route / 7", S),
+    _F("incoterm_exw", "ex works: the buyer collects at the exporter's door", "8 route / 7", S),
+    _F("destination_country_code", "destination (shipment) or data-centre (lease) country code",
+       "route", B),
+    _F("consignee_country_code", "consignee country code", "route", S),
+    # ---- money
+    _F("payer_country_mismatch", "payer country differs from the consignee's / lessee's",
+       "5 third-country payment", B,
+       reason="paid from {payer_country} for a party in another country"),
+    _F("payer_in_d5_hk_or_mo", "payer in D:5, Hong Kong or Macau", "5 HK/CN payer", B,
+       reason="paid from {payer_country}"),
+    _F("unusual_payment_method", "payment by cash, crypto or a third party", "5 unusual payment",
+       S, reason="paid by {payment_method}"),
+    _F("payer_is_other_party", "payer is named and is not the consignee", "5 third-party payment",
+       S),
+    _F("payment_method_code", "payment method as a code (contract enum order)", "5", S),
+    _F("payer_country_code", "payer country code", "5", B),
+    # ---- behaviour (backward only)
+    _F("consignee_prior_shipments", "shipments to the consignee dated before this one",
+       "6 first-time buyer", S),
+    _F("first_shipment_to_consignee", "no earlier shipment to this consignee",
+       "6 first-time buyer", S, reason="first shipment to this consignee"),
+    _F("days_since_first_shipment", "days since the consignee's first shipment (null if first)",
+       "6 business history", S),
+    _F("consignee_shipments_30d", "other shipments to the consignee in the 30 days up to this "
+       "date", "volume burst", S),
+    _F("consignee_value_30d_usd", "their value", "volume burst", S),
+    _F("consignee_shipments_90d", "other shipments to the consignee in the 90 days up to this "
+       "date", "volume burst", S),
+    _F("consignee_value_90d_usd", "their value", "volume burst", S),
+    _F("value_to_consignee_history_mean", "this line's value over the mean of the consignee's "
+       "earlier lines", "jump against own history", S,
+       reason="value {value_to_consignee_history_mean:,.1f}× the consignee's usual"),
+    _F("linked_small_shipments_14d", "sub-threshold GPU lines to the consignee or linked "
+       "consignees (same owner or address) in 14 days", "splitting", S,
+       reason="{linked_small_shipments_14d} small GPU shipments to linked consignees in 14 "
+              "days (${linked_small_value_14d_usd:,.0f})"),
+    _F("linked_small_value_14d_usd", "their total value", "splitting", S),
+    # ---- re-export (retrospective, looks forward)
+    _F("later_reexported_to_d5_hk_mo", "consignee later exports controlled goods to D:5/HK/MO",
+       "transshipment", S,
+       reason="consignee re-exported GPUs to {reexport_destination} {days_until_reexport:,.0f} "
+              "days later"),
+    _F("days_until_reexport", "days from this shipment to that re-export", "transshipment", S),
+    _F("reexported_unit_share_90d", "units re-exported within 90 days over units received",
+       "transshipment", S,
+       reason="{reexported_unit_share_90d:.0%} of the units re-exported within 90 days"),
+    # ---- leases
+    _F("bare_metal_access", "bare-metal access to the GPUs", "10 cloud access", L,
+       reason="bare-metal access"),
+    _F("datacenter_in_hub", "data centre in a diversion hub", "10 cloud / rented compute", L,
+       reason="data centre in {datacenter_country}"),
+    _F("lessee_in_d5_or_macau", "lessee's declared country is D:5 or Macau", "10 cloud", L,
+       reason="lessee in {lessee_country}"),
+    _F("lessee_abroad_from_datacenter", "lessee country differs from the data centre's",
+       "10 remote access", L),
+    _F("price_per_gpu_month_usd", "contract value per GPU per month", "5 value", L),
+    _F("lease_price_to_market", "price per GPU-month over the market (learned median, else "
+       "catalogue price / 36 months)", "5 paying above market", L,
+       reason="pays {lease_price_to_market:.1f}× the market rate per GPU-month"),
+    _F("gpus_per_lessee_employee", "GPUs leased per lessee employee", "10 capacity beyond size",
+       L, reason="{chip_units:,.0f} GPUs for a lessee of {lessee_employees:,.0f} employees"),
+]
+
+FEATURES: dict[str, Feature] = {f.name: f for f in _ALL}
+if len(FEATURES) != len(_ALL):  # a repeated name would silently drop a feature
+    raise RuntimeError("features.registry: duplicate feature names")
+
+
+def model_feature_names() -> list[str]:
+    """Numeric / boolean model inputs, in registry order."""
+    return [f.name for f in _ALL if f.model_input]
+
+
+def _placeholders(template: str) -> list[str]:
+    return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+
+
+def render_reason(feature_name: str, row: dict) -> str | None:
+    """The feature's reason filled from ``row``; None without a template or a needed value."""
+    feature = FEATURES.get(feature_name)
+    if feature is None or feature.reason is None:
+        return None
+    return fill_template(feature.reason, row)
+
+
+def fill_template(template: str, row: dict) -> str | None:
+    values = {}
+    for name in _placeholders(template):
+        value = row.get(name)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        values[name] = value
+    try:
+        return template.format(**values)
+    except (ValueError, TypeError):  # a format spec that does not fit the value's type
+        return None
