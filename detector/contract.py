@@ -737,6 +737,12 @@ def write_quarantine(dataset: Dataset, directory: str | Path) -> list[Path]:
 # --------------------------------------------------------------------------- writing
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_table(df: pl.DataFrame, path: str | Path) -> Path:
     """Write a frame in the contract's form (CSV or Parquet by extension), atomically.
 
@@ -750,6 +756,7 @@ def write_table(df: pl.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
     try:
         # The contract stores list columns as one ';'-joined string in both formats.
         lists = [n for n, t in df.schema.items() if isinstance(t, pl.List)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from features.registry import FEATURES, render_reason
+from features.registry import FEATURES, flag_expression, render_reason
 from features.rules import RULES, render_rule_reason
 
 _RULES = {r.name: r for r in RULES}
@@ -31,6 +31,14 @@ def _unusual(row: dict) -> str | None:
             "the anomaly detectors were fitted on")
 
 
+def _flags(head: pl.DataFrame) -> list[dict[str, bool]]:
+    """Per row: which features hold a value that is a red flag in itself."""
+    exprs = [e.alias(name) for name, f in FEATURES.items()
+             if f.model_input and f.reason and name in head.columns
+             and (e := flag_expression(name, head.schema[name])) is not None]
+    return list(head.select(exprs).iter_rows(named=True)) if exprs else [{}] * head.height
+
+
 def feature_reason(name: str, row: dict) -> str | None:
     if name.startswith("unsupervised_"):
         return _unusual(row)
@@ -45,6 +53,7 @@ def full_reasons(head: pl.DataFrame, scorer, fallback: bool,
     if head.height == 0:
         return []
     rows = list(head.iter_rows(named=True))
+    flags = _flags(head)
     if fallback:
         contributions, names = None, []
     else:
@@ -58,6 +67,8 @@ def full_reasons(head: pl.DataFrame, scorer, fallback: bool,
             for j in order:
                 if contributions[i, j] <= 0 or len(reasons) >= max_feature_reasons:
                     break
+                if not flags[i].get(names[j], names[j].startswith("unsupervised_")):
+                    continue
                 text = feature_reason(names[j], row)
                 if text and text not in reasons:
                     reasons.append(text)

@@ -8,14 +8,10 @@ unsupervised detectors fitted on the batch itself, and says so.
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from detector.batch import Batch, feature_frame, load_batch
@@ -146,15 +142,12 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
 def write_scores(table: pl.DataFrame, out: Path, provenance: dict) -> None:
     """The scores table, and beside it ``<out>.provenance.json`` tracing it to its inputs."""
     sidecar = out.with_name(out.name + ".provenance.json")
-    fd, tmp = tempfile.mkstemp(dir=out.parent if out.parent.exists() else None,
-                               suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(provenance, fh, indent=2, default=str)
+    write_table(table, out)
     try:
-        write_table(table, out)
-        os.replace(tmp, sidecar)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        sidecar.write_text(json.dumps(provenance, indent=2, default=str))
+    except OSError:
+        out.unlink(missing_ok=True)  # no scores file without its provenance
+        raise
 
 
 def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
@@ -215,6 +208,3 @@ def top_table(scored: Scored, n: int) -> str:
                      f"{r['risk_score']:6.3f}  {reasons}")
     return "\n".join(lines)
 
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -12,6 +12,8 @@ import math
 import string
 from dataclasses import dataclass
 
+import polars as pl
+
 S = ("shipment",)
 L = ("lease",)
 B = ("shipment", "lease")
@@ -258,3 +260,35 @@ def fill_template(template: str, row: dict) -> str | None:
         return template.format(**values)
     except (ValueError, TypeError):  # a format spec that does not fit the value's type
         return None
+
+
+# When a numeric feature's value is itself a red flag worth stating. A reason built from
+# a model contribution names a feature only when its value passes this test (booleans:
+# when true), so a large contribution from an ordinary value ("incorporated 3,400 days
+# before") never reads as an accusation.
+_c = pl.col
+FLAGGED_WHEN: dict[str, pl.Expr] = {
+    "unit_value_to_market_low": _c("unit_value_to_market_low") < 0.5,
+    "unit_value_to_learned_median": _c("unit_value_to_learned_median") < 0.5,
+    "weight_to_catalogue": (_c("weight_to_catalogue") < 0.5) | (_c("weight_to_catalogue") > 2),
+    "consignee_age_days": _c("consignee_age_days") < 365,
+    "lessee_age_days": _c("lessee_age_days") < 365,
+    "consignee_employees": _c("consignee_employees") < 10,
+    "consignee_address_shared_by": _c("consignee_address_shared_by") >= 2,
+    "screening_match_score": _c("screening_match_score") >= 80,
+    "value_to_consignee_history_mean": _c("value_to_consignee_history_mean") >= 3,
+    "linked_small_shipments_14d": _c("linked_small_shipments_14d") >= 3,
+    "reexported_unit_share_90d": _c("reexported_unit_share_90d") > 0,
+    "lease_price_to_market": (_c("lease_price_to_market") > 1.5)
+    | (_c("lease_price_to_market") < 0.5),
+    "gpus_per_lessee_employee": _c("gpus_per_lessee_employee") >= 10,
+}
+
+
+def flag_expression(name: str, dtype: pl.DataType) -> pl.Expr | None:
+    """Whether ``name``'s value is a red flag in a row (None: never stated on its own)."""
+    if name in FLAGGED_WHEN:
+        return FLAGGED_WHEN[name].fill_null(False)
+    if dtype == pl.Boolean:
+        return pl.col(name).fill_null(False)
+    return None
