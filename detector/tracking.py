@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,16 +32,22 @@ def detector_home() -> Path:
     return Path(os.environ.get("DETECTOR_HOME", ".detector")).expanduser().resolve()
 
 
-def tracking_uri() -> str:
+# mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; remember what we set so
+# that our own export is not mistaken for the user's choice.
+_uri_set_by_us: str | None = None
+
+
+def _user_uri() -> str | None:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    home = detector_home()
-    return f"sqlite:///{home / 'mlflow.db'}"
+    return uri if uri and uri != _uri_set_by_us else None
+
+
+def tracking_uri() -> str:
+    return _user_uri() or f"sqlite:///{detector_home() / 'mlflow.db'}"
 
 
 def _embedded() -> bool:
-    return not os.environ.get("MLFLOW_TRACKING_URI")
+    return _user_uri() is None
 
 
 def _client() -> MlflowClient:
@@ -48,8 +55,10 @@ def _client() -> MlflowClient:
     try:
         if _embedded():
             detector_home().mkdir(parents=True, exist_ok=True)
+        global _uri_set_by_us
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
+        _uri_set_by_us = uri
         client = MlflowClient(uri, uri)
         client.search_experiments(max_results=1)  # reach the store now, not mid-run
         return client
@@ -70,6 +79,12 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
         return exp.experiment_id
     location = (detector_home() / "artifacts" / name).as_uri() if _embedded() else None
     return client.create_experiment(name, artifact_location=location)
+
+
+# The pyfunc takes contract-shaped frames of any width; MLflow's type-hint validation and
+# its pickling notice do not apply to a model that owns its own input checks.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+warnings.filterwarnings("ignore", message="Passing a Python object as `python_model`")
 
 
 class DiversionPyfunc(mlflow.pyfunc.PythonModel):
