@@ -77,12 +77,26 @@ class SupervisedModel(RiskModel):
         return self
 
     def calibrate(self, frame: pl.DataFrame, labels: np.ndarray) -> None:
-        """Platt scaling of the booster margin on a later, held-out slice."""
+        """Platt scaling of the booster margin on a later, held-out slice.
+
+        Uses Platt's smoothed targets ((N+ + 1) / (N+ + 2) and 1 / (N- + 2)) so that a
+        slice the trees happen to separate perfectly does not give an infinite slope:
+        that would saturate every score at exactly 0 or 1 and destroy the ranking.
+        """
         from sklearn.linear_model import LogisticRegression
 
-        margin = self.margin(frame)
-        lr = LogisticRegression(C=1e4).fit(margin.reshape(-1, 1), labels.astype(int))
-        self.calibration_ = (float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+        y = labels.astype(int)
+        n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+        target = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+        margin = self.margin(frame).reshape(-1, 1)
+        # Soft targets as two weighted copies of each row: label 1 with weight t, 0 with 1-t.
+        lr = LogisticRegression(C=1e4).fit(
+            np.vstack([margin, margin]), np.r_[np.ones(len(y)), np.zeros(len(y))],
+            sample_weight=np.r_[target, 1 - target])
+        slope, intercept = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        if slope <= 0:  # margin does not rank the later slice: keep the raw sigmoid
+            return
+        self.calibration_ = (slope, intercept)
         self.calibrated_ = True
 
     def margin(self, frame: pl.DataFrame) -> np.ndarray:
