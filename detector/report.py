@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from detector import charts
+from features import names as features_names
 from detector.errors import EnvironmentFailure, InputError, UsageError
 
 if TYPE_CHECKING:
@@ -53,32 +54,19 @@ METRIC_LABELS = {
     "brier": "Brier score (lower is better)",
 }
 
-# Legal-form suffixes dropped when matching names (DATA_CONTRACT.md, parties).
-_LEGAL_FORMS = (
-    "pte ltd", "pte limited", "private limited", "sdn bhd", "co ltd", "company limited",
-    "co limited", "limited", "ltd", "llc", "l l c", "inc", "incorporated", "corp",
-    "corporation", "company", "co", "gmbh", "plc", "pty ltd", "pty", "bv", "b v", "sa",
-    "ag", "kk", "k k", "jsc", "tbk", "pt", "lp", "llp", "sarl", "srl", "spa", "oy", "ab",
-    "holdings", "group",
-)
-_LEGAL_FORM_RE = re.compile(
-    r"(?:\s+(?:" + "|".join(re.escape(f) for f in sorted(_LEGAL_FORMS, key=len, reverse=True))
-    + r"))+$")
-_PREFIX_FORM_RE = re.compile(r"^(?:pt|cv)\s+")
-_NON_ALNUM = re.compile(r"[\W_]+", re.UNICODE)
+def _normalised(values: list[str | None], normaliser) -> list[str]:
+    """Names or addresses in the comparable form the feature builders use ('' for none)."""
+    frame = pl.DataFrame({"v": values}, schema={"v": pl.String})
+    return frame.select(normaliser(pl.col("v")).fill_null(""))["v"].to_list()
 
 
 def normalise_name(name: str | None) -> str:
-    """Case, punctuation and legal-form suffixes removed: 'Acme Pte. Ltd.' -> 'acme'."""
-    if not name:
-        return ""
-    text = _NON_ALNUM.sub(" ", name.casefold()).strip()
-    stripped = _PREFIX_FORM_RE.sub("", _LEGAL_FORM_RE.sub("", text)).strip()
-    return stripped or text
+    """'Acme Pte. Ltd.' -> 'acme', exactly as features.names matches names."""
+    return _normalised([name], features_names.normalise_name)[0] or (name or "").casefold()
 
 
 def normalise_address(address: str | None) -> str:
-    return _NON_ALNUM.sub(" ", address.casefold()).strip() if address else ""
+    return _normalised([address], features_names.normalise_address)[0]
 
 
 # ----------------------------------------------------------------------------- capacity

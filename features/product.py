@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from detector.reference import chip_model_expr
 from features.refview import RefView
 
 # Words that say "this is a GPU / accelerator" without naming a model.
@@ -29,12 +30,7 @@ GPU_PRICED_PARTS_UNIT_VALUE_USD = 5_000.0
 
 def model_expression(text: pl.Expr, chips: pl.DataFrame) -> pl.Expr:
     """One vectorised expression: the first catalogue row whose pattern matches ``text``."""
-    rows = chips.filter(pl.col("patterns").is_not_null()).sort("ref_order")
-    expr = None
-    for model, pattern in zip(rows["model"], rows["patterns"]):
-        cond = text.str.contains("(?i)" + pattern)
-        expr = pl.when(cond).then(pl.lit(model)) if expr is None else expr.when(cond).then(pl.lit(model))
-    return pl.lit(None, pl.String) if expr is None else expr.otherwise(pl.lit(None, pl.String))
+    return chip_model_expr(text, chips.filter(pl.col("patterns").is_not_null()).sort("ref_order"))
 
 
 def recognise_chips(lf: pl.LazyFrame, text_column: str, ref: RefView) -> pl.LazyFrame:
