@@ -183,6 +183,11 @@ def score(
         help="Write rows that fail validation here and score the rest.")] = None,
     top: Annotated[int, typer.Option(help="Rows printed, and given full reasons.")] = 1000,
     screening_list: ScreeningOpt = None,
+    engine: Annotated[str, typer.Option(
+        help="local, or dask: model layers per partition on a dask.distributed cluster.")
+    ] = "local",
+    scheduler: Annotated[Optional[str], typer.Option(
+        help="Dask scheduler address (with --engine dask); default: a LocalCluster.")] = None,
 ) -> None:
     """Score every shipment and lease; write the scores table; print the top N with reasons."""
     from detector.scoring import score as run_scoring
@@ -191,7 +196,7 @@ def score(
     try:
         scored = run_scoring(dataset_dir, out, history or [], model_uri=model,
                              quarantine=quarantine, top=top, screening_list=screening_list,
-                             log=_progress)
+                             engine=engine, scheduler=scheduler, log=_progress)
     except DetectorError as exc:
         _fail(exc)
     typer.echo(top_table(scored, top))

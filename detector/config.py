@@ -77,8 +77,10 @@ def _build(cls, values: dict, where: str):
             if not isinstance(value, list):
                 raise InputError(f"{where}.{key}: expected a list, got {value!r}")
             value = tuple(value)
-        elif isinstance(default, bool) or not isinstance(value, type(default)) and not (
-                isinstance(default, float) and isinstance(value, int)):
+        # bool is an int to Python, not to a reader of the config: `num_leaves = true` is wrong
+        elif isinstance(value, bool) != isinstance(default, bool) or not isinstance(
+                value, type(default)) and not (isinstance(default, float)
+                                               and isinstance(value, int)):
             raise InputError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
@@ -101,6 +103,10 @@ def load_config(path: str | Path | None) -> TrainingConfig:
     if unknown:
         raise InputError(f"{path}: unknown setting(s) {unknown}; expected sections "
                          f"{sorted(_SECTIONS)} and keys {sorted(allowed_top)}")
+    not_tables = [k for k in _SECTIONS if not isinstance(raw.get(k, {}), dict)]
+    if not_tables:
+        raise InputError(f"{path}: {not_tables} must be table(s) such as [{not_tables[0]}], "
+                         f"got {raw[not_tables[0]]!r}")
     sections = {k: _build(cls, raw.get(k, {}), f"{path} [{k}]") for k, cls in _SECTIONS.items()}
     config = _build(TrainingConfig, top, str(path))
     config = TrainingConfig(**{**asdict(config), **sections, "source": str(path)})

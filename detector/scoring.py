@@ -92,9 +92,18 @@ def rank(frame: pl.DataFrame) -> pl.DataFrame:
 
 def score_frame(frame: pl.DataFrame, model: LoadedModel, top: int) -> pl.DataFrame:
     """Layer scores, risk, rank and reasons for a feature frame."""
+    layered, scorer = _layers_and_risk(frame, model)
+    return rank_with_reasons(layered, scorer, model, top)
+
+
+def rank_with_reasons(layered: pl.DataFrame, scorer, model: LoadedModel, top: int
+                      ) -> pl.DataFrame:
+    """Rank layered, risk-scored rows; full reasons for the top N, rule labels for the rest.
+
+    The step after the per-partition work: ranking needs every risk score at once.
+    """
     from detector.reasons import full_reasons, rule_labels
 
-    layered, scorer = _layers_and_risk(frame, model)
     ranked = rank(layered)
     head, tail = ranked[:top], ranked[top:]
     head = head.with_columns(reasons=pl.Series(full_reasons(head, scorer, model.fallback),
@@ -116,9 +125,16 @@ def score_batch(batch: Batch, model: LoadedModel, top: int = 1000) -> Scored:
 
 def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Path] = (), *,
           model_uri: str | None = None, quarantine: str | Path | None = None, top: int = 1000,
-          screening_list: str | Path | None = None,
+          screening_list: str | Path | None = None, engine: str = "local",
+          scheduler: str | None = None,
           log: Callable[[str], None] = lambda _: None) -> Scored:
-    """Score every shipment and lease of a dataset and write the scores table."""
+    """Score every shipment and lease of a dataset and write the scores table.
+
+    ``engine="dask"`` applies the model layers per partition on a dask.distributed
+    cluster (``scheduler`` address, else a LocalCluster); see detector.distributed.
+    """
+    if engine not in ("local", "dask"):
+        raise UsageError(f"--engine {engine}: expected local or dask")
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise UsageError(f"--out {out}: the scores file must end in .csv or .parquet")
@@ -129,7 +145,12 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
     model = load_model(model_uri, log)
     log(f"scoring {batch.dataset.shipments.height} shipments and "
         f"{batch.dataset.leases.height} leases with {model.label}")
-    scored = score_batch(batch, model, top)
+    if engine == "dask":
+        from detector.distributed import score_batch_dask
+
+        scored = score_batch_dask(batch, model, top, scheduler=scheduler, log=log)
+    else:
+        scored = score_batch(batch, model, top)
     provenance = {**batch.provenance, "model": model.label,
                   "model_run_id": model.info.get("run_id"), "records": scored.frame.height,
                   "quarantined_rows": batch.dataset.quarantined_rows}

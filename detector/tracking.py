@@ -8,6 +8,7 @@ it) takes precedence.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -81,10 +82,9 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-# The pyfunc takes contract-shaped frames of any width; MLflow's type-hint validation and
-# its pickling notice do not apply to a model that owns its own input checks.
+# The pyfunc takes contract-shaped frames of any width: MLflow's type-hint validation does
+# not apply to a model that checks its own input.
 warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
-warnings.filterwarnings("ignore", message="Passing a Python object as `python_model`")
 
 
 class DiversionPyfunc(mlflow.pyfunc.PythonModel):
@@ -137,6 +137,7 @@ def log_training_run(*, experiment: str, model_name: str, bundle_dir: Path, para
                     p = Path(tmp) / f"{name}.csv"
                     table.write_csv(p)
                     mlflow.log_artifact(str(p), artifact_path="evaluation")
+            logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the pickling notice
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=DiversionPyfunc(),

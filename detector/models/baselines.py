@@ -119,7 +119,7 @@ class RawIsolationForest(RiskModel):
 
 
 class RawLightGBM(RiskModel):
-    """LightGBM on raw columns; category codes learned at fit time (unknown → -1)."""
+    """LightGBM on raw columns; category codes learned at fit time (unknown → missing)."""
 
     def __init__(self, random_state: int = 0, num_boost_round: int = 300):
         self.random_state = random_state
@@ -128,7 +128,7 @@ class RawLightGBM(RiskModel):
     def _x(self, frame: pl.DataFrame) -> np.ndarray:
         coded = frame.select(
             *[pl.col(c).cast(pl.Float64) for c in RAW_NUMERIC],
-            *[pl.col(c).replace_strict(self.codes_[c], default=-1, return_dtype=pl.Int32)
+            *[pl.col(c).replace_strict(self.codes_[c], default=None, return_dtype=pl.Int32)
               .cast(pl.Float64) for c in RAW_CATEGORICAL],
         )
         return coded.to_numpy()
