@@ -431,11 +431,16 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
     missing = [c.name for c in table.columns if c.required and c.name not in by_key]
     if missing:
         header = list(source_schema.names())
+        if path.suffix == ".csv" and any(not c.isprintable() for c in "".join(header)):
+            report.error(name, None, "does not look like a CSV text file: the first line "
+                         "holds binary or control characters")
+            return TableRead(_empty(table), path=path, readable=False)
         hint = ""
         if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
             hint = f" (the header is one column {header[0][:80]!r}: is the file comma-separated?)"
+        shown = [h if len(h) <= 40 else h[:40] + "…" for h in header[:12]]
         report.error(name, ", ".join(missing),
-                     f"required column(s) missing; found {header[:12]}{hint}")
+                     f"required column(s) missing; found {shown}{hint}")
         return TableRead(_empty(table), path=path, readable=False)
 
     exprs: list[pl.Expr] = []
