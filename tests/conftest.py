@@ -34,6 +34,9 @@ from detector.contract import (
     write_table,
 )
 
+# Session fixtures of the model/pipeline tests (one simulated world, one trained home).
+pytest_plugins = ["pipeline_fixtures"]
+
 _SHIPMENT_ROWS = [
     # id, date, exporter, exp_c, consignee, cons_c, address, type, party_id, dest, transit,
     # mode, hs, eccn, licence, description, qty, value, weight, payer, payer_c, payment
