@@ -98,6 +98,11 @@ def train(
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "chip-diversion",
     name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
     screening_list: ScreeningOpt = None,
+    engine: Annotated[str, typer.Option(
+        help="local, or dask: train LightGBM with lightgbm.dask on a dask.distributed "
+             "cluster.")] = "local",
+    scheduler: Annotated[Optional[str], typer.Option(
+        help="Dask scheduler address (with --engine dask); default: a LocalCluster.")] = None,
 ) -> None:
     """Train on the labelled records, log the run to MLflow, register a model version.
 
@@ -110,7 +115,8 @@ def train(
     try:
         result = run_training(dataset_dir, history or [], config_path=config,
                               experiment=experiment, model_name=name,
-                              screening_list=screening_list, log=_progress)
+                              screening_list=screening_list, engine=engine,
+                              scheduler=scheduler, log=_progress)
     except DetectorError as exc:
         _fail(exc)
     m = result.metrics

@@ -24,9 +24,13 @@ LOCAL_WORKERS = 2
 
 
 @contextmanager
-def dask_client(scheduler: str | None = None, log: Callable[[str], None] = lambda _: None
-                ) -> Iterator[object]:
-    """A client on ``scheduler`` (e.g. tcp://10.0.0.5:8786), else on a LocalCluster."""
+def dask_client(scheduler: str | None = None, log: Callable[[str], None] = lambda _: None,
+                processes: bool = False) -> Iterator[object]:
+    """A client on ``scheduler`` (e.g. tcp://10.0.0.5:8786), else on a LocalCluster.
+
+    ``processes``: local workers as separate processes (lightgbm.dask needs that: its
+    network layer is one per process); threads suffice for scoring.
+    """
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as exc:
@@ -45,7 +49,7 @@ def dask_client(scheduler: str | None = None, log: Callable[[str], None] = lambd
         finally:
             client.close()
         return
-    with LocalCluster(n_workers=LOCAL_WORKERS, threads_per_worker=1, processes=False,
+    with LocalCluster(n_workers=LOCAL_WORKERS, threads_per_worker=1, processes=processes,
                       dashboard_address=":0") as cluster, Client(cluster) as client:
         log(f"dask: LocalCluster with {LOCAL_WORKERS} workers")
         yield client

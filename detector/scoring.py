@@ -195,7 +195,7 @@ def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
     return explain_record(row, scored, model)
 
 
-def score_shipments_frame(shipments: pl.DataFrame, bundle) -> pl.DataFrame:
+def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.DataFrame:
     """Score a bare frame of contract shipment columns with a bundle (the MLflow pyfunc)."""
     from detector.contract import LEASES, PARTIES, SHIPMENTS
     from detector.reference import default_screening_list_path, load_reference, \
@@ -214,7 +214,7 @@ def score_shipments_frame(shipments: pl.DataFrame, bundle) -> pl.DataFrame:
                            pl.DataFrame(schema=PARTIES.schema),
                            read_screening_list(default_screening_list_path()), load_reference(),
                            FeatureStats.from_dict(bundle.feature_stats))
-    model = LoadedModel(bundle, "pyfunc")
+    model = LoadedModel(bundle, label)
     top = min(frame.height, 1000)
     return score_frame(frame, model, top).select(SCORES.column_names)
 

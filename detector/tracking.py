@@ -100,13 +100,16 @@ class DiversionPyfunc(mlflow.pyfunc.PythonModel):
         from detector.scoring import load_bundle_dir
 
         self.bundle = load_bundle_dir(Path(context.artifacts[BUNDLE_ARTIFACT]))
+        # The version number does not exist yet when the model is logged: name the run.
+        config = context.model_config or {}
+        self.label = f"{config.get('model_name', 'model')} (run {config.get('run_id', '?')})"
 
     def predict(self, context, model_input, params=None):
         from detector.scoring import score_shipments_frame
 
         frame = model_input if isinstance(model_input, pl.DataFrame) else pl.from_pandas(
             model_input)
-        return score_shipments_frame(frame, self.bundle).to_pandas()
+        return score_shipments_frame(frame, self.bundle, self.label).to_pandas()
 
 
 @dataclass
@@ -142,6 +145,7 @@ def log_training_run(*, experiment: str, model_name: str, bundle_dir: Path, para
                 name=MODEL_ARTIFACT,
                 python_model=DiversionPyfunc(),
                 artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+                model_config={"model_name": model_name, "run_id": run.info.run_id},
                 pip_requirements=["detector"],
             )
             version = mlflow.register_model(info.model_uri, model_name)

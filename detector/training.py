@@ -52,8 +52,17 @@ def split_by_time(labelled: pl.DataFrame, fit: float, calibrate: float) -> dict[
 def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
           config_path: str | Path | None = None, experiment: str = "chip-diversion",
           model_name: str = "chip-diversion", screening_list: str | Path | None = None,
+          engine: str = "local", scheduler: str | None = None,
           log: Callable[[str], None] = lambda _: None) -> TrainResult:
+    """``engine="dask"``: the LightGBM layer trains with lightgbm.dask on a dask.distributed
+    cluster (``scheduler`` address, else a LocalCluster of worker processes)."""
+    from contextlib import nullcontext
+
     from detector import tracking
+    from detector.errors import UsageError
+
+    if engine not in ("local", "dask"):
+        raise UsageError(f"--engine {engine}: expected local or dask")
     from detector.models.ensemble import DiversionModel, ModelBundle
     from features.build import fit_feature_stats
     from features.registry import model_feature_names
@@ -92,16 +101,24 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
 
     log(f"fitting on {slices['fit'].height} labelled + {unlabelled.height} unlabelled records; "
         f"calibrating on {slices['calibrate'].height}; testing on {slices['test'].height}")
-    model = DiversionModel(
-        features,
-        lightgbm_params=config.lightgbm_params(),
-        num_boost_round=config.lightgbm.num_boost_round,
-        early_stopping_rounds=config.lightgbm.early_stopping_rounds,
-        unsupervised_detectors=config.unsupervised.detectors,
-        max_fit_rows=config.unsupervised.max_fit_rows,
-        random_state=config.seed,
-    ).fit(slices["fit"], slices["fit"]["label"].to_numpy(), unlabelled=unlabelled,
-          valid_frame=slices["calibrate"], valid_labels=slices["calibrate"]["label"].to_numpy())
+    if engine == "dask":
+        from detector.distributed import dask_client
+
+        cluster = dask_client(scheduler, log, processes=True)
+    else:
+        cluster = nullcontext(None)
+    with cluster as client:
+        model = DiversionModel(
+            features,
+            lightgbm_params=config.lightgbm_params(),
+            num_boost_round=config.lightgbm.num_boost_round,
+            early_stopping_rounds=config.lightgbm.early_stopping_rounds,
+            unsupervised_detectors=config.unsupervised.detectors,
+            max_fit_rows=config.unsupervised.max_fit_rows,
+            random_state=config.seed,
+        ).fit(slices["fit"], slices["fit"]["label"].to_numpy(), unlabelled=unlabelled,
+              valid_frame=slices["calibrate"],
+              valid_labels=slices["calibrate"]["label"].to_numpy(), dask_client=client)
 
     test = slices["test"]
     y = test["label"].to_numpy()

@@ -98,22 +98,31 @@ class DiversionModel(RiskModel):
 
     def fit(self, frame: pl.DataFrame, labels: np.ndarray | None = None, *,
             unlabelled: pl.DataFrame | None = None, valid_frame: pl.DataFrame | None = None,
-            valid_labels: np.ndarray | None = None):
+            valid_labels: np.ndarray | None = None, dask_client=None):
         """Fit on ``frame`` (labelled rows); ``unlabelled`` rows of the same period also
         shape the unsupervised layer; ``valid_*`` is the later slice for early stopping
-        and calibration."""
+        and calibration. With ``dask_client`` the LightGBM layer trains with lightgbm.dask
+        on that cluster (detector.models.dask_supervised)."""
         self.rules_ = RuleModel().fit(frame)
         population = frame if unlabelled is None else pl.concat([frame, unlabelled],
                                                                how="diagonal_relaxed")
         self.unsupervised_ = UnsupervisedEnsemble(
             self.features, self.unsupervised_detectors, self.max_fit_rows,
             random_state=self.random_state).fit(population)
-        self.supervised_ = SupervisedModel(
+        supervised = SupervisedModel(
             self.model_inputs, self.lightgbm_params, self.num_boost_round,
-            self.early_stopping_rounds,
-        ).fit(self.layers(frame), labels,
-              valid_frame=None if valid_frame is None else self.layers(valid_frame),
-              valid_labels=valid_labels)
+            self.early_stopping_rounds)
+        valid_layered = None if valid_frame is None else self.layers(valid_frame)
+        if dask_client is None:
+            self.supervised_ = supervised.fit(self.layers(frame), labels,
+                                              valid_frame=valid_layered,
+                                              valid_labels=valid_labels)
+        else:
+            from detector.models.dask_supervised import fit_supervised_dask
+
+            self.supervised_ = fit_supervised_dask(supervised, self.layers(frame), labels,
+                                                   dask_client, valid_frame=valid_layered,
+                                                   valid_labels=valid_labels)
         return self
 
     def layers(self, frame: pl.DataFrame) -> pl.DataFrame:
