@@ -84,7 +84,7 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 # The pyfunc takes contract-shaped frames of any width: MLflow's type-hint validation does
 # not apply to a model that checks its own input.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
 
 class DiversionPyfunc(mlflow.pyfunc.PythonModel):
