@@ -9,6 +9,8 @@ from features.registry import FEATURES, flag_expression, render_reason
 from features.rules import RULES, render_rule_reason
 
 _RULES = {r.name: r for r in RULES}
+# The feature columns each rule tests: a feature a hit rule already states is not restated.
+_RULE_FEATURES = {r.name: set(r.condition.meta.root_names()) for r in RULES}
 
 
 def rule_reasons(row: dict) -> list[str]:
@@ -62,12 +64,14 @@ def full_reasons(head: pl.DataFrame, scorer, fallback: bool,
     out = []
     for i, row in enumerate(rows):
         reasons: list[str] = []
+        stated = set().union(*(_RULE_FEATURES.get(h, set()) for h in row.get("rule_hits") or []))
         if contributions is not None:
             order = np.argsort(-contributions[i, :-1], kind="stable")
             for j in order:
                 if contributions[i, j] <= 0 or len(reasons) >= max_feature_reasons:
                     break
-                if not flags[i].get(names[j], names[j].startswith("unsupervised_")):
+                if names[j] in stated or not flags[i].get(names[j],
+                                                          names[j].startswith("unsupervised_")):
                     continue
                 text = feature_reason(names[j], row)
                 if text and text not in reasons:

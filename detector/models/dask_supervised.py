@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from detector.models.base import feature_matrix
-from detector.models.supervised import DEFAULT_PARAMS, SupervisedModel
+from detector.models.supervised import SupervisedModel
 
 EVALUATE_EVERY = 10
 
@@ -34,9 +34,7 @@ def fit_supervised_dask(model: SupervisedModel, frame: pl.DataFrame, labels: np.
     if labels is None or len(np.unique(labels)) < 2:
         raise ValueError("the supervised model needs labels 0 and 1 in its training slice")
     y = np.asarray(labels, dtype=np.float64)
-    params = {**DEFAULT_PARAMS, **(model.params or {})}
-    pos = max(y.sum(), 1.0)
-    params["scale_pos_weight"] = float(min((len(y) - pos) / pos, model.max_pos_weight))
+    params = model.training_params(y)
     workers = max(1, len(client.scheduler_info()["workers"]))
     params["num_threads"] = 1  # one thread per worker; the workers are the parallelism
     x = feature_matrix(frame, model.features)

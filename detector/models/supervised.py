@@ -52,9 +52,7 @@ class SupervisedModel(RiskModel):
         if labels is None or len(np.unique(labels)) < 2:
             raise ValueError("the supervised model needs labels 0 and 1 in its training slice")
         y = np.asarray(labels, dtype=np.float64)
-        params = {**DEFAULT_PARAMS, **(self.params or {})}
-        pos = max(y.sum(), 1.0)
-        params["scale_pos_weight"] = float(min((len(y) - pos) / pos, self.max_pos_weight))
+        params = self.training_params(y)
         train_set = lgb.Dataset(feature_matrix(frame, self.features), y,
                                 feature_name=self.features, free_raw_data=True)
         callbacks = [lgb.log_evaluation(0)]
@@ -75,6 +73,13 @@ class SupervisedModel(RiskModel):
         if can_stop:
             self.calibrate(valid_frame, np.asarray(valid_labels))
         return self
+
+    def training_params(self, y: np.ndarray) -> dict:
+        """LightGBM parameters for labels ``y``: defaults, settings, class-imbalance weight."""
+        params = {**DEFAULT_PARAMS, **(self.params or {})}
+        pos = max(float(y.sum()), 1.0)
+        params["scale_pos_weight"] = float(min((len(y) - pos) / pos, self.max_pos_weight))
+        return params
 
     def calibrate(self, frame: pl.DataFrame, labels: np.ndarray) -> None:
         """Platt scaling of the booster margin on a later, held-out slice.
