@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import polars as pl
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -82,16 +82,11 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-# The pyfunc takes contract-shaped frames of any width: MLflow's type-hint validation does
-# not apply to a model that checks its own input.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-
-
 class DiversionPyfunc(mlflow.pyfunc.PythonModel):
     """The whole pipeline as one MLflow model: shipments in, scores out.
 
     ``mlflow.pyfunc.load_model("models:/chip-diversion@champion").predict(shipments)``
-    takes a frame of contract shipment columns (pandas or polars) and returns the
+    takes a pandas frame of contract shipment columns and returns the
     contract's scores table (parties resolved by name only; the shipped screening
     list unless the bundle's directory holds another).
     """
@@ -104,11 +99,10 @@ class DiversionPyfunc(mlflow.pyfunc.PythonModel):
         config = context.model_config or {}
         self.label = f"{config.get('model_name', 'model')} (run {config.get('run_id', '?')})"
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         from detector.scoring import score_shipments_frame
 
-        frame = model_input if isinstance(model_input, pl.DataFrame) else pl.from_pandas(
-            model_input)
+        frame = pl.from_pandas(model_input)
         return score_shipments_frame(frame, self.bundle, self.label).to_pandas()
 
 
