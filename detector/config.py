@@ -25,13 +25,13 @@ class UnsupervisedSettings:
 
 @dataclass(frozen=True)
 class LightGBMSettings:
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     num_leaves: int = 15
     min_data_in_leaf: int = 10
     feature_fraction: float = 0.8
     lambda_l2: float = 1.0
-    num_boost_round: int = 400
-    early_stopping_rounds: int = 40
+    num_boost_round: int = 250
+    early_stopping_rounds: int = 30
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ class DiversionModel(RiskModel):
     """Rules and unsupervised scores feed a calibrated LightGBM model."""
 
     def __init__(self, features: list[str], lightgbm_params: dict | None = None,
-                 num_boost_round: int = 400, early_stopping_rounds: int = 40,
+                 num_boost_round: int = 250, early_stopping_rounds: int = 30,
                  unsupervised_detectors: tuple[str, ...] = DETECTORS,
                  max_fit_rows: int = 200_000, random_state: int = 0):
         self.features = features

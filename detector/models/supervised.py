@@ -15,7 +15,7 @@ from detector.models.base import RiskModel, feature_matrix
 
 DEFAULT_PARAMS = {
     "objective": "binary",
-    "learning_rate": 0.05,
+    "learning_rate": 0.1,
     "num_leaves": 15,
     "min_data_in_leaf": 10,
     "feature_fraction": 0.8,
@@ -37,7 +37,7 @@ class SupervisedModel(RiskModel):
     """LightGBM booster + Platt calibration; ``decision_function`` is a probability."""
 
     def __init__(self, features: list[str], params: dict | None = None,
-                 num_boost_round: int = 400, early_stopping_rounds: int = 40,
+                 num_boost_round: int = 250, early_stopping_rounds: int = 30,
                  max_pos_weight: float = 50.0):
         self.features = features
         self.params = params
@@ -64,7 +64,7 @@ class SupervisedModel(RiskModel):
             valid_sets = [lgb.Dataset(xv, np.asarray(valid_labels, np.float64),
                                       reference=train_set)]
             callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
-            params["metric"] = "average_precision"
+            params.setdefault("metric", "average_precision")
         self.booster_ = lgb.train(params, train_set, num_boost_round=self.num_boost_round,
                                   valid_sets=valid_sets, callbacks=callbacks)
         self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())

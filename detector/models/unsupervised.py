@@ -45,10 +45,10 @@ class UnsupervisedEnsemble(RiskModel):
 
     def _prepare(self, frame: pl.DataFrame) -> np.ndarray:
         x = feature_matrix(frame, self.features)
-        nan = np.isnan(x)
-        if nan.any():
-            x[nan] = np.take(self.fill_values_, np.nonzero(nan)[1])
-        return (x - self.center_) / self.scale_
+        np.copyto(x, np.broadcast_to(self.fill_values_, x.shape), where=np.isnan(x))
+        x -= self.center_
+        x /= self.scale_
+        return x
 
     def fit(self, frame: pl.DataFrame, labels: np.ndarray | None = None):
         x = feature_matrix(frame, self.features)
