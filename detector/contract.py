@@ -48,6 +48,9 @@ UNKNOWN = "unknown"
 LIST_SEPARATOR = ";"
 MAX_ROWS_SHOWN = 5
 MAX_VALUES_SHOWN = 5
+# Rows validated at once: the text copies kept for error messages cost several times the
+# typed data, so longer files are checked slice by slice (see read_table).
+READ_CHUNK_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -408,13 +411,17 @@ def _empty(table: Table) -> pl.DataFrame:
 
 
 def read_table(path: Path, table: Table, report: ValidationReport, *,
-               label: str | None = None) -> TableRead:
+               label: str | None = None, chunk_rows: int | None = None) -> TableRead:
     """Read one table file, recording every problem in ``report``.
 
     Rows with errors are split off (with the original text of every column and a
-    `problem` column) so the caller can quarantine them or refuse the whole dataset.
+    `problem` column) so the caller can quarantine them or refuse the whole dataset. A
+    file longer than ``chunk_rows`` (default ``READ_CHUNK_ROWS``) is checked in slices of
+    that many rows, so the text copies validation keeps exist for one slice at a time;
+    the report and the quarantined rows are the same as from one pass.
     """
     name = label or path.name
+    chunk_rows = chunk_rows or READ_CHUNK_ROWS
     try:
         if path.stat().st_size == 0:
             report.error(name, None, "the file is empty: expected a header row")
@@ -445,6 +452,7 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
 
     exprs: list[pl.Expr] = []
     checks: list[tuple[Column, str, str]] = []  # column, bad-mask name, expected
+    typed_by_name: dict[str, pl.Expr] = {}
     for column in table.columns:
         src_name = by_key.get(column.name)
         if src_name is None:
@@ -457,6 +465,7 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
             source = pl.String()
         typed, bad, expected = _parse(column, raw, source)
         exprs.append(typed.cast(POLARS_TYPES[column.kind]).alias(column.name))
+        typed_by_name[column.name] = typed.cast(POLARS_TYPES[column.kind])
         exprs.append(bad.alias(f"__bad_{column.name}"))
         checks.append((column, f"__bad_{column.name}", expected))
         if column.required:
@@ -469,28 +478,99 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
         exprs.append(raw.cast(pl.String).alias(f"__text_{column.name}"))
 
     original = list(source_schema.names())
+    select = [pl.col("__row"), *[pl.col(c).alias(f"__orig_{c}") for c in original], *exprs]
+    findings = _Findings()
+    passed_parts: list[pl.DataFrame] = []
+    quarantined_parts: list[pl.DataFrame] = []
     try:
-        df = (
-            lf.with_row_index("__row", offset=1)
-            .select(pl.col("__row"), *[pl.col(c).alias(f"__orig_{c}") for c in original], *exprs)
-            .collect()
-        )
+        total = lf.select(pl.len()).collect().item()
+        # Tables longer than one chunk are checked slice by slice (bounded memory); the
+        # duplicate-id check is global and needs only the id column of every row.
+        duplicate_ids = None
+        if table.id_column is not None and total > chunk_rows:
+            ids = lf.select(typed_by_name[table.id_column].alias("id")).collect()["id"]
+            duplicate_ids = ids.filter(ids.is_duplicated() & ids.is_not_null()).unique()
+            del ids
+        for offset in range(0, max(total, 1), chunk_rows):
+            df = (lf.slice(offset, chunk_rows).with_row_index("__row", offset=offset + 1)
+                  .select(select).collect())
+            if total == 0 and table.required:
+                report.error(name, None, "the file has a header but no rows")
+                return TableRead(_empty(table), path=path, readable=False)
+            passed, quarantined = _check_chunk(df, table, checks, original, findings,
+                                               duplicate_ids)
+            del df
+            passed_parts.append(passed)
+            if quarantined is not None:
+                quarantined_parts.append(quarantined)
     except Exception as exc:
         report.error(*(_encoding_problem(path, name) or (name, None, f"cannot be read: "
                                                           f"{_first_line(exc)}")))
         return TableRead(_empty(table), path=path, readable=False)
+    findings.report(report, name)
+    data = passed_parts[0] if len(passed_parts) == 1 else pl.concat(passed_parts, rechunk=False)
+    quarantined = pl.concat(quarantined_parts, how="diagonal_relaxed") \
+        if quarantined_parts else None
+    return TableRead(data, quarantined, path)
 
-    if df.height == 0 and table.required:
-        report.error(name, None, "the file has a header but no rows")
-        return TableRead(_empty(table), path=path, readable=False)
 
+@dataclass
+class _Finding:
+    severity: str
+    column: str | None
+    message: str
+    rows: list[int]
+    count: int
+    values: list[str]
+
+
+class _Findings:
+    """Problems found chunk by chunk, merged into what one pass over the file reports.
+
+    Each check has a fixed position (``order``) so the merged report lists problems in
+    the same order whatever chunk first met them; rows and values keep the first ones
+    in file order, counts add up.
+    """
+
+    def __init__(self):
+        self.items: dict[int, _Finding] = {}
+
+    def add(self, order: int, severity: str, column: str | None, message: str, *,
+            rows: list[int], count: int, values: list[str] | None = None) -> None:
+        found = self.items.get(order)
+        if found is None:
+            self.items[order] = _Finding(severity, column, message, rows[:MAX_ROWS_SHOWN],
+                                         count, list(values or []))
+            return
+        found.rows = (found.rows + rows)[:MAX_ROWS_SHOWN]
+        found.count += count
+        found.values = list(dict.fromkeys(found.values + list(values or [])))[:MAX_VALUES_SHOWN]
+
+    def report(self, report: ValidationReport, name: str) -> None:
+        for order in sorted(self.items):
+            f = self.items[order]
+            kw = {"rows": f.rows, "count": f.count}
+            if f.values:
+                kw["values"] = f.values
+            (report.error if f.severity == "error" else report.warn)(name, f.column, f.message,
+                                                                    **kw)
+
+
+_DUPLICATE_ORDER = 1_000_000
+_RECOVERABLE_ORDER = 2_000_000
+
+
+def _check_chunk(df: pl.DataFrame, table: Table, checks: list[tuple[Column, str, str]],
+                 original: list[str], findings: _Findings,
+                 duplicate_ids: pl.Series | None) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Record one chunk's problems; split its rows into (passed typed rows, quarantined)."""
     problem_parts: list[pl.Expr] = []
-    for column, bad_name, expected in checks:
+    for i, (column, bad_name, expected) in enumerate(checks):
         bad = df[bad_name]
         n_bad = int(bad.sum())
         if n_bad:
             sub = df.filter(bad)
-            report.error(name, column.name, f"expected {expected}",
+            findings.add(3 * i, "error", column.name, f"expected {expected}",
                          rows=sub["__row"].head(MAX_ROWS_SHOWN).to_list(), count=n_bad,
                          values=_distinct(sub[f"__text_{column.name}"]))
             problem_parts.append(
@@ -502,7 +582,7 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
             nulls = df[f"__null_{column.name}"]
             n_null = int(nulls.sum())
             if n_null:
-                report.error(name, column.name, "required value is empty",
+                findings.add(3 * i + 1, "error", column.name, "required value is empty",
                              rows=df.filter(nulls)["__row"].head(MAX_ROWS_SHOWN).to_list(),
                              count=n_null)
                 problem_parts.append(pl.when(pl.col(f"__null_{column.name}"))
@@ -512,40 +592,42 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
                 df[f"__raw_{column.name}"].str.to_lowercase() != UNKNOWN)
             n_unknown = int(unknown.sum())
             if n_unknown:
-                report.warn(name, column.name,
-                            f"value not in the contract's list ({', '.join(column.values)}); "
-                            "read as 'unknown'",
-                            rows=df.filter(unknown)["__row"].head(MAX_ROWS_SHOWN).to_list(),
-                            count=n_unknown,
-                            values=_distinct(df.filter(unknown)[f"__raw_{column.name}"]))
+                findings.add(3 * i + 2, "warning", column.name,
+                             f"value not in the contract's list ({', '.join(column.values)}); "
+                             "read as 'unknown'",
+                             rows=df.filter(unknown)["__row"].head(MAX_ROWS_SHOWN).to_list(),
+                             count=n_unknown,
+                             values=_distinct(df.filter(unknown)[f"__raw_{column.name}"]))
 
     if table.id_column is not None and df.height:
-        dup = df[table.id_column].is_duplicated() & df[table.id_column].is_not_null()
+        ids = df[table.id_column]
+        dup = (ids.is_duplicated() if duplicate_ids is None
+               else ids.is_in(duplicate_ids.implode())) & ids.is_not_null()
         n_dup = int(dup.sum())
         if n_dup:
-            report.error(name, table.id_column, "duplicate id (every copy is rejected)",
+            findings.add(_DUPLICATE_ORDER, "error", table.id_column,
+                         "duplicate id (every copy is rejected)",
                          rows=df.filter(dup)["__row"].head(MAX_ROWS_SHOWN).to_list(),
                          count=n_dup, values=_distinct(df.filter(dup)[table.id_column]))
             df = df.with_columns(__dup=dup)
             problem_parts.append(pl.when(pl.col("__dup")).then(
                 pl.format(f"{table.id_column}: duplicate id '{{}}'", pl.col(table.id_column))))
 
-    _warn_recoverable(df, table, name, report)
+    _warn_recoverable(df, table, findings)
 
-    if problem_parts:
-        # concat_str gives "" (not null) when every part is null: only non-empty is a problem
-        problem = pl.concat_str(problem_parts, separator="; ", ignore_nulls=True)
-        df = df.with_columns(pl.when(problem.str.len_chars() > 0).then(problem).alias("problem"))
-        failed = df.filter(pl.col("problem").is_not_null())
-        passed = df.filter(pl.col("problem").is_null())
-        quarantined = failed.select(
-            *[pl.col(f"__orig_{c}").alias(c) for c in original], pl.col("problem"))
-    else:
-        passed, quarantined = df, None
-    return TableRead(passed.select(table.column_names), quarantined, path)
+    if not problem_parts:
+        return df.select(table.column_names), None
+    # concat_str gives "" (not null) when every part is null: only non-empty is a problem
+    problem = pl.concat_str(problem_parts, separator="; ", ignore_nulls=True)
+    df = df.with_columns(pl.when(problem.str.len_chars() > 0).then(problem).alias("problem"))
+    failed = df.filter(pl.col("problem").is_not_null())
+    passed = df.filter(pl.col("problem").is_null())
+    quarantined = failed.select(
+        *[pl.col(f"__orig_{c}").alias(c) for c in original], pl.col("problem"))
+    return passed.select(table.column_names), quarantined
 
 
-def _warn_recoverable(df: pl.DataFrame, table: Table, name: str, report: ValidationReport):
+def _warn_recoverable(df: pl.DataFrame, table: Table, findings: _Findings):
     """Implausible but usable values: kept and scored, and said out loud."""
     checks = {
         "shipments": [("gross_weight_kg", pl.col("gross_weight_kg") < 0, "negative weight"),
@@ -557,12 +639,12 @@ def _warn_recoverable(df: pl.DataFrame, table: Table, name: str, report: Validat
         "labels": [("label", ~pl.col("label").is_in([0, 1]),
                     "label must be 0 or 1; the row is ignored for training")],
     }.get(table.name, [])
-    for column, mask, message in checks:
+    for k, (column, mask, message) in enumerate(checks):
         hit = df.filter(mask.fill_null(False))
         if hit.height:
-            report.warn(name, column, message + " (row kept)",
-                        rows=hit["__row"].head(MAX_ROWS_SHOWN).to_list(), count=hit.height,
-                        values=_distinct(hit[column].cast(pl.String)))
+            findings.add(_RECOVERABLE_ORDER + k, "warning", column, message + " (row kept)",
+                         rows=hit["__row"].head(MAX_ROWS_SHOWN).to_list(), count=hit.height,
+                         values=_distinct(hit[column].cast(pl.String)))
 
 
 def _distinct(series: pl.Series) -> list[str]:
