@@ -9,6 +9,8 @@ means "more unusual than 99% of what the model was fitted on".
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import polars as pl
 
@@ -55,7 +57,8 @@ class UnsupervisedEnsemble(RiskModel):
         rng = np.random.default_rng(self.random_state)
         if len(x) > self.max_fit_rows:  # a sample describes "normal" as well as the whole
             x = x[np.sort(rng.choice(len(x), self.max_fit_rows, replace=False))]
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # a column with no values at all is expected
+            warnings.simplefilter("ignore", RuntimeWarning)
             fill = np.nanmedian(x, axis=0)
         self.fill_values_ = np.where(np.isnan(fill), 0.0, fill)
         nan = np.isnan(x)
