@@ -15,8 +15,9 @@ What it does, printing every figure as it goes:
    unsupervised detector, LightGBM, rank, reasons for the top N, write — so the
    breakdown uses the very functions `detector score` calls;
 5. with --parquet-shipments N (e.g. 10000000): writes a world of N shipments as Parquet
-   (the 1M world repeated with new ids and shifted dates) and scores it with
-   `detector score` as a child process: wall time and peak RSS (target: 8 GiB).
+   (the 1M world repeated with new ids and shifted dates; or reuse --parquet-world) and
+   scores it with `detector score` as a child process, in parts of --chunk-rows
+   shipments (default 1,000,000): wall time and peak RSS (target: 8 GiB).
 
 Peak RSS of a child comes from os.wait4 (ru_maxrss of that child alone).
 """
@@ -201,6 +202,10 @@ def main() -> None:
     ap.add_argument("--skip-phases", action="store_true")
     ap.add_argument("--model", default=None, help="score with this model instead of training")
     ap.add_argument("--parquet-shipments", type=int, default=0)
+    ap.add_argument("--parquet-world", type=Path, default=None,
+                    help="reuse this Parquet world (written by an earlier run) for step 5")
+    ap.add_argument("--chunk-rows", type=int, default=None,
+                    help="pass --chunk-rows to detector score (default: its own)")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
 
@@ -246,6 +251,8 @@ def main() -> None:
     score_args = ["--screening-list", str(screening), "--top", str(args.top)]
     if model_uri:
         score_args += ["--model", model_uri]
+    if args.chunk_rows:
+        score_args += ["--chunk-rows", str(args.chunk_rows)]
     out = work / "scores.parquet"
     wall, peak, rc, stdout = run_child([*detector, "score", str(world), "--out", str(out),
                                         *score_args], env, work / "score.log")
@@ -267,9 +274,13 @@ def main() -> None:
 
     if args.parquet_shipments:
         t = time.perf_counter()
-        big = parquet_world(world, work / "world_parquet", args.parquet_shipments)
-        print(f"\nParquet world of {args.parquet_shipments:,} shipments written in "
-              f"{time.perf_counter() - t:.1f} s")
+        if args.parquet_world is not None:
+            big = args.parquet_world
+            print(f"\nParquet world: {big}")
+        else:
+            big = parquet_world(world, work / "world_parquet", args.parquet_shipments)
+            print(f"\nParquet world of {args.parquet_shipments:,} shipments written in "
+                  f"{time.perf_counter() - t:.1f} s")
         out = work / "scores_big.parquet"
         wall, peak, rc, _ = run_child([*detector, "score", str(big), "--out", str(out),
                                        *score_args], env, work / "score_big.log")

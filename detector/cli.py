@@ -194,6 +194,9 @@ def score(
     ] = "local",
     scheduler: Annotated[Optional[str], typer.Option(
         help="Dask scheduler address (with --engine dask); default: a LocalCluster.")] = None,
+    chunk_rows: Annotated[Optional[int], typer.Option(
+        help="Shipments whose features are built and scored at once (memory follows it); "
+             "default 1,000,000. Results do not depend on it.")] = None,
 ) -> None:
     """Score every shipment and lease; write the scores table; print the top N with reasons."""
     from detector.scoring import score as run_scoring
@@ -202,7 +205,8 @@ def score(
     try:
         scored = run_scoring(dataset_dir, out, history or [], model_uri=model,
                              quarantine=quarantine, top=top, screening_list=screening_list,
-                             engine=engine, scheduler=scheduler, log=_progress)
+                             engine=engine, scheduler=scheduler, chunk_rows=chunk_rows,
+                             log=_progress)
     except DetectorError as exc:
         _fail(exc)
     typer.echo(top_table(scored, top))

@@ -50,7 +50,7 @@ MAX_ROWS_SHOWN = 5
 MAX_VALUES_SHOWN = 5
 # Rows validated at once: the text copies kept for error messages cost several times the
 # typed data, so longer files are checked slice by slice (see read_table).
-READ_CHUNK_ROWS = 1_000_000
+READ_CHUNK_ROWS = 500_000
 
 
 @dataclass(frozen=True)

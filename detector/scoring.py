@@ -70,13 +70,16 @@ class Scored:
         return self.frame.select(SCORES.column_names)
 
 
-def _layers_and_risk(frame: pl.DataFrame, model: LoadedModel) -> tuple[pl.DataFrame, object]:
+def _layers_and_risk(frame: pl.DataFrame, model: LoadedModel, scorer=None
+                     ) -> tuple[pl.DataFrame, object]:
+    """Layer scores and risk; ``scorer`` None: the bundle's model, or the fallback fitted
+    on ``frame``."""
     from detector.models.ensemble import FallbackModel
     from features.registry import model_feature_names
 
-    if model.fallback:
+    if scorer is None and model.fallback:
         scorer = FallbackModel(model_feature_names()).fit(frame)
-    else:
+    elif scorer is None:
         scorer = model.bundle.model
     layered = scorer.layers(frame)
     return layered.with_columns(risk_score=pl.Series(scorer.risk(layered), dtype=pl.Float64)), \
@@ -123,13 +126,143 @@ def score_batch(batch: Batch, model: LoadedModel, top: int = 1000) -> Scored:
     return Scored(score_frame(frame, model, top), model, batch)
 
 
+# Shipments whose features are built and scored at once by `detector score`. A batch of
+# up to this many shipments is one part (the whole feature frame in memory, as before);
+# a larger one is cut into parts of this size, so memory follows the part, not the batch
+# (docs/scale.md: about 4 GiB for one part of 1M).
+DEFAULT_CHUNK_ROWS = 1_000_000
+
+
+def _rule_mask(hits: pl.Expr) -> pl.Expr:
+    """The rule hits packed into one integer (bit i = RULES[i]): 8 bytes a row, not a list."""
+    from features.rules import RULES
+
+    bits = {r.name: 1 << i for i, r in enumerate(RULES)}
+    return hits.list.eval(pl.element().replace_strict(bits, return_dtype=pl.Int64)) \
+        .list.sum().fill_null(0)
+
+
+def _rule_mask_labels(masks: pl.Series) -> pl.DataFrame:
+    """__rule_mask -> `rule_labels` text, rendered once per distinct mask."""
+    from detector.reasons import rule_labels
+    from features.rules import RULES
+
+    distinct = masks.unique().sort().to_list()
+    hits = [[r.name for i, r in enumerate(RULES) if m >> i & 1] for m in distinct]
+    return pl.DataFrame({"__rule_mask": distinct, "rule_hits": hits},
+                        schema={"__rule_mask": pl.Int64, "rule_hits": pl.List(pl.String)}) \
+        .select("__rule_mask", rule_labels(pl.col("rule_hits")).alias("reasons"))
+
+
+def _parts(frame: pl.DataFrame, rows: int) -> list[pl.DataFrame]:
+    return [frame.slice(start, rows) for start in range(0, frame.height, rows)]
+
+
+def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
+                  chunk_rows: int | None = None,
+                  log: Callable[[str], None] = lambda _: None) -> Scored:
+    """Score the batch's records in parts of ``chunk_rows`` shipments; the scores table.
+
+    The same scores as `score_batch` (same risk, rank and reasons) in memory bounded by
+    one part: cross-record features are computed once over every record
+    (`features.build.FeatureBuilder`); each part's wide features and model layers are
+    then built and dropped, keeping only (record_kind, record_id, risk_score, rule mask)
+    per record and the part's top ``top`` rows. Ranking is global, and the global top N
+    is among the parts' top N, so reasons for it come from those rows. ``Scored.frame``
+    is the scores table, sorted by rank.
+    """
+    from detector.models.ensemble import FallbackModel
+    from detector.reasons import full_reasons
+    from detector.reference import load_reference
+    from features.build import FeatureBuilder
+    from features.registry import model_feature_names
+    from features.stats import FeatureStats
+
+    chunk_rows = DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows
+    if chunk_rows < 1:
+        raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
+    stats = None if model.fallback else FeatureStats.from_dict(model.bundle.feature_stats)
+    own = _parts(batch.dataset.shipments, chunk_rows)
+    context = [p for ds in batch.history for p in _parts(ds.shipments, chunk_rows)]
+    builder = FeatureBuilder([*own, *context], batch.leases, batch.parties,
+                             batch.screening_list, load_reference(), stats)
+    own_leases = batch.dataset.leases.select(pl.lit("lease").alias("record_kind"),
+                                             pl.col("lease_id").alias("record_id"))
+
+    def features(part: int | None) -> pl.DataFrame:
+        """Part ``part``'s shipment features; None: the batch's own leases."""
+        if part is None:
+            return builder.lease_features().join(own_leases, on=["record_kind", "record_id"],
+                                                 how="semi")
+        return builder.shipment_features(part)
+
+    parts: list[int | None] = [None, *range(len(own))]  # leases, then shipment parts
+    cached: dict = {}
+    if model.fallback:
+        scorer = FallbackModel(model_feature_names()).fit(
+            _fallback_population(features, parts, cached))
+    else:
+        scorer = model.bundle.model
+    kept, heads = [], []
+    for n, part in enumerate(parts, 1):
+        frame = cached.pop(part, None)
+        frame = features(part) if frame is None else frame
+        layered, _ = _layers_and_risk(frame, model, scorer)
+        del frame
+        kept.append(layered.select("record_kind", "record_id", "risk_score",
+                                   _rule_mask(pl.col("rule_hits")).alias("__rule_mask")))
+        # gathered, not sliced: a slice would keep the whole part's buffers alive
+        order = rank(layered.with_row_index("__i"))["__i"].head(top)
+        heads.append(layered[order])
+        del layered
+        if len(parts) > 2:
+            log(f"scored part {n} of {len(parts)} ({kept[-1].height} records)")
+    ranked = rank(pl.concat(kept))
+    del kept
+    head = ranked.head(top).select("record_kind", "record_id", "rank").join(
+        pl.concat(heads, how="vertical_relaxed"), on=["record_kind", "record_id"],
+        how="left").sort("rank")
+    head_reasons = pl.Series(full_reasons(head, scorer, model.fallback), dtype=pl.String)
+    labels = _rule_mask_labels(ranked["__rule_mask"])
+    table = ranked.join(labels, on="__rule_mask", how="left").sort("rank")
+    table = table.with_columns(
+        reasons=pl.when(pl.col("rank") <= top).then(
+            pl.lit(head_reasons.extend_constant(None, table.height - head.height)))
+        .otherwise(pl.col("reasons")),
+        model=pl.lit(model.label))
+    return Scored(table.select(SCORES.column_names), model, batch)
+
+
+def _fallback_population(features, parts, cached: dict) -> pl.DataFrame:
+    """The rows `FallbackModel.fit` sees in `score_batch`: every record's features sorted
+    by (record_kind, record_id), or the unsupervised layer's sample of them, gathered
+    part by part. With one part of each kind the frames are kept for scoring."""
+    from detector.models.unsupervised import UnsupervisedEnsemble
+    from features.registry import model_feature_names
+
+    keys = []
+    for part in parts:
+        frame = features(part)
+        if len(parts) <= 2:
+            cached[part] = frame
+        keys.append(frame.select("record_kind", "record_id"))
+    keys = pl.concat(keys).sort(["record_kind", "record_id"])
+    rows = UnsupervisedEnsemble(model_feature_names()).fit_rows(keys.height)
+    wanted = keys if rows is None else keys[rows]
+    gathered = [(cached.get(part) if part in cached else features(part))
+                .join(wanted, on=["record_kind", "record_id"], how="semi") for part in parts]
+    return pl.concat(gathered, how="vertical_relaxed").sort(["record_kind", "record_id"])
+
+
 def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Path] = (), *,
           model_uri: str | None = None, quarantine: str | Path | None = None, top: int = 1000,
           screening_list: str | Path | None = None, engine: str = "local",
-          scheduler: str | None = None,
+          scheduler: str | None = None, chunk_rows: int | None = None,
           log: Callable[[str], None] = lambda _: None) -> Scored:
     """Score every shipment and lease of a dataset and write the scores table.
 
+    Locally the shipments are scored in parts of ``chunk_rows`` (default
+    `DEFAULT_CHUNK_ROWS`: one part up to 1M shipments) with `score_records`.
     ``engine="dask"`` applies the model layers per partition on a dask.distributed
     cluster (``scheduler`` address, else a LocalCluster); see detector.distributed.
     """
@@ -140,6 +273,8 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         raise UsageError(f"--out {out}: the scores file must end in .csv or .parquet")
     if top < 0:
         raise UsageError(f"--top {top}: expected a count of 0 or more")
+    if chunk_rows is not None and chunk_rows < 1:
+        raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
     batch = load_batch(dataset_dir, history_dirs, screening_list,
                        allow_errors=quarantine is not None)
     model = load_model(model_uri, log)
@@ -150,7 +285,7 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
 
         scored = score_batch_dask(batch, model, top, scheduler=scheduler, log=log)
     else:
-        scored = score_batch(batch, model, top)
+        scored = score_records(batch, model, top, chunk_rows=chunk_rows, log=log)
     provenance = {**batch.provenance, "model": model.label,
                   "model_run_id": model.info.get("run_id"), "records": scored.frame.height,
                   "quarantined_rows": batch.dataset.quarantined_rows}

@@ -52,11 +52,22 @@ class UnsupervisedEnsemble(RiskModel):
         x /= self.scale_
         return x
 
+    def fit_rows(self, n_rows: int) -> np.ndarray | None:
+        """Positions of the rows `fit` uses from a frame of ``n_rows`` (None: all of them).
+
+        A sample describes "normal" as well as the whole; chunked scoring uses this to
+        gather the same rows without holding the whole frame."""
+        if n_rows <= self.max_fit_rows:
+            return None
+        rng = np.random.default_rng(self.random_state)
+        return np.sort(rng.choice(n_rows, self.max_fit_rows, replace=False))
+
     def fit(self, frame: pl.DataFrame, labels: np.ndarray | None = None):
         x = feature_matrix(frame, self.features)
-        rng = np.random.default_rng(self.random_state)
-        if len(x) > self.max_fit_rows:  # a sample describes "normal" as well as the whole
-            x = x[np.sort(rng.choice(len(x), self.max_fit_rows, replace=False))]
+        rows = self.fit_rows(len(x))
+        # one memory layout whether sampled or not: the reductions below then give the
+        # same bits for the same rows however they were gathered (chunked scoring)
+        x = np.ascontiguousarray(x if rows is None else x[rows])
         with warnings.catch_warnings():  # a column with no values at all is expected
             warnings.simplefilter("ignore", RuntimeWarning)
             fill = np.nanmedian(x, axis=0)
