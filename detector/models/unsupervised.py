@@ -23,7 +23,7 @@ def _make(name: str, random_state: int):
     if name == "iforest":
         from pyod.models.iforest import IForest
 
-        return IForest(n_estimators=100, max_samples=256, random_state=random_state, n_jobs=1)
+        return IForest(n_estimators=50, max_samples=256, random_state=random_state, n_jobs=1)
     if name == "hbos":
         from pyod.models.hbos import HBOS
 
@@ -31,7 +31,7 @@ def _make(name: str, random_state: int):
     if name == "loda":
         from pyod.models.loda import LODA
 
-        return LODA(n_random_cuts=100, random_state=random_state)
+        return LODA(n_random_cuts=50, random_state=random_state)
     raise ValueError(f"unknown unsupervised detector {name!r}; expected one of {DETECTORS}")
 
 
