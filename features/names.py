@@ -51,6 +51,10 @@ def normalise_address(expr: pl.Expr) -> pl.Expr:
     )
 
 
+def _sorted_tokens(texts: list[str]) -> list[str]:
+    return [" ".join(sorted(t.split())) for t in texts]
+
+
 def best_matches(queries: list[str], choices: list[str], *, score_cutoff: int = 0,
                  chunk: int = 2_000) -> tuple[np.ndarray, np.ndarray]:
     """For each query, the best token_sort_ratio over ``choices`` and that choice's index.
@@ -63,9 +67,13 @@ def best_matches(queries: list[str], choices: list[str], *, score_cutoff: int = 
     index = np.full(n, -1, dtype=np.int64)
     if n == 0 or not choices:
         return scores, index
+    # token_sort_ratio is ratio over the sorted tokens: sorting each string once here and
+    # scoring with plain ratio gives identical scores at twice the speed (rapidfuzz has a
+    # vectorised path for ratio in cdist).
+    queries, choices = _sorted_tokens(queries), _sorted_tokens(choices)
     for start in range(0, n, chunk):
         block = queries[start:start + chunk]
-        matrix = process.cdist(block, choices, scorer=fuzz.token_sort_ratio,
+        matrix = process.cdist(block, choices, scorer=fuzz.ratio,
                                score_cutoff=score_cutoff, workers=-1, dtype=np.uint8)
         best = matrix.argmax(axis=1)
         best_score = matrix[np.arange(len(block)), best].astype(np.float64)
