@@ -19,7 +19,6 @@ from detector.contract import SCORES, write_quarantine, write_table
 from detector.errors import InputError, UsageError
 
 FALLBACK_LABEL = "rules+unsupervised"
-MAX_REASONS = 5
 
 
 @dataclass
