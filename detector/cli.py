@@ -210,7 +210,7 @@ def score(
     except DetectorError as exc:
         _fail(exc)
     typer.echo(top_table(scored, top))
-    quarantined = scored.batch.dataset.quarantined_rows
+    quarantined = scored.quarantined_rows
     if quarantined:
         typer.echo(f"quarantined {quarantined} row(s) to {quarantine}", err=True)
     typer.echo(f"wrote {scored.frame.height} scores to {out} (model {scored.model.label})",

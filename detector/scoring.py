@@ -8,6 +8,7 @@ unsupervised detectors fitted on the batch itself, and says so.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ class Scored:
     frame: pl.DataFrame  # sorted by rank
     model: LoadedModel
     batch: Batch | None = None
+    quarantined_rows: int = 0
 
     def scores_table(self) -> pl.DataFrame:
         return self.frame.select(SCORES.column_names)
@@ -157,8 +159,27 @@ def _parts(frame: pl.DataFrame, rows: int) -> list[pl.DataFrame]:
     return [frame.slice(start, rows) for start in range(0, frame.height, rows)]
 
 
+def _spill_own_shipments(batch: Batch, rows: int, directory: Path) -> list[pl.LazyFrame]:
+    """Move the batch's own shipments to a Parquet file in ``directory``; their parts of
+    ``rows`` as lazy slices of it.
+
+    At 10M shipments the typed frame is 2.5 GiB that would otherwise stay in memory for
+    the whole run; the feature builder reads one part when it needs it. The batch's
+    frames are replaced by a scan of that file (valid while ``directory`` exists), so no
+    reference keeps the in-memory copy alive.
+    """
+    path = directory / "own_shipments.parquet"
+    height = batch.dataset.shipments.height
+    batch.dataset.shipments.write_parquet(path, compression="lz4", row_group_size=rows)
+    scan = pl.scan_parquet(path)
+    batch.dataset.shipments = scan
+    if not batch.history:
+        batch.shipments = scan
+    return [scan.slice(start, rows) for start in range(0, height, rows)]
+
+
 def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
-                  chunk_rows: int | None = None,
+                  chunk_rows: int | None = None, spill_dir: Path | None = None,
                   log: Callable[[str], None] = lambda _: None) -> Scored:
     """Score the batch's records in parts of ``chunk_rows`` shipments; the scores table.
 
@@ -168,7 +189,8 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
     then built and dropped, keeping only (record_kind, record_id, risk_score, rule mask)
     per record and the part's top ``top`` rows. Ranking is global, and the global top N
     is among the parts' top N, so reasons for it come from those rows. ``Scored.frame``
-    is the scores table, sorted by rank.
+    is the scores table, sorted by rank. With ``spill_dir`` and more than one part, the
+    batch's own shipments are moved there first (`_spill_own_shipments`).
     """
     from detector.models.ensemble import FallbackModel
     from detector.reasons import full_reasons
@@ -181,7 +203,10 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
     if chunk_rows < 1:
         raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
     stats = None if model.fallback else FeatureStats.from_dict(model.bundle.feature_stats)
-    own = _parts(batch.dataset.shipments, chunk_rows)
+    if spill_dir is not None and batch.dataset.shipments.height > chunk_rows:
+        own = _spill_own_shipments(batch, chunk_rows, spill_dir)
+    else:
+        own = _parts(batch.dataset.shipments, chunk_rows)
     context = [p for ds in batch.history for p in _parts(ds.shipments, chunk_rows)]
     builder = FeatureBuilder([*own, *context], batch.leases, batch.parties,
                              batch.screening_list, load_reference(), stats)
@@ -279,18 +304,26 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
     model = load_model(model_uri, log)
     log(f"scoring {batch.dataset.shipments.height} shipments and "
         f"{batch.dataset.leases.height} leases with {model.label}")
-    if engine == "dask":
-        from detector.distributed import score_batch_dask
+    # a large batch's shipments wait on disk while scoring (score_records, spill_dir)
+    with tempfile.TemporaryDirectory(prefix="detector-score-") as spill:
+        if engine == "dask":
+            from detector.distributed import score_batch_dask
 
-        scored = score_batch_dask(batch, model, top, scheduler=scheduler, log=log)
-    else:
-        scored = score_records(batch, model, top, chunk_rows=chunk_rows, log=log)
-    provenance = {**batch.provenance, "model": model.label,
-                  "model_run_id": model.info.get("run_id"), "records": scored.frame.height,
-                  "quarantined_rows": batch.dataset.quarantined_rows}
-    if quarantine is not None and batch.dataset.quarantined:
-        write_quarantine(batch.dataset, quarantine)
-    write_scores(scored.scores_table(), out, provenance)
+            scored = score_batch_dask(batch, model, top, scheduler=scheduler, log=log)
+        else:
+            scored = score_records(batch, model, top, chunk_rows=chunk_rows,
+                                   spill_dir=Path(spill), log=log)
+        provenance = {**batch.provenance, "model": model.label,
+                      "model_run_id": model.info.get("run_id"),
+                      "records": scored.frame.height,
+                      "quarantined_rows": batch.dataset.quarantined_rows}
+        if quarantine is not None and batch.dataset.quarantined:
+            write_quarantine(batch.dataset, quarantine)
+        write_scores(scored.scores_table(), out, provenance)
+    scored.quarantined_rows = batch.dataset.quarantined_rows
+    # A large batch's shipments were moved to the temporary folder just removed: do not
+    # hand out a batch whose frames point there.
+    scored.batch = None
     return scored
 
 

@@ -258,12 +258,16 @@ def _cross_record(inputs: pl.DataFrame) -> pl.DataFrame:
     linkage = behaviour.reexport(
         base.drop("consignee_key").rename({"__consignee_name_key": "consignee_key"}),
         reexports.with_columns(pl.col("exporter_key").cast(pl.Categorical)))
-    return (lf.select("record_id")
-            .join(history, on="record_id", how="left")
-            .join(split, on="record_id", how="left")
-            .join(linkage, on="record_id", how="left")
-            .rename({"record_id": "__row"})
-            .collect(engine="in-memory"))
+    # collected one at a time: one plan over every shipment held all three at its peak
+    out = inputs.select("record_id")
+    for piece in (history, split, linkage):
+        piece = piece.sort("record_id").collect(engine="in-memory")
+        if piece["record_id"].equals(out["record_id"]):  # each piece has every row once
+            out = out.hstack(piece.drop("record_id"))
+        else:
+            out = out.join(piece, on="record_id", how="left")
+        del piece
+    return out.rename({"record_id": "__row"})
 
 
 def _lease_frame(ctx: _Context, leases: pl.DataFrame) -> pl.LazyFrame:
