@@ -253,13 +253,18 @@ def main() -> None:
         score_args += ["--model", model_uri]
     if args.chunk_rows:
         score_args += ["--chunk-rows", str(args.chunk_rows)]
-    out = work / "scores.parquet"
-    wall, peak, rc, stdout = run_child([*detector, "score", str(world), "--out", str(out),
-                                        *score_args], env, work / "score.log")
-    rows = pl.scan_parquet(out).select(pl.len()).collect().item() if rc == 0 else 0
-    print(f"\ndetector score ({rows:,} records, reasons for the top {args.top}): {wall:.1f} s "
-          f"wall, peak RSS {peak:.2f} GiB, exit {rc} (targets: 30 s, 6 GiB)")
-    print("  " + "\n  ".join((work / "score.log").read_text().splitlines()))
+    def score_child(data: Path, name: str, what: str, targets: str) -> int:
+        """Run `detector score` on ``data`` as a child process and print its figures."""
+        out, log = work / f"{name}.parquet", work / f"{name}.log"
+        wall, peak, rc, _ = run_child([*detector, "score", str(data), "--out", str(out),
+                                       *score_args], env, log)
+        rows = pl.scan_parquet(out).select(pl.len()).collect().item() if rc == 0 else 0
+        print(f"\ndetector score{what} ({rows:,} records, reasons for the top {args.top}): "
+              f"{wall:.1f} s wall, peak RSS {peak:.2f} GiB, exit {rc} (targets: {targets})")
+        print("  " + "\n  ".join(log.read_text().splitlines()))
+        return rc
+
+    rc = score_child(world, "scores", "", "30 s, 6 GiB")
     if rc != 0:
         sys.exit(rc)
 
@@ -281,13 +286,7 @@ def main() -> None:
             big = parquet_world(world, work / "world_parquet", args.parquet_shipments)
             print(f"\nParquet world of {args.parquet_shipments:,} shipments written in "
                   f"{time.perf_counter() - t:.1f} s")
-        out = work / "scores_big.parquet"
-        wall, peak, rc, _ = run_child([*detector, "score", str(big), "--out", str(out),
-                                       *score_args], env, work / "score_big.log")
-        rows = pl.scan_parquet(out).select(pl.len()).collect().item() if rc == 0 else 0
-        print(f"detector score, Parquet ({rows:,} records): {wall:.1f} s wall, peak RSS "
-              f"{peak:.2f} GiB, exit {rc} (target: 8 GiB)")
-        print("  " + "\n  ".join((work / "score_big.log").read_text().splitlines()))
+        score_child(big, "scores_big", ", Parquet", "8 GiB")
 
 
 if __name__ == "__main__":
