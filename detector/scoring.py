@@ -134,25 +134,13 @@ def score_batch(batch: Batch, model: LoadedModel, top: int = 1000) -> Scored:
 DEFAULT_CHUNK_ROWS = 1_000_000
 
 
-def _rule_mask(hits: pl.Expr) -> pl.Expr:
-    """The rule hits packed into one integer (bit i = RULES[i]): 8 bytes a row, not a list."""
-    from features.rules import RULES
-
-    bits = {r.name: 1 << i for i, r in enumerate(RULES)}
-    return hits.list.eval(pl.element().replace_strict(bits, return_dtype=pl.Int64)) \
-        .list.sum().fill_null(0)
-
-
 def _rule_mask_labels(masks: pl.Series) -> pl.DataFrame:
-    """__rule_mask -> `rule_labels` text, rendered once per distinct mask."""
+    """rule_mask -> `rule_labels` text, rendered once per distinct mask."""
     from detector.reasons import rule_labels
-    from features.rules import RULES
+    from features.rules import rule_hits_by_mask
 
-    distinct = masks.unique().sort().to_list()
-    hits = [[r.name for i, r in enumerate(RULES) if m >> i & 1] for m in distinct]
-    return pl.DataFrame({"__rule_mask": distinct, "rule_hits": hits},
-                        schema={"__rule_mask": pl.Int64, "rule_hits": pl.List(pl.String)}) \
-        .select("__rule_mask", rule_labels(pl.col("rule_hits")).alias("reasons"))
+    return rule_hits_by_mask(masks).select(
+        "rule_mask", rule_labels(pl.col("rule_hits")).alias("reasons"))
 
 
 def _parts(frame: pl.DataFrame, rows: int) -> list[pl.DataFrame]:
@@ -197,6 +185,7 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
     from detector.reference import load_reference
     from features.build import FeatureBuilder
     from features.registry import model_feature_names
+    from features.rules import rule_mask
     from features.stats import FeatureStats
 
     chunk_rows = DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows
@@ -233,8 +222,7 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
         frame = features(part) if frame is None else frame
         layered, _ = _layers_and_risk(frame, model, scorer)
         del frame
-        kept.append(layered.select("record_kind", "record_id", "risk_score",
-                                   _rule_mask(pl.col("rule_hits")).alias("__rule_mask")))
+        kept.append(layered.select("record_kind", "record_id", "risk_score", rule_mask()))
         # gathered, not sliced: a slice would keep the whole part's buffers alive
         order = rank(layered.with_row_index("__i"))["__i"].head(top)
         heads.append(layered[order])
@@ -247,8 +235,8 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
         pl.concat(heads, how="vertical_relaxed"), on=["record_kind", "record_id"],
         how="left").sort("rank")
     head_reasons = pl.Series(full_reasons(head, scorer, model.fallback), dtype=pl.String)
-    labels = _rule_mask_labels(ranked["__rule_mask"])
-    table = ranked.join(labels, on="__rule_mask", how="left").sort("rank")
+    labels = _rule_mask_labels(ranked["rule_mask"])
+    table = ranked.join(labels, on="rule_mask", how="left").sort("rank")
     table = table.with_columns(
         reasons=pl.when(pl.col("rank") <= top).then(
             pl.lit(head_reasons.extend_constant(None, table.height - head.height)))

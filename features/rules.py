@@ -101,6 +101,21 @@ RULES: list[Rule] = [
 ]
 
 
+def rule_mask() -> pl.Expr:
+    """The rules a feature-frame row hits, packed into one integer (bit i = RULES[i])."""
+    return pl.sum_horizontal([rule.condition.fill_null(False).cast(pl.Int64) * (1 << i)
+                              for i, rule in enumerate(RULES)]).alias("rule_mask")
+
+
+def rule_hits_by_mask(masks: pl.Series) -> pl.DataFrame:
+    """rule_mask, rule_hits (the names) for each distinct mask in ``masks``."""
+    distinct = masks.unique().sort().to_list()
+    return pl.DataFrame(
+        {"rule_mask": distinct,
+         "rule_hits": [[r.name for i, r in enumerate(RULES) if m >> i & 1] for m in distinct]},
+        schema={"rule_mask": pl.Int64, "rule_hits": pl.List(pl.String)})
+
+
 def rule_points(frame: pl.DataFrame) -> pl.DataFrame:
     """record_kind, record_id, rule_points (sum of points hit), rule_hits (names hit).
 
@@ -108,20 +123,14 @@ def rule_points(frame: pl.DataFrame) -> pl.DataFrame:
     the few hundred distinct combinations are then turned into name lists once, which
     is far cheaper on millions of rows than building a list per row.
     """
-    hits = [rule.condition.fill_null(False) for rule in RULES]
     flagged = frame.select(
         "record_kind", "record_id",
-        pl.sum_horizontal([hit.cast(pl.Float64) * rule.points
-                           for hit, rule in zip(hits, RULES)]).alias("rule_points"),
-        pl.sum_horizontal([hit.cast(pl.Int64) * (1 << i)
-                           for i, hit in enumerate(hits)]).alias("__rule_mask"),
+        pl.sum_horizontal([rule.condition.fill_null(False).cast(pl.Float64) * rule.points
+                           for rule in RULES]).alias("rule_points"),
+        rule_mask(),
     )
-    masks = flagged["__rule_mask"].unique().sort().to_list()
-    names = pl.DataFrame(
-        {"__rule_mask": masks,
-         "rule_hits": [[r.name for i, r in enumerate(RULES) if m >> i & 1] for m in masks]},
-        schema={"__rule_mask": pl.Int64, "rule_hits": pl.List(pl.String)})
-    return flagged.join(names, on="__rule_mask", how="left", maintain_order="left") \
+    return flagged.join(rule_hits_by_mask(flagged["rule_mask"]), on="rule_mask", how="left",
+                        maintain_order="left") \
         .select("record_kind", "record_id", "rule_points", "rule_hits")
 
 
