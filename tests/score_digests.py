@@ -1,0 +1,145 @@
+"""Digests of what scoring outputs, to prove a refactor changes no score (issue #15).
+
+A digest hashes the scores table row by row in rank order: (record_kind, record_id,
+rank) for the ranking, risk_score rounded to 1e-9 for the scores, and (reasons, model)
+for the text. The stored digests in ``score_digests.json`` were made with the code
+before the scoring engine was introduced; `test_score_digests.py` recomputes them.
+
+A change that is *meant* to change scores (a new feature, new reason wording) changes
+these digests too: regenerate them, and say so in the commit, with
+
+    .venv/bin/python tests/score_digests.py --write [--with-200k]
+
+Which worlds (each simulated with the given arguments, trained with the default
+config, then scored with the champion and, for the 10k world, without a model):
+- ``world10k``: the session world of the pipeline tests (seed 7, 10,000 shipments,
+  12 months); runs in CI.
+- ``demo20k``: the README's demo (seed 0, 20,000 shipments, 24 months); runs in CI.
+- ``world200k``: seed 1, 200,000 shipments, 24 months; minutes of work, so it runs
+  only with DETECTOR_SLOW_TESTS=1 (and is skipped, visibly, otherwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+
+STORE = Path(__file__).with_name("score_digests.json")
+
+WORLDS = {
+    "world10k": {"seed": 7, "shipments": 10_000, "months": 12},
+    "demo20k": {"seed": 0, "shipments": 20_000, "months": 24},
+    "world200k": {"seed": 1, "shipments": 200_000, "months": 24},
+}
+
+
+def _sha(frame: pl.DataFrame) -> str:
+    return hashlib.sha256(frame.write_csv().encode()).hexdigest()[:24]
+
+
+def scores_digest(scores: pl.DataFrame) -> dict[str, str]:
+    """Digests of a scores table: ranking, risk (to 1e-9), reasons and model; row count."""
+    table = scores.sort("rank")
+    return {
+        "rows": str(table.height),
+        "ranking": _sha(table.select("record_kind", "record_id", "rank")),
+        "risk_1e-9": _sha(table.select(
+            (pl.col("risk_score") * 1e9).round().cast(pl.Int64))),
+        "reasons": _sha(table.select(pl.col("reasons").fill_null(""), "model")),
+    }
+
+
+def _rounded(value):
+    """JSON-able ``value`` with floats rounded to 9 decimals (the digests' precision)."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 9)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def explain_digest(explanation: dict) -> str:
+    """Digest of `detector explain --json`'s content, floats to 1e-9."""
+    text = json.dumps(_rounded(explanation), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def simulate_world(name: str, directory: Path) -> Path:
+    from detector.simulate import simulate
+
+    spec = WORLDS[name]
+    simulate(directory, seed=spec["seed"], shipments=spec["shipments"],
+             start=date(2024, 1, 1), months=spec["months"])
+    return directory
+
+
+def world_digests(world: Path, home: Path, *, fallback_home: Path | None = None,
+                  train: bool = True) -> dict:
+    """Train (unless ``train`` is False: the home already holds a champion) and score
+    ``world``; digests of the scores, of explain for the first three ranks, and of the
+    pyfunc's scores on the first 2,000 shipments. ``fallback_home``: also score without
+    a model (an empty home)."""
+    import tempfile
+
+    from pipeline_fixtures import detector_env
+
+    from detector.scoring import explain, load_model, score, score_shipments_frame
+
+    out: dict = {}
+    with detector_env(home):
+        if train:
+            from detector.training import train as run_training
+
+            run_training(world)
+        with tempfile.TemporaryDirectory() as tmp:
+            scored = score(world, Path(tmp) / "scores.parquet", top=1000)
+            out["scores"] = scores_digest(scored.scores_table())
+            first = scored.frame.sort("rank").head(3)
+            out["explain"] = [explain_digest(explain(world, rid, kind))
+                              for kind, rid in first.select("record_kind", "record_id").rows()]
+        model = load_model(None)
+        from detector.contract import read_dataset
+
+        shipments = read_dataset(world).shipments.head(2000)
+        out["pyfunc"] = scores_digest(score_shipments_frame(shipments, model.bundle,
+                                                            "pyfunc"))
+    if fallback_home is not None:
+        with detector_env(fallback_home), tempfile.TemporaryDirectory() as tmp:
+            scored = score(world, Path(tmp) / "scores.parquet", top=1000)
+            out["fallback_scores"] = scores_digest(scored.scores_table())
+    return out
+
+
+def compute(name: str, work: Path) -> dict:
+    world = simulate_world(name, work / name)
+    return world_digests(world, work / f"{name}-home",
+                         fallback_home=work / f"{name}-empty" if name == "world10k" else None)
+
+
+def main(argv: list[str]) -> None:
+    import tempfile
+
+    names = ["world10k", "demo20k"] + (["world200k"] if "--with-200k" in argv else [])
+    stored = json.loads(STORE.read_text()) if STORE.exists() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            digests = compute(name, Path(tmp))
+            print(name, json.dumps(digests, indent=1))
+            stored[name] = digests
+    if "--write" in argv:
+        STORE.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {STORE}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main(sys.argv[1:])
