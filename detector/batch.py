@@ -9,7 +9,9 @@ from pathlib import Path
 import polars as pl
 
 from detector.contract import RECORD_TABLES, Dataset, read_dataset
-from detector.errors import InputError
+from detector.engine import Records
+from detector.errors import InputError, UsageError
+from detector.settings import DEFAULT_CHUNK_ROWS
 
 
 @dataclass
@@ -24,6 +26,13 @@ class Batch:
     fingerprint: str
     reference_version: str
     provenance: dict = field(default_factory=dict)
+
+    def records(self, chunk_rows: int | None = None, spill_dir: Path | None = None):
+        """The batch as the scoring engine's records: its own shipments in parts of
+        ``chunk_rows`` (default `DEFAULT_CHUNK_ROWS`; scored), the history's shipments
+        (context), every lease (its own scored). With ``spill_dir`` and more than one
+        part, the own shipments are moved there first (`_spill_own_shipments`)."""
+        return _records(self, chunk_rows, spill_dir)
 
     def batch_keys(self) -> pl.DataFrame:
         """(record_kind, record_id) of the records being scored: the dataset's own."""
@@ -105,3 +114,47 @@ def feature_frame(batch: Batch, stats=None) -> pl.DataFrame:
                            load_reference(), stats)
     return frame.join(batch.batch_keys(), on=["record_kind", "record_id"], how="semi") \
         .sort(["record_kind", "record_id"])
+
+
+def _parts(frame: pl.DataFrame, rows: int) -> list[pl.DataFrame]:
+    return [frame.slice(start, rows) for start in range(0, frame.height, rows)]
+
+
+def _spill_own_shipments(batch: Batch, rows: int, directory: Path) -> list[pl.LazyFrame]:
+    """Move the batch's own shipments to a Parquet file in ``directory``; their parts of
+    ``rows`` as lazy slices of it.
+
+    At 10M shipments the typed frame is 2.5 GiB that would otherwise stay in memory for
+    the whole run; the feature builder reads one part when it needs it. The batch's
+    frames are replaced by a scan of that file (valid while ``directory`` exists), so no
+    reference keeps the in-memory copy alive.
+    """
+    path = directory / "own_shipments.parquet"
+    height = batch.dataset.shipments.height
+    batch.dataset.shipments.write_parquet(path, compression="lz4", row_group_size=rows)
+    scan = pl.scan_parquet(path)
+    batch.dataset.shipments = scan
+    if not batch.history:
+        batch.shipments = scan
+    return [scan.slice(start, rows) for start in range(0, height, rows)]
+
+
+def _records(batch: Batch, chunk_rows: int | None, spill_dir: Path | None):
+    """The batch as the engine's records: its own shipments in parts of ``chunk_rows``
+    (scored), the history's shipments (context), every lease (its own scored).
+
+    With ``spill_dir`` and more than one part, the batch's own shipments are moved there
+    first (`_spill_own_shipments`)."""
+    from detector.reference import load_reference
+
+    chunk_rows = DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows
+    if chunk_rows < 1:
+        raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
+    if spill_dir is not None and batch.dataset.shipments.height > chunk_rows:
+        own = _spill_own_shipments(batch, chunk_rows, spill_dir)
+    else:
+        own = _parts(batch.dataset.shipments, chunk_rows)
+    context = [p for ds in batch.history for p in _parts(ds.shipments, chunk_rows)]
+    return Records([*own, *context], batch.leases, batch.parties, batch.screening_list,
+                   load_reference(), scored_parts=len(own),
+                   scored_lease_ids=batch.dataset.leases["lease_id"])

@@ -4,9 +4,10 @@ Why the work is split this way: features that look across records (behaviour win
 re-export links, shared addresses, name resolution against the whole party registry)
 depend on every record, so the feature frame is built once, with full context; the
 model layers (rules, unsupervised detectors, LightGBM) are per-row functions of that
-frame plus the loaded bundle, so they run per partition (`layer_partition`) and give
+frame plus the loaded bundle, so they run per partition (`detector.engine.layer`) and give
 the same scores however the frame is cut. Ranking and reasons need every risk score
-and run once on the driver, for the top N only.
+and run once on the driver, for the top N only. The scoring engine (detector.engine)
+does all of that; this module only hands it a mapper that runs on a cluster.
 
 Dask is imported here only, and only when an engine call needs it.
 """
@@ -55,12 +56,6 @@ def dask_client(scheduler: str | None = None, log: Callable[[str], None] = lambd
         yield client
 
 
-def layer_partition(part: pl.DataFrame, scorer) -> pl.DataFrame:
-    """The stateless per-partition step: rule, unsupervised and risk columns for ``part``."""
-    layered = scorer.layers(part)
-    return layered.with_columns(risk_score=pl.Series(scorer.risk(layered), dtype=pl.Float64))
-
-
 def partitions(frame: pl.DataFrame, count: int) -> list[pl.DataFrame]:
     """``frame`` cut into ``count`` contiguous slices (at least one row each)."""
     count = max(1, min(count, frame.height))
@@ -68,38 +63,28 @@ def partitions(frame: pl.DataFrame, count: int) -> list[pl.DataFrame]:
     return [frame.slice(start, size) for start in range(0, frame.height, size)] or [frame]
 
 
+def dask_mapper(client, partition_count: int | None = None):
+    """The engine's mapper on a cluster: each part cut into ``partition_count`` slices
+    (default two per worker), the per-part step run on them there, the slices gathered
+    back in order. The fitted scorer is sent to every worker once."""
+    workers = max(1, len(client.scheduler_info()["workers"]))
+    count = partition_count or 2 * workers
+
+    def mapper(step, frames, scorer):
+        scorer_future = client.scatter(scorer, broadcast=True)
+        for frame in frames:
+            futures = client.map(step, partitions(frame, count), scorer=scorer_future,
+                                 pure=False)
+            yield pl.concat(client.gather(futures), how="vertical_relaxed")
+
+    return mapper
+
+
 def score_frame_dask(frame: pl.DataFrame, model, top: int, client,
                      partition_count: int | None = None) -> pl.DataFrame:
-    """`detector.scoring.score_frame`, with the model layers applied per partition."""
-    from detector.models.ensemble import FallbackModel
-    from detector.scoring import rank_with_reasons
-    from features.registry import model_feature_names
+    """`detector.scoring.score_frame` (one feature frame), with the model layers applied
+    per partition on the cluster."""
+    from detector import engine
 
-    if model.fallback:  # fitted on the whole batch, like the local path, then shipped
-        scorer = FallbackModel(model_feature_names()).fit(frame)
-    else:
-        scorer = model.bundle.model
-    workers = max(1, len(client.scheduler_info()["workers"]))
-    parts = partitions(frame, partition_count or 2 * workers)
-    scorer_future = client.scatter(scorer, broadcast=True)
-    futures = client.map(layer_partition, parts, scorer=scorer_future, pure=False)
-    layered = pl.concat(client.gather(futures), how="vertical_relaxed")
-    return rank_with_reasons(layered, scorer, model, top)
-
-
-def score_batch_dask(batch, model, top: int = 1000, *, scheduler: str | None = None,
-                     partition_count: int | None = None,
-                     log: Callable[[str], None] = lambda _: None):
-    """`detector.scoring.score_batch` on a Dask cluster: same inputs, same output."""
-    from detector.batch import feature_frame
-    from detector.scoring import Scored
-
-    stats = None
-    if not model.fallback:
-        from features.stats import FeatureStats
-
-        stats = FeatureStats.from_dict(model.bundle.feature_stats)
-    frame = feature_frame(batch, stats)  # once, with every record as context
-    with dask_client(scheduler, log) as client:
-        scored = score_frame_dask(frame, model, top, client, partition_count)
-    return Scored(scored, model, batch)
+    return engine.score_parts([frame], model, top, keep=engine.keep_all,
+                              mapper=dask_mapper(client, partition_count)).kept

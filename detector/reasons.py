@@ -85,8 +85,9 @@ def full_reasons(head: pl.DataFrame, scorer, fallback: bool,
     return out
 
 
-def explain_record(row: pl.DataFrame, scored, model) -> dict:
-    """Everything `detector explain` shows for one record."""
+def explain_record(row: pl.DataFrame, of_records: int, model) -> dict:
+    """Everything `detector explain` shows for one record (``row``: its scored frame
+    row; ``of_records``: how many records were ranked)."""
     from features.registry import model_feature_names
 
     record = row.row(0, named=True)
@@ -120,7 +121,7 @@ def explain_record(row: pl.DataFrame, scored, model) -> dict:
         "record_date": str(record.get("record_date")),
         "risk_score": record["risk_score"],
         "rank": record["rank"],
-        "of_records": scored.frame.height,
+        "of_records": of_records,
         "model": model.label,
         "fallback": model.fallback,
         "rule_hits": [{"rule": h, "points": _RULES[h].points,

@@ -19,9 +19,9 @@ from pathlib import Path
 import polars as pl
 
 from detector.errors import InputError
+from detector.settings import SCREENING_LIST_ENV
 
 REFERENCE_FILES = ("chips.csv", "country_groups.csv", "hs_codes.csv")
-SCREENING_LIST_ENV = "DETECTOR_SCREENING_LIST"
 
 # ---------------------------------------------------------------- ECCN 3A090 / 4A090
 # 15 CFR 774 Supp. 1, ECCN 3A090 as amended by the rule of Oct 2023 (in force Nov 2023);

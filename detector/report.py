@@ -659,15 +659,24 @@ def _missing_library_message(exc: Exception) -> str:
             "(or write .html instead)")
 
 
+def _review_rows(frame: pl.DataFrame, capacities: dict[str, int]) -> pl.DataFrame:
+    """Each month's first ``capacities[month]`` records of ``frame`` by rank order."""
+    ranked = frame.sort(["risk_score", "record_kind", "record_id"],
+                        descending=[True, False, False])
+    month = pl.col("record_date").dt.strftime("%Y-%m")
+    return ranked.filter(pl.int_range(pl.len()).over(month)
+                         < month.replace_strict(capacities, default=0))
+
+
 def generate_report(dataset_dir: str | Path, out: str | Path,
                     history_dirs: Sequence[str | Path] = (), *, model_uri: str | None = None,
                     period: str | None = None, capacity: str = "1%",
                     screening_list: str | Path | None = None,
                     log: Callable[[str], None] = lambda _: None) -> Path:
     """`detector report`: score the dataset, build the page, write HTML or PDF atomically."""
+    from detector import engine
     from detector.batch import load_batch
-    from detector.reasons import full_reasons
-    from detector.scoring import load_model, score_batch
+    from detector.scoring import load_model
 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".pdf"):
@@ -678,21 +687,17 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     model = load_model(model_uri, log)
     log(f"scoring {batch.dataset.shipments.height} shipments and "
         f"{batch.dataset.leases.height} leases with {model.label}")
-    scored = score_batch(batch, model, top=0)
-    # Full reasons for each month's review list (the rows a reader sees), whatever the period.
-    frame = scored.frame.with_columns(
-        month=pl.col("record_date").dt.strftime("%Y-%m"),
-        _pos=pl.int_range(pl.len()))
-    review = pl.concat([
-        grp.head(parse_capacity(capacity, grp.height))
-        for _, grp in frame.group_by("month", maintain_order=True)
-    ]).sort("_pos")
-    reasons = full_reasons(review, None if model.fallback else model.bundle.model, model.fallback)
-    frame = frame.join(review.select("_pos").with_columns(_full=pl.Series(reasons,
-                                                                          dtype=pl.String)),
-                       on="_pos", how="left").sort("_pos")
-    scores = frame.with_columns(reasons=pl.coalesce("_full", "reasons")).select(
-        "record_kind", "record_id", "risk_score", "rank", "reasons", "model")
+    # Full reasons for each month's review list (the rows a reader sees), whatever the
+    # period: the engine keeps each part's review candidates per month.
+    capacities = {month: parse_capacity(capacity, n) for month, n in
+                  _records(batch.dataset).group_by("month").len().iter_rows()}
+    scores = engine.score_records(batch.records(), model, top=0,
+                                  keep=lambda layered: _review_rows(layered, capacities))
+    review = _review_rows(scores.kept, capacities)
+    reasons = review.select(*engine.KEY, pl.Series("_full", scores.reasons(review),
+                                                   dtype=pl.String))
+    scores = scores.table.join(reasons, on=engine.KEY, how="left", maintain_order="left") \
+        .with_columns(reasons=pl.coalesce("_full", "reasons")).drop("_full")
     model_info = None
     if not model.fallback:
         from detector import tracking

@@ -1,7 +1,7 @@
 """`detector score` and `detector explain`: a batch plus a model → ranked risk with reasons.
 
 Scoring is a stateless function of one batch and a loaded bundle, so it can run per
-partition on another engine. Without a registered model it falls back to rules +
+partition on another score_engine. Without a registered model it falls back to rules +
 unsupervised detectors fitted on the batch itself, and says so.
 """
 
@@ -10,36 +10,22 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from detector.batch import Batch, feature_frame, load_batch
+from detector import engine as score_engine
+from detector.batch import Batch, load_batch
 from detector.contract import SCORES, write_quarantine, write_table
+from detector.engine import FALLBACK_LABEL, LoadedModel, rank  # noqa: F401 (the API)
 from detector.errors import InputError, UsageError
-
-FALLBACK_LABEL = "rules+unsupervised"
-
-
-@dataclass
-class LoadedModel:
-    """A bundle ready to score (None members = the fallback)."""
-
-    bundle: object | None  # detector.models.ensemble.ModelBundle
-    label: str  # NAME/VERSION or rules+unsupervised
-    info: dict = field(default_factory=dict)
-
-    @property
-    def fallback(self) -> bool:
-        return self.bundle is None
 
 
 def load_bundle_dir(directory: Path):
-    from detector.models.ensemble import ModelBundle
-    from features.registry import model_feature_names
+    from detector.models.ensemble import load_bundle
 
-    return ModelBundle.load(directory, expected_features=model_feature_names())
+    return load_bundle(directory)
 
 
 def load_model(uri: str | None, log: Callable[[str], None] = lambda _: None) -> LoadedModel:
@@ -51,7 +37,7 @@ def load_model(uri: str | None, log: Callable[[str], None] = lambda _: None) -> 
         log(f"no model registered as {tracking.DEFAULT_MODEL_URI} in {tracking.tracking_uri()}: "
             f"scoring with rules + unsupervised detectors fitted on this batch "
             f"(model = {FALLBACK_LABEL}); train one with `detector train`")
-        return LoadedModel(None, FALLBACK_LABEL)
+        return score_engine.fallback_model()
     bundle = load_bundle_dir(resolved.bundle_dir)
     info = {"name": resolved.name, "version": resolved.version, "run_id": resolved.run_id,
             "metrics": bundle.metrics, "provenance": bundle.provenance}
@@ -60,7 +46,8 @@ def load_model(uri: str | None, log: Callable[[str], None] = lambda _: None) -> 
 
 @dataclass
 class Scored:
-    """Every scored record: features, layer scores, risk, rank and reasons."""
+    """Scored records, sorted by rank: the scores table (`score`), or every record's
+    features, layer scores, risk, rank and reasons (`score_batch`)."""
 
     frame: pl.DataFrame  # sorted by rank
     model: LoadedModel
@@ -71,199 +58,34 @@ class Scored:
         return self.frame.select(SCORES.column_names)
 
 
-def _layers_and_risk(frame: pl.DataFrame, model: LoadedModel, scorer=None
-                     ) -> tuple[pl.DataFrame, object]:
-    """Layer scores and risk; ``scorer`` None: the bundle's model, or the fallback fitted
-    on ``frame``."""
-    from detector.models.ensemble import FallbackModel
-    from features.registry import model_feature_names
-
-    if scorer is None and model.fallback:
-        scorer = FallbackModel(model_feature_names()).fit(frame)
-    elif scorer is None:
-        scorer = model.bundle.model
-    layered = scorer.layers(frame)
-    return layered.with_columns(risk_score=pl.Series(scorer.risk(layered), dtype=pl.Float64)), \
-        scorer
-
-
-def rank(frame: pl.DataFrame) -> pl.DataFrame:
-    """Highest risk first; ties broken by record_kind, then record_id (DATA_CONTRACT.md)."""
-    return frame.sort(["risk_score", "record_kind", "record_id"],
-                      descending=[True, False, False]).with_row_index("rank", offset=1) \
-        .with_columns(pl.col("rank").cast(pl.Int64))
-
-
 def score_frame(frame: pl.DataFrame, model: LoadedModel, top: int) -> pl.DataFrame:
-    """Layer scores, risk, rank and reasons for a feature frame."""
-    layered, scorer = _layers_and_risk(frame, model)
-    return rank_with_reasons(layered, scorer, model, top)
+    """Layer scores, risk, rank and reasons for one feature frame (one part)."""
+    return score_engine.score_parts([frame], model, top, keep=score_engine.keep_all).kept
 
 
-def rank_with_reasons(layered: pl.DataFrame, scorer, model: LoadedModel, top: int
-                      ) -> pl.DataFrame:
-    """Rank layered, risk-scored rows; full reasons for the top N, rule labels for the rest.
-
-    The step after the per-partition work: ranking needs every risk score at once.
-    """
-    from detector.reasons import full_reasons, rule_labels
-
-    ranked = rank(layered)
-    head, tail = ranked[:top], ranked[top:]
-    head = head.with_columns(reasons=pl.Series(full_reasons(head, scorer, model.fallback),
-                                               dtype=pl.String))
-    tail = tail.with_columns(reasons=rule_labels(pl.col("rule_hits")))
-    return pl.concat([head, tail], how="vertical_relaxed").with_columns(
-        model=pl.lit(model.label))
-
-
-def score_batch(batch: Batch, model: LoadedModel, top: int = 1000) -> Scored:
-    stats = None
-    if not model.fallback:
-        from features.stats import FeatureStats
-
-        stats = FeatureStats.from_dict(model.bundle.feature_stats)
-    frame = feature_frame(batch, stats)
-    return Scored(score_frame(frame, model, top), model, batch)
-
-
-# Shipments whose features are built and scored at once by `detector score`. A batch of
-# up to this many shipments is one part (the whole feature frame in memory, as before);
-# a larger one is cut into parts of this size, so memory follows the part, not the batch
-# (docs/scale.md: about 4 GiB for one part of 1M).
-DEFAULT_CHUNK_ROWS = 1_000_000
-
-
-def _rule_mask_labels(masks: pl.Series) -> pl.DataFrame:
-    """rule_mask -> `rule_labels` text, rendered once per distinct mask."""
-    from detector.reasons import rule_labels
-    from features.rules import rule_hits_by_mask
-
-    return rule_hits_by_mask(masks).select(
-        "rule_mask", rule_labels(pl.col("rule_hits")).alias("reasons"))
-
-
-def _parts(frame: pl.DataFrame, rows: int) -> list[pl.DataFrame]:
-    return [frame.slice(start, rows) for start in range(0, frame.height, rows)]
-
-
-def _spill_own_shipments(batch: Batch, rows: int, directory: Path) -> list[pl.LazyFrame]:
-    """Move the batch's own shipments to a Parquet file in ``directory``; their parts of
-    ``rows`` as lazy slices of it.
-
-    At 10M shipments the typed frame is 2.5 GiB that would otherwise stay in memory for
-    the whole run; the feature builder reads one part when it needs it. The batch's
-    frames are replaced by a scan of that file (valid while ``directory`` exists), so no
-    reference keeps the in-memory copy alive.
-    """
-    path = directory / "own_shipments.parquet"
-    height = batch.dataset.shipments.height
-    batch.dataset.shipments.write_parquet(path, compression="lz4", row_group_size=rows)
-    scan = pl.scan_parquet(path)
-    batch.dataset.shipments = scan
-    if not batch.history:
-        batch.shipments = scan
-    return [scan.slice(start, rows) for start in range(0, height, rows)]
+def _part_progress(log: Callable[[str], None]):
+    def progress(done: int, total: int, records: int) -> None:
+        if total > 2:
+            log(f"scored part {done} of {total} ({records} records)")
+    return progress
 
 
 def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
                   chunk_rows: int | None = None, spill_dir: Path | None = None,
                   log: Callable[[str], None] = lambda _: None) -> Scored:
-    """Score the batch's records in parts of ``chunk_rows`` shipments; the scores table.
-
-    The same scores as `score_batch` (same risk, rank and reasons) in memory bounded by
-    one part: cross-record features are computed once over every record
-    (`features.build.FeatureBuilder`); each part's wide features and model layers are
-    then built and dropped, keeping only (record_kind, record_id, risk_score, rule mask)
-    per record and the part's top ``top`` rows. Ranking is global, and the global top N
-    is among the parts' top N, so reasons for it come from those rows. ``Scored.frame``
-    is the scores table, sorted by rank. With ``spill_dir`` and more than one part, the
-    batch's own shipments are moved there first (`_spill_own_shipments`).
-    """
-    from detector.models.ensemble import FallbackModel
-    from detector.reasons import full_reasons
-    from detector.reference import load_reference
-    from features.build import FeatureBuilder
-    from features.registry import model_feature_names
-    from features.rules import rule_mask
-    from features.stats import FeatureStats
-
-    chunk_rows = DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows
-    if chunk_rows < 1:
-        raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
-    stats = None if model.fallback else FeatureStats.from_dict(model.bundle.feature_stats)
-    if spill_dir is not None and batch.dataset.shipments.height > chunk_rows:
-        own = _spill_own_shipments(batch, chunk_rows, spill_dir)
-    else:
-        own = _parts(batch.dataset.shipments, chunk_rows)
-    context = [p for ds in batch.history for p in _parts(ds.shipments, chunk_rows)]
-    builder = FeatureBuilder([*own, *context], batch.leases, batch.parties,
-                             batch.screening_list, load_reference(), stats)
-    own_leases = batch.dataset.leases.select(pl.lit("lease").alias("record_kind"),
-                                             pl.col("lease_id").alias("record_id"))
-
-    def features(part: int | None) -> pl.DataFrame:
-        """Part ``part``'s shipment features; None: the batch's own leases."""
-        if part is None:
-            return builder.lease_features().join(own_leases, on=["record_kind", "record_id"],
-                                                 how="semi")
-        return builder.shipment_features(part)
-
-    parts: list[int | None] = [None, *range(len(own))]  # leases, then shipment parts
-    cached: dict = {}
-    if model.fallback:
-        scorer = FallbackModel(model_feature_names()).fit(
-            _fallback_population(features, parts, cached))
-    else:
-        scorer = model.bundle.model
-    kept, heads = [], []
-    for n, part in enumerate(parts, 1):
-        frame = cached.pop(part, None)
-        frame = features(part) if frame is None else frame
-        layered, _ = _layers_and_risk(frame, model, scorer)
-        del frame
-        kept.append(layered.select("record_kind", "record_id", "risk_score", rule_mask()))
-        # gathered, not sliced: a slice would keep the whole part's buffers alive
-        order = rank(layered.with_row_index("__i"))["__i"].head(top)
-        heads.append(layered[order])
-        del layered
-        if len(parts) > 2:
-            log(f"scored part {n} of {len(parts)} ({kept[-1].height} records)")
-    ranked = rank(pl.concat(kept))
-    del kept
-    head = ranked.head(top).select("record_kind", "record_id", "rank").join(
-        pl.concat(heads, how="vertical_relaxed"), on=["record_kind", "record_id"],
-        how="left").sort("rank")
-    head_reasons = pl.Series(full_reasons(head, scorer, model.fallback), dtype=pl.String)
-    labels = _rule_mask_labels(ranked["rule_mask"])
-    table = ranked.join(labels, on="rule_mask", how="left").sort("rank")
-    table = table.with_columns(
-        reasons=pl.when(pl.col("rank") <= top).then(
-            pl.lit(head_reasons.extend_constant(None, table.height - head.height)))
-        .otherwise(pl.col("reasons")),
-        model=pl.lit(model.label))
-    return Scored(table.select(SCORES.column_names), model, batch)
+    """The batch's scores table, scored in parts of ``chunk_rows`` shipments (memory
+    bounded by one part; the same scores however the batch is cut)."""
+    records = batch.records(chunk_rows, spill_dir)
+    scores = score_engine.score_records(records, model, top, progress=_part_progress(log))
+    return Scored(scores.table, model, batch)
 
 
-def _fallback_population(features, parts, cached: dict) -> pl.DataFrame:
-    """The rows `FallbackModel.fit` sees in `score_batch`: every record's features sorted
-    by (record_kind, record_id), or the unsupervised layer's sample of them, gathered
-    part by part. With one part of each kind the frames are kept for scoring."""
-    from detector.models.unsupervised import UnsupervisedEnsemble
-    from features.registry import model_feature_names
-
-    keys = []
-    for part in parts:
-        frame = features(part)
-        if len(parts) <= 2:
-            cached[part] = frame
-        keys.append(frame.select("record_kind", "record_id"))
-    keys = pl.concat(keys).sort(["record_kind", "record_id"])
-    rows = UnsupervisedEnsemble(model_feature_names()).fit_rows(keys.height)
-    wanted = keys if rows is None else keys[rows]
-    gathered = [(cached.get(part) if part in cached else features(part))
-                .join(wanted, on=["record_kind", "record_id"], how="semi") for part in parts]
-    return pl.concat(gathered, how="vertical_relaxed").sort(["record_kind", "record_id"])
+def score_batch(batch: Batch, model: LoadedModel, top: int = 1000) -> Scored:
+    """Every record of the batch with its features, layer scores, risk, rank and reasons
+    (the whole feature frame in memory: for evaluation and small batches)."""
+    scores = score_engine.score_records(batch.records(), model, top,
+                                       keep=score_engine.keep_all)
+    return Scored(scores.kept, model, batch)
 
 
 def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Path] = (), *,
@@ -294,13 +116,18 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         f"{batch.dataset.leases.height} leases with {model.label}")
     # a large batch's shipments wait on disk while scoring (score_records, spill_dir)
     with tempfile.TemporaryDirectory(prefix="detector-score-") as spill:
+        records = batch.records(chunk_rows, Path(spill))
         if engine == "dask":
-            from detector.distributed import score_batch_dask
+            from detector.distributed import dask_client, dask_mapper
 
-            scored = score_batch_dask(batch, model, top, scheduler=scheduler, log=log)
+            with dask_client(scheduler, log) as client:
+                scores = score_engine.score_records(records, model, top,
+                                                    mapper=dask_mapper(client),
+                                                    progress=_part_progress(log))
         else:
-            scored = score_records(batch, model, top, chunk_rows=chunk_rows,
-                                   spill_dir=Path(spill), log=log)
+            scores = score_engine.score_records(records, model, top,
+                                                progress=_part_progress(log))
+        scored = Scored(scores.table, model, batch)
         provenance = {**batch.provenance, "model": model.label,
                       "model_run_id": model.info.get("run_id"),
                       "records": scored.frame.height,
@@ -344,34 +171,20 @@ def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
     if keys.height > 1:
         raise UsageError(f"{record_id!r} is both a shipment and a lease id: add --kind")
     model = load_model(model_uri, log)
-    scored = score_batch(batch, model, top=0)
-    row = scored.frame.filter((pl.col("record_kind") == keys["record_kind"][0])
-                              & (pl.col("record_id") == record_id))
-    return explain_record(row, scored, model)
+    record_kind = keys["record_kind"][0]
+    scores = score_engine.score_records(batch.records(), model, top=0,
+                                        keep=score_engine.keep_record(record_kind, record_id))
+    return explain_record(scores.kept, scores.table.height, model)
 
 
 def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.DataFrame:
-    """Score a bare frame of contract shipment columns with a bundle (the MLflow pyfunc)."""
-    from detector.contract import LEASES, PARTIES, SHIPMENTS
-    from detector.reference import default_screening_list_path, load_reference, \
-        read_screening_list
-    from features.build import build_features
-    from features.stats import FeatureStats
+    """Score a bare frame of contract shipment columns with a bundle (as the MLflow
+    pyfunc does), with the shipped screening list."""
+    from detector.reference import default_screening_list_path, load_reference, read_screening_list
 
-    missing = [c.name for c in SHIPMENTS.columns if c.required and c.name not in shipments.columns]
-    if missing:
-        raise InputError(f"shipments frame: required column(s) missing: {missing}")
-    shipments = shipments.with_columns(
-        pl.lit(None, dtype).alias(name) for name, dtype in SHIPMENTS.schema.items()
-        if name not in shipments.columns
-    ).select(SHIPMENTS.column_names).cast(SHIPMENTS.schema)
-    frame = build_features(shipments, pl.DataFrame(schema=LEASES.schema),
-                           pl.DataFrame(schema=PARTIES.schema),
-                           read_screening_list(default_screening_list_path()), load_reference(),
-                           FeatureStats.from_dict(bundle.feature_stats))
-    model = LoadedModel(bundle, label)
-    top = min(frame.height, 1000)
-    return score_frame(frame, model, top).select(SCORES.column_names)
+    return score_engine.score_shipments(shipments, LoadedModel(bundle, label),
+                                  read_screening_list(default_screening_list_path()),
+                                  load_reference())
 
 
 def top_table(scored: Scored, n: int) -> str:

@@ -21,16 +21,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from detector.errors import EnvironmentFailure, InputError
+from detector.settings import (
+    CHAMPION,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_MODEL_URI,
+    TRACKING_URI_ENV,
+    detector_home,
+)
 
-DEFAULT_MODEL_NAME = "chip-diversion"
-DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@champion"
-CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
 BUNDLE_ARTIFACT = "bundle"
-
-
-def detector_home() -> Path:
-    return Path(os.environ.get("DETECTOR_HOME", ".detector")).expanduser().resolve()
 
 
 # mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; remember what we set so
@@ -39,7 +39,7 @@ _uri_set_by_us: str | None = None
 
 
 def _user_uri() -> str | None:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = os.environ.get(TRACKING_URI_ENV)
     return uri if uri and uri != _uri_set_by_us else None
 
 
@@ -92,18 +92,28 @@ class DiversionPyfunc(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context):
-        from detector.scoring import load_bundle_dir
+        from detector.engine import LoadedModel
+        from detector.models.ensemble import load_bundle
+        from detector.reference import (
+            default_screening_list_path,
+            load_reference,
+            read_screening_list,
+        )
 
-        self.bundle = load_bundle_dir(Path(context.artifacts[BUNDLE_ARTIFACT]))
+        bundle = load_bundle(Path(context.artifacts[BUNDLE_ARTIFACT]))
         # The version number does not exist yet when the model is logged: name the run.
         config = context.model_config or {}
-        self.label = f"{config.get('model_name', 'model')} (run {config.get('run_id', '?')})"
+        self.model = LoadedModel(
+            bundle, f"{config.get('model_name', 'model')} (run {config.get('run_id', '?')})")
+        self.screening_list = read_screening_list(default_screening_list_path())
+        self.reference = load_reference()
 
     def predict(self, context, model_input: pd.DataFrame, params=None):
-        from detector.scoring import score_shipments_frame
+        from detector.engine import score_shipments
 
         frame = pl.from_pandas(model_input)
-        return score_shipments_frame(frame, self.bundle, self.label).to_pandas()
+        return score_shipments(frame, self.model, self.screening_list,
+                               self.reference).to_pandas()
 
 
 @dataclass

@@ -18,11 +18,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from detector.config import TrainingConfig
 from detector.errors import InputError
 from detector.models.base import RiskModel
 from detector.models.rules import RuleModel
 from detector.models.supervised import SupervisedModel
-from detector.models.unsupervised import DETECTORS, UnsupervisedEnsemble
+from detector.models.unsupervised import UnsupervisedEnsemble
+
+_DEFAULTS = TrainingConfig()  # training defaults live in detector.config, once
 
 BUNDLE_FORMAT = 1
 
@@ -81,9 +84,11 @@ class DiversionModel(RiskModel):
     """Rules and unsupervised scores feed a calibrated LightGBM model."""
 
     def __init__(self, features: list[str], lightgbm_params: dict | None = None,
-                 num_boost_round: int = 250, early_stopping_rounds: int = 30,
-                 unsupervised_detectors: tuple[str, ...] = DETECTORS,
-                 max_fit_rows: int = 200_000, random_state: int = 0):
+                 num_boost_round: int = _DEFAULTS.lightgbm.num_boost_round,
+                 early_stopping_rounds: int = _DEFAULTS.lightgbm.early_stopping_rounds,
+                 unsupervised_detectors: tuple[str, ...] = _DEFAULTS.unsupervised.detectors,
+                 max_fit_rows: int = _DEFAULTS.unsupervised.max_fit_rows,
+                 random_state: int = _DEFAULTS.seed):
         self.features = features
         self.lightgbm_params = lightgbm_params
         self.num_boost_round = num_boost_round
@@ -206,3 +211,10 @@ class ModelBundle:
                                                        (directory / "booster.txt").read_text())
         return cls(model, names, meta["feature_stats"], meta["reference_version"],
                    meta.get("config", {}), meta.get("metrics", {}), meta.get("provenance", {}))
+
+
+def load_bundle(directory: str | Path) -> ModelBundle:
+    """The bundle in ``directory``, refused unless it has this detector's features."""
+    from features.registry import model_feature_names
+
+    return ModelBundle.load(directory, expected_features=model_feature_names())

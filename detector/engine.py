@@ -1,0 +1,306 @@
+"""The scoring engine: parts of records plus a scorer in, scored frames out.
+
+Every path that scores goes through `score_records` (records not yet featurised) or
+`score_parts` (feature frames, or functions that build them):
+
+- `detector score` maps over parts of the batch locally (memory follows one part);
+- `--engine dask` passes its own map, which runs the per-part step on a cluster;
+- the MLflow pyfunc hands one in-memory part (`score_shipments`);
+- `detector explain` and `detector report` score the batch and keep the rows they show.
+
+Per part: features (`features.build.FeatureBuilder`, cross-record context computed once
+over every part), then the model layers and risk (`layer`, a pure per-row step). Then,
+once, over every record: the ranking, full reasons for the top N (the global top N is
+among the parts' top N, so only those rows are kept), rule labels for the rest.
+
+"Bundle or fallback" is decided in one place (`LoadedModel.scorer`), and so are the
+feature statistics (`LoadedModel.feature_stats`). No I/O here: callers read datasets,
+load models (detector.scoring, detector.tracking) and write tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from detector.contract import SCORES
+
+FALLBACK_LABEL = "rules+unsupervised"
+KEY = ["record_kind", "record_id"]
+
+
+@dataclass
+class LoadedModel:
+    """What scores: a loaded bundle, or (bundle None) the fallback of rules + unsupervised
+    detectors fitted on the records being scored."""
+
+    bundle: object | None  # detector.models.ensemble.ModelBundle
+    label: str  # NAME/VERSION, a directory, or rules+unsupervised
+    info: dict = field(default_factory=dict)
+
+    @property
+    def fallback(self) -> bool:
+        return self.bundle is None
+
+    def feature_stats(self):
+        """The statistics features are built with: the bundle's (learned in training), or
+        None (the neutral defaults of features.stats) for the fallback."""
+        if self.fallback:
+            return None
+        from features.stats import FeatureStats
+
+        return FeatureStats.from_dict(self.bundle.feature_stats)
+
+    def scorer(self, population: Callable[[], pl.DataFrame]):
+        """The fitted risk model: the bundle's, or the fallback fitted on ``population()``
+        (called only for the fallback)."""
+        if not self.fallback:
+            return self.bundle.model
+        from detector.models.ensemble import FallbackModel
+        from features.registry import model_feature_names
+
+        return FallbackModel(model_feature_names()).fit(population())
+
+
+def fallback_model() -> LoadedModel:
+    return LoadedModel(None, FALLBACK_LABEL)
+
+
+# ----------------------------------------------------------------------------- steps
+
+def layer(frame: pl.DataFrame, scorer) -> pl.DataFrame:
+    """The stateless per-part step: rule, unsupervised and risk columns for ``frame``
+    (same rows, same order). Runs wherever a mapper sends it."""
+    layered = scorer.layers(frame)
+    return layered.with_columns(risk_score=pl.Series(scorer.risk(layered), dtype=pl.Float64))
+
+
+def rank(frame: pl.DataFrame) -> pl.DataFrame:
+    """Highest risk first; ties broken by record_kind, then record_id (DATA_CONTRACT.md)."""
+    return frame.sort(["risk_score", "record_kind", "record_id"],
+                      descending=[True, False, False]).with_row_index("rank", offset=1) \
+        .with_columns(pl.col("rank").cast(pl.Int64))
+
+
+def _top_rows(layered: pl.DataFrame, top: int) -> pl.DataFrame:
+    """The ``top`` highest-ranked rows of a part, gathered (a slice would keep the
+    whole part's buffers alive)."""
+    order = rank(layered.with_row_index("__i"))["__i"].head(top)
+    return layered[order]
+
+
+def _rule_mask_labels(masks: pl.Series) -> pl.DataFrame:
+    """rule_mask -> rule-label text (`detector.reasons.rule_labels`), once per mask."""
+    from detector.reasons import rule_labels
+    from features.rules import rule_hits_by_mask
+
+    return rule_hits_by_mask(masks).select(
+        "rule_mask", rule_labels(pl.col("rule_hits")).alias("reasons"))
+
+
+# A mapper applies the per-part step to each part: mapper(layer, frames, scorer) yields
+# layer(frame, scorer) for each frame, in order. Locally a lazy generator, so one part's
+# features are in memory at a time; Dask submits them to a cluster.
+Mapper = Callable[[Callable, Iterable[pl.DataFrame], object], Iterable[pl.DataFrame]]
+
+
+def local_mapper(step: Callable, frames: Iterable[pl.DataFrame], scorer
+                 ) -> Iterable[pl.DataFrame]:
+    return (step(frame, scorer) for frame in frames)
+
+
+# ----------------------------------------------------------------------------- result
+
+@dataclass
+class Scores:
+    """What the engine computed.
+
+    ``table``: the scores table (DATA_CONTRACT.md columns) for every record, by rank.
+    ``kept``: the full rows (features, layer scores, risk, rank, reasons, model) of the
+    records the caller's ``keep`` chose, by rank. ``scorer``: the fitted risk model,
+    for reasons of kept rows beyond the top N (`reasons`).
+    """
+
+    table: pl.DataFrame
+    kept: pl.DataFrame
+    model: LoadedModel
+    scorer: object
+
+    def reasons(self, rows: pl.DataFrame) -> list[str]:
+        """Full reasons (contributions, flags, rule hits) for rows of ``kept``."""
+        from detector.reasons import full_reasons
+
+        return full_reasons(rows, self.scorer, self.model.fallback)
+
+
+Part = Callable[[], pl.DataFrame]  # builds one part's feature frame when called
+
+
+def _fallback_population(parts: Sequence[Part], cached: dict[int, pl.DataFrame]
+                         ) -> pl.DataFrame:
+    """The rows the fallback is fitted on: every record's features sorted by
+    (record_kind, record_id), or the unsupervised layer's sample of them, gathered part
+    by part (the same rows and order as one frame of every record would give). With at
+    most two parts their frames are kept in ``cached`` for scoring."""
+    from detector.models.unsupervised import UnsupervisedEnsemble
+    from features.registry import model_feature_names
+
+    keys = []
+    for i, part in enumerate(parts):
+        frame = part()
+        if len(parts) <= 2:
+            cached[i] = frame
+        keys.append(frame.select(KEY))
+    keys = pl.concat(keys).sort(KEY)
+    rows = UnsupervisedEnsemble(model_feature_names()).fit_rows(keys.height)
+    wanted = keys if rows is None else keys[rows]
+    gathered = [(cached[i] if i in cached else part()).join(wanted, on=KEY, how="semi")
+                for i, part in enumerate(parts)]
+    return pl.concat(gathered, how="vertical_relaxed").sort(KEY)
+
+
+def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: int = 1000, *,
+                keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+                mapper: Mapper = local_mapper,
+                progress: Callable[[int, int, int], None] | None = None) -> Scores:
+    """Score records given as parts of the feature frame (frames, or functions that
+    build one); the parts together hold each record once.
+
+    ``keep(layered_part)`` returns the rows of a part whose full frames the caller wants
+    back (`Scores.kept`); by default none. ``progress(done, total, records)`` is called
+    after each part.
+    """
+    from detector.reasons import full_reasons
+    from features.rules import rule_mask
+
+    if top < 0:
+        raise ValueError(f"top {top}: expected a count of 0 or more")
+    thunks: list[Part] = [p if callable(p) else (lambda p=p: p) for p in parts]
+    cached: dict[int, pl.DataFrame] = {}
+    scorer = model.scorer(lambda: _fallback_population(thunks, cached))
+
+    def frames():
+        for i, part in enumerate(thunks):
+            frame = cached.pop(i, None)
+            yield part() if frame is None else frame
+
+    slim, heads, kept = [], [], []
+    for n, layered in enumerate(mapper(layer, frames(), scorer), 1):
+        slim.append(layered.select("record_kind", "record_id", "risk_score", rule_mask()))
+        heads.append(_top_rows(layered, top))
+        if keep is not None:
+            kept.append(keep(layered))
+        del layered
+        if progress is not None:
+            progress(n, len(thunks), slim[-1].height)
+    ranked = rank(pl.concat(slim))
+    del slim
+    head = ranked.head(top).select(*KEY, "rank").join(
+        pl.concat(heads, how="vertical_relaxed"), on=KEY, how="left").sort("rank")
+    del heads
+    head_reasons = pl.Series(full_reasons(head, scorer, model.fallback), dtype=pl.String)
+    labels = _rule_mask_labels(ranked["rule_mask"])
+    table = ranked.join(labels, on="rule_mask", how="left").sort("rank")
+    table = table.with_columns(
+        reasons=pl.when(pl.col("rank") <= top).then(
+            pl.lit(head_reasons.extend_constant(None, table.height - head.height)))
+        .otherwise(pl.col("reasons")),
+        model=pl.lit(model.label)).select(SCORES.column_names)
+    if kept:
+        rows = pl.concat(kept, how="vertical_relaxed")
+        kept_frame = table.select(*KEY, "rank", "reasons", "model").join(
+            rows, on=KEY, how="inner").sort("rank")
+        # the layered columns first, as a ranked feature frame reads
+        kept_frame = kept_frame.select("rank", *rows.columns, "reasons", "model")
+    else:
+        kept_frame = pl.DataFrame()
+    return Scores(table, kept_frame, model, scorer)
+
+
+# ----------------------------------------------------------------------------- records
+
+@dataclass
+class Records:
+    """Records to score and their context, already read (no I/O happens here).
+
+    ``shipment_parts``: the shipments in parts (frames or lazy frames, any cut); the
+    first ``scored_parts`` of them are scored, the rest are context only (history).
+    ``leases``: every lease (scored and context); ``scored_lease_ids`` the ids of those
+    scored (None: all). ``reference``: detector.reference.Reference.
+    """
+
+    shipment_parts: list
+    leases: pl.DataFrame
+    parties: pl.DataFrame
+    screening_list: pl.DataFrame | None
+    reference: object
+    scored_parts: int | None = None
+    scored_lease_ids: pl.Series | None = None
+
+
+def feature_parts(records: Records, stats) -> list[Part]:
+    """The scored records' feature frames, as parts built on demand: the leases first,
+    then each scored shipment part. Cross-record features see every record."""
+    from features.build import FeatureBuilder
+
+    builder = FeatureBuilder(records.shipment_parts, records.leases, records.parties,
+                             records.screening_list, records.reference, stats)
+    scored = len(records.shipment_parts) if records.scored_parts is None \
+        else records.scored_parts
+
+    def leases() -> pl.DataFrame:
+        frame = builder.lease_features()
+        if records.scored_lease_ids is None:
+            return frame
+        return frame.join(records.scored_lease_ids.rename("record_id").to_frame(),
+                          on="record_id", how="semi")
+
+    return [leases, *[(lambda i=i: builder.shipment_features(i)) for i in range(scored)]]
+
+
+def score_records(records: Records, model: LoadedModel, top: int = 1000, *,
+                  keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+                  mapper: Mapper = local_mapper,
+                  progress: Callable[[int, int, int], None] | None = None) -> Scores:
+    """Build features part by part (with the model's statistics) and score them."""
+    return score_parts(feature_parts(records, model.feature_stats()), model, top,
+                       keep=keep, mapper=mapper, progress=progress)
+
+
+def keep_all(layered: pl.DataFrame) -> pl.DataFrame:
+    return layered
+
+
+def keep_record(kind: str, record_id: str) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """``keep`` for one record (`detector explain`)."""
+    return lambda layered: layered.filter((pl.col("record_kind") == kind)
+                                          & (pl.col("record_id") == record_id))
+
+
+def shipments_records(shipments: pl.DataFrame, screening_list: pl.DataFrame | None,
+                      reference) -> Records:
+    """A bare frame of contract shipment columns as one in-memory part (the pyfunc):
+    no leases, no party registry (parties resolved by name only). Absent optional
+    columns become nulls; a missing required column is an error."""
+    from detector.contract import LEASES, PARTIES, SHIPMENTS
+    from detector.errors import InputError
+
+    missing = [c.name for c in SHIPMENTS.columns if c.required and c.name not in shipments.columns]
+    if missing:
+        raise InputError(f"shipments frame: required column(s) missing: {missing}")
+    shipments = shipments.with_columns(
+        pl.lit(None, dtype).alias(name) for name, dtype in SHIPMENTS.schema.items()
+        if name not in shipments.columns
+    ).select(SHIPMENTS.column_names).cast(SHIPMENTS.schema)
+    return Records([shipments], pl.DataFrame(schema=LEASES.schema),
+                   pl.DataFrame(schema=PARTIES.schema), screening_list, reference)
+
+
+def score_shipments(shipments: pl.DataFrame, model: LoadedModel,
+                    screening_list: pl.DataFrame | None, reference,
+                    top: int = 1000) -> pl.DataFrame:
+    """The scores table of a bare shipments frame (the MLflow pyfunc's predict)."""
+    records = shipments_records(shipments, screening_list, reference)
+    return score_records(records, model, min(top, records.shipment_parts[0].height)).table
