@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from detector.errors import DetectorError
+from detector.settings import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, DEFAULT_MODEL_URI
 
 app = typer.Typer(
     help="Find export-controlled AI chips diverted to prohibited end users.",
@@ -79,7 +80,7 @@ HistoryOpt = Annotated[Optional[list[Path]], typer.Option(
     "--history", help="Earlier dataset used as context (repeatable); not scored.")]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local "
-                    "bundle directory. Default: models:/chip-diversion@champion.")]
+                    f"bundle directory. Default: {DEFAULT_MODEL_URI}.")]
 ScreeningOpt = Annotated[Optional[Path], typer.Option(
     "--screening-list", help="Screening list CSV/Parquet: the contract's shape or the US "
                              "Consolidated Screening List as downloaded.")]
@@ -95,8 +96,9 @@ def train(
     history: HistoryOpt = None,
     config: Annotated[Optional[Path], typer.Option(
         help="Training settings (TOML), e.g. experiments/baseline.toml.")] = None,
-    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "chip-diversion",
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")
+                          ] = DEFAULT_EXPERIMENT,
+    name: Annotated[str, typer.Option(help="Registered model name.")] = DEFAULT_MODEL_NAME,
     screening_list: ScreeningOpt = None,
     engine: Annotated[str, typer.Option(
         help="local, or dask: train LightGBM with lightgbm.dask on a dask.distributed "
@@ -135,7 +137,7 @@ def train(
 
 @app.command()
 def promote(
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
+    name: Annotated[str, typer.Option(help="Registered model name.")] = DEFAULT_MODEL_NAME,
     version: Annotated[Optional[int], typer.Option(help="Version to make champion.")] = None,
     run: Annotated[Optional[str], typer.Option(help="Run whose version to make champion.")] = None,
 ) -> None:
@@ -154,7 +156,7 @@ def promote(
 
 @app.command()
 def models(
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
+    name: Annotated[str, typer.Option(help="Registered model name.")] = DEFAULT_MODEL_NAME,
 ) -> None:
     """List registered versions with their key metrics and which one is `champion`."""
     from detector.tracking import model_versions

@@ -20,6 +20,7 @@ from detector.batch import feature_frame, load_batch
 from detector.config import load_config
 from detector.errors import InputError
 from detector.evaluation import evaluate, reliability_table
+from detector.settings import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 
 
 @dataclass
@@ -50,8 +51,8 @@ def split_by_time(labelled: pl.DataFrame, fit: float, calibrate: float) -> dict[
 
 
 def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
-          config_path: str | Path | None = None, experiment: str = "chip-diversion",
-          model_name: str = "chip-diversion", screening_list: str | Path | None = None,
+          config_path: str | Path | None = None, experiment: str = DEFAULT_EXPERIMENT,
+          model_name: str = DEFAULT_MODEL_NAME, screening_list: str | Path | None = None,
           engine: str = "local", scheduler: str | None = None,
           log: Callable[[str], None] = lambda _: None) -> TrainResult:
     """``engine="dask"``: the LightGBM layer trains with lightgbm.dask on a dask.distributed

@@ -11,22 +11,20 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from detector.config import TrainingConfig
 from detector.models.base import RiskModel, feature_matrix
 
-DEFAULT_PARAMS = {
+# What is not a training setting: the objective, bagging, threads, determinism.
+FIXED_PARAMS = {
     "objective": "binary",
-    "learning_rate": 0.1,
-    "num_leaves": 15,
-    "min_data_in_leaf": 10,
-    "feature_fraction": 0.8,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
-    "lambda_l2": 1.0,
     "num_threads": 2,
     "verbosity": -1,
-    "seed": 0,
     "deterministic": True,
 }
+_DEFAULTS = TrainingConfig()  # the tunable defaults live in detector.config, once
+DEFAULT_PARAMS = {**FIXED_PARAMS, **_DEFAULTS.lightgbm_params()}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -37,7 +35,8 @@ class SupervisedModel(RiskModel):
     """LightGBM booster + Platt calibration; ``decision_function`` is a probability."""
 
     def __init__(self, features: list[str], params: dict | None = None,
-                 num_boost_round: int = 250, early_stopping_rounds: int = 30,
+                 num_boost_round: int = _DEFAULTS.lightgbm.num_boost_round,
+                 early_stopping_rounds: int = _DEFAULTS.lightgbm.early_stopping_rounds,
                  max_pos_weight: float = 50.0):
         self.features = features
         self.params = params

@@ -14,9 +14,11 @@ import warnings
 import numpy as np
 import polars as pl
 
+from detector.config import KNOWN_DETECTORS, UnsupervisedSettings
 from detector.models.base import RiskModel, feature_matrix
 
-DETECTORS = ("iforest", "hbos", "loda")
+DETECTORS = KNOWN_DETECTORS  # every detector `_make` builds; the config validates against it
+_DEFAULTS = UnsupervisedSettings()
 
 
 def _make(name: str, random_state: int):
@@ -38,8 +40,8 @@ def _make(name: str, random_state: int):
 class UnsupervisedEnsemble(RiskModel):
     """Mean training-percentile of several pyod detectors over the model features."""
 
-    def __init__(self, features: list[str], detectors: tuple[str, ...] = DETECTORS,
-                 max_fit_rows: int = 200_000, random_state: int = 0):
+    def __init__(self, features: list[str], detectors: tuple[str, ...] = _DEFAULTS.detectors,
+                 max_fit_rows: int = _DEFAULTS.max_fit_rows, random_state: int = 0):
         self.features = features
         self.detectors = detectors
         self.max_fit_rows = max_fit_rows
