@@ -11,6 +11,7 @@ import polars as pl
 from detector.contract import RECORD_TABLES, Dataset, read_dataset
 from detector.engine import Records
 from detector.errors import InputError, UsageError
+from detector.progress import Progress
 from detector.settings import DEFAULT_CHUNK_ROWS
 
 
@@ -103,6 +104,20 @@ def load_batch(dataset_dir: str | Path, history_dirs: list[str | Path] = (),
             "reference_version": reference.version,
         },
     )
+
+
+def read_batch(progress: Progress, dataset_dir: str | Path,
+               history_dirs: list[str | Path] = (), screening_list: str | Path | None = None,
+               *, allow_errors: bool = False) -> Batch:
+    """`load_batch` as a phase of the work."""
+    with progress.phase(f"read {dataset_dir}" + (f" and {len(history_dirs)} history "
+                                                 "dataset(s)" if history_dirs else "")) as phase:
+        batch = load_batch(dataset_dir, history_dirs, screening_list,
+                           allow_errors=allow_errors)
+        phase.finish(f"{batch.dataset.shipments.height:,} shipments, "
+                     f"{batch.dataset.leases.height:,} leases, "
+                     f"{batch.parties.height:,} parties")
+    return batch
 
 
 def feature_frame(batch: Batch, stats=None) -> pl.DataFrame:

@@ -86,8 +86,21 @@ ScreeningOpt = Annotated[Optional[Path], typer.Option(
                              "Consolidated Screening List as downloaded.")]
 
 
-def _progress(message: str) -> None:
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No progress on stderr (warnings and notices still show).")]
+
+
+def _notice(message: str) -> None:
+    """Warnings and notices (such as the fallback): on stderr, even with --quiet."""
     typer.echo(message, err=True)
+
+
+def _progress(command: str, quiet: bool):
+    """Phases with counts and elapsed time on stderr: live when it is a terminal, plain
+    timestamped lines otherwise, nothing with --quiet."""
+    from detector.progress import Progress
+
+    return Progress(quiet=quiet, command=command)
 
 
 @app.command()
@@ -105,6 +118,7 @@ def train(
              "cluster.")] = "local",
     scheduler: Annotated[Optional[str], typer.Option(
         help="Dask scheduler address (with --engine dask); default: a LocalCluster.")] = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train on the labelled records, log the run to MLflow, register a model version.
 
@@ -114,13 +128,15 @@ def train(
     """
     from detector.training import train as run_training
 
-    try:
-        result = run_training(dataset_dir, history or [], config_path=config,
-                              experiment=experiment, model_name=name,
-                              screening_list=screening_list, engine=engine,
-                              scheduler=scheduler, log=_progress)
-    except DetectorError as exc:
-        _fail(exc)
+    with _progress("train", quiet) as progress:
+        try:
+            result = run_training(dataset_dir, history or [], config_path=config,
+                                  experiment=experiment, model_name=name,
+                                  screening_list=screening_list, engine=engine,
+                                  scheduler=scheduler, log=_notice, progress=progress)
+        except DetectorError as exc:
+            _fail(exc)
+        progress.done(f"trained {result.name} version {result.version}")
     m = result.metrics
     typer.echo(f"registered {result.name} version {result.version}"
                + (" (champion)" if result.champion else "")
@@ -199,18 +215,21 @@ def score(
     chunk_rows: Annotated[Optional[int], typer.Option(
         help="Shipments whose features are built and scored at once (memory follows it); "
              "default 1,000,000. Results do not depend on it.")] = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Score every shipment and lease; write the scores table; print the top N with reasons."""
     from detector.scoring import score as run_scoring
     from detector.scoring import top_table
 
-    try:
-        scored = run_scoring(dataset_dir, out, history or [], model_uri=model,
-                             quarantine=quarantine, top=top, screening_list=screening_list,
-                             engine=engine, scheduler=scheduler, chunk_rows=chunk_rows,
-                             log=_progress)
-    except DetectorError as exc:
-        _fail(exc)
+    with _progress("score", quiet) as progress:
+        try:
+            scored = run_scoring(dataset_dir, out, history or [], model_uri=model,
+                                 quarantine=quarantine, top=top, screening_list=screening_list,
+                                 engine=engine, scheduler=scheduler, chunk_rows=chunk_rows,
+                                 log=_notice, progress=progress)
+        except DetectorError as exc:
+            _fail(exc)
+        progress.done(f"scored {scored.frame.height:,} records")
     typer.echo(top_table(scored, top))
     quarantined = scored.quarantined_rows
     if quarantined:
@@ -237,7 +256,7 @@ def explain(
 
     try:
         explanation = run_explain(dataset_dir, record_id, kind, history or [], model_uri=model,
-                                  screening_list=screening_list, log=_progress)
+                                  screening_list=screening_list, log=_notice)
     except DetectorError as exc:
         _fail(exc)
     if json_out:
@@ -287,15 +306,20 @@ def report(
     capacity: Annotated[str, typer.Option(
         help="Review capacity: a count (250) or a share (1%).")] = "1%",
     screening_list: ScreeningOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """The scheduled risk report: one self-contained HTML file, or a PDF."""
     from detector.report import generate_report
 
-    try:
-        path = generate_report(dataset_dir, out, history or [], model_uri=model, period=period,
-                               capacity=capacity, screening_list=screening_list, log=_progress)
-    except DetectorError as exc:
-        _fail(exc)
+    with _progress("report", quiet) as progress:
+        try:
+            path = generate_report(dataset_dir, out, history or [], model_uri=model,
+                                   period=period, capacity=capacity,
+                                   screening_list=screening_list, log=_notice,
+                                   progress=progress)
+        except DetectorError as exc:
+            _fail(exc)
+        progress.done(f"wrote {path}")
     typer.echo(f"wrote {path}")
 
 

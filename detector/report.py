@@ -672,30 +672,37 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
                     history_dirs: Sequence[str | Path] = (), *, model_uri: str | None = None,
                     period: str | None = None, capacity: str = "1%",
                     screening_list: str | Path | None = None,
-                    log: Callable[[str], None] = lambda _: None) -> Path:
-    """`detector report`: score the dataset, build the page, write HTML or PDF atomically."""
+                    log: Callable[[str], None] = lambda _: None,
+                    progress=None) -> Path:
+    """`detector report`: score the dataset, build the page, write HTML or PDF atomically.
+
+    ``log`` receives notices, ``progress`` (detector.progress.Progress) the phases."""
     from detector import engine
-    from detector.batch import load_batch
-    from detector.scoring import load_model
+    from detector.batch import read_batch
+    from detector.progress import Progress
+    from detector.scoring import load_model, score_with_progress
 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".pdf"):
         raise UsageError(f"--out {out}: the report must end in .html or .pdf")
     if period is not None:
         _parse_period(period)
-    batch = load_batch(dataset_dir, history_dirs, screening_list)
-    model = load_model(model_uri, log)
-    log(f"scoring {batch.dataset.shipments.height} shipments and "
-        f"{batch.dataset.leases.height} leases with {model.label}")
+    progress = progress or Progress.silent()
+    batch = read_batch(progress, dataset_dir, history_dirs, screening_list)
+    with progress.phase("load model") as phase:
+        model = load_model(model_uri, log)
+        phase.finish(model.label)
     # Full reasons for each month's review list (the rows a reader sees), whatever the
     # period: the engine keeps each part's review candidates per month.
     capacities = {month: parse_capacity(capacity, n) for month, n in
                   _records(batch.dataset).group_by("month").len().iter_rows()}
-    scores = engine.score_records(batch.records(), model, top=0,
-                                  keep=lambda layered: _review_rows(layered, capacities))
-    review = _review_rows(scores.kept, capacities)
-    reasons = review.select(*engine.KEY, pl.Series("_full", scores.reasons(review),
-                                                   dtype=pl.String))
+    scores = score_with_progress(batch.records(), model, 0, progress,
+                                 keep=lambda layered: _review_rows(layered, capacities))
+    with progress.phase("reasons for each month's review list") as phase:
+        review = _review_rows(scores.kept, capacities)
+        reasons = review.select(*engine.KEY, pl.Series("_full", scores.reasons(review),
+                                                       dtype=pl.String))
+        phase.finish(f"{review.height:,} records")
     scores = scores.table.join(reasons, on=engine.KEY, how="left", maintain_order="left") \
         .with_columns(reasons=pl.coalesce("_full", "reasons")).drop("_full")
     model_info = None
@@ -709,7 +716,9 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
                       "version": model.info.get("version") or "",
                       "run_id": model.info.get("run_id"), "metrics": metrics,
                       "trained_on": (model.info.get("provenance") or {}).get("dataset")}
-    html = build_report(batch.dataset, scores, model_info=model_info, period=period,
-                        capacity=capacity, history=batch.history,
-                        provenance={**batch.provenance, "model": model.label})
-    return write_report(html, out)
+    with progress.phase("build the page"):
+        html = build_report(batch.dataset, scores, model_info=model_info, period=period,
+                            capacity=capacity, history=batch.history,
+                            provenance={**batch.provenance, "model": model.label})
+    with progress.phase(f"write {out}"):
+        return write_report(html, out)

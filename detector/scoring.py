@@ -16,10 +16,11 @@ from pathlib import Path
 import polars as pl
 
 from detector import engine as score_engine
-from detector.batch import Batch, load_batch
+from detector.batch import Batch, load_batch, read_batch
 from detector.contract import SCORES, write_quarantine, write_table
 from detector.engine import FALLBACK_LABEL, LoadedModel, rank  # noqa: F401 (the API)
 from detector.errors import InputError, UsageError
+from detector.progress import Progress
 
 
 def load_bundle_dir(directory: Path):
@@ -63,20 +64,32 @@ def score_frame(frame: pl.DataFrame, model: LoadedModel, top: int) -> pl.DataFra
     return score_engine.score_parts([frame], model, top, keep=score_engine.keep_all).kept
 
 
-def _part_progress(log: Callable[[str], None]):
-    def progress(done: int, total: int, records: int) -> None:
-        if total > 2:
-            log(f"scored part {done} of {total} ({records} records)")
-    return progress
+def score_with_progress(records: score_engine.Records, model: LoadedModel, top: int,
+                        progress: Progress, **options) -> score_engine.Scores:
+    """`detector.engine.score_records` in two phases: the cross-record context, then the
+    parts (features, layers, risk), ranking and reasons."""
+    with progress.phase("features across records (names, ownership, windows, re-exports)"):
+        parts = score_engine.feature_parts(records, model.feature_stats())
+    with progress.phase(f"score with {model.label}", total=len(parts), unit="parts") as phase:
+        records_seen = [0]
+
+        def advance(done: int, total: int, records: int) -> None:
+            records_seen[0] += records
+            phase.advance(1, f"{records:,} records")
+
+        scores = score_engine.score_parts(parts, model, top, progress=advance, **options)
+        phase.finish(f"{records_seen[0]:,} records ranked"
+                     + (f", reasons for the top {min(top, scores.table.height):,}" if top else ""))
+    return scores
 
 
 def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
                   chunk_rows: int | None = None, spill_dir: Path | None = None,
-                  log: Callable[[str], None] = lambda _: None) -> Scored:
+                  progress: Progress | None = None) -> Scored:
     """The batch's scores table, scored in parts of ``chunk_rows`` shipments (memory
     bounded by one part; the same scores however the batch is cut)."""
     records = batch.records(chunk_rows, spill_dir)
-    scores = score_engine.score_records(records, model, top, progress=_part_progress(log))
+    scores = score_with_progress(records, model, top, progress or Progress.silent())
     return Scored(scores.table, model, batch)
 
 
@@ -92,8 +105,11 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
           model_uri: str | None = None, quarantine: str | Path | None = None, top: int = 1000,
           screening_list: str | Path | None = None, engine: str = "local",
           scheduler: str | None = None, chunk_rows: int | None = None,
-          log: Callable[[str], None] = lambda _: None) -> Scored:
+          log: Callable[[str], None] = lambda _: None,
+          progress: Progress | None = None) -> Scored:
     """Score every shipment and lease of a dataset and write the scores table.
+
+    ``log`` receives notices (the fallback); ``progress`` the phases of the work.
 
     Locally the shipments are scored in parts of ``chunk_rows`` (default
     `DEFAULT_CHUNK_ROWS`: one part up to 1M shipments) with `score_records`.
@@ -109,11 +125,12 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         raise UsageError(f"--top {top}: expected a count of 0 or more")
     if chunk_rows is not None and chunk_rows < 1:
         raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
-    batch = load_batch(dataset_dir, history_dirs, screening_list,
+    progress = progress or Progress.silent()
+    batch = read_batch(progress, dataset_dir, history_dirs, screening_list,
                        allow_errors=quarantine is not None)
-    model = load_model(model_uri, log)
-    log(f"scoring {batch.dataset.shipments.height} shipments and "
-        f"{batch.dataset.leases.height} leases with {model.label}")
+    with progress.phase("load model") as phase:
+        model = load_model(model_uri, log)
+        phase.finish(model.label)
     # a large batch's shipments wait on disk while scoring (score_records, spill_dir)
     with tempfile.TemporaryDirectory(prefix="detector-score-") as spill:
         records = batch.records(chunk_rows, Path(spill))
@@ -121,20 +138,20 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
             from detector.distributed import dask_client, dask_mapper
 
             with dask_client(scheduler, log) as client:
-                scores = score_engine.score_records(records, model, top,
-                                                    mapper=dask_mapper(client),
-                                                    progress=_part_progress(log))
+                scores = score_with_progress(records, model, top, progress,
+                                             mapper=dask_mapper(client))
         else:
-            scores = score_engine.score_records(records, model, top,
-                                                progress=_part_progress(log))
+            scores = score_with_progress(records, model, top, progress)
         scored = Scored(scores.table, model, batch)
         provenance = {**batch.provenance, "model": model.label,
                       "model_run_id": model.info.get("run_id"),
                       "records": scored.frame.height,
                       "quarantined_rows": batch.dataset.quarantined_rows}
-        if quarantine is not None and batch.dataset.quarantined:
-            write_quarantine(batch.dataset, quarantine)
-        write_scores(scored.scores_table(), out, provenance)
+        with progress.phase(f"write {out}") as phase:
+            if quarantine is not None and batch.dataset.quarantined:
+                write_quarantine(batch.dataset, quarantine)
+            write_scores(scored.scores_table(), out, provenance)
+            phase.finish(f"{scored.frame.height:,} scores")
     scored.quarantined_rows = batch.dataset.quarantined_rows
     # A large batch's shipments were moved to the temporary folder just removed: do not
     # hand out a batch whose frames point there.

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from detector.batch import feature_frame, load_batch
+from detector.batch import feature_frame, read_batch
 from detector.config import load_config
 from detector.errors import InputError
 from detector.evaluation import evaluate, reliability_table
+from detector.progress import Progress
 from detector.settings import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 
 
@@ -54,9 +55,11 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
           config_path: str | Path | None = None, experiment: str = DEFAULT_EXPERIMENT,
           model_name: str = DEFAULT_MODEL_NAME, screening_list: str | Path | None = None,
           engine: str = "local", scheduler: str | None = None,
-          log: Callable[[str], None] = lambda _: None) -> TrainResult:
+          log: Callable[[str], None] = lambda _: None,
+          progress: Progress | None = None) -> TrainResult:
     """``engine="dask"``: the LightGBM layer trains with lightgbm.dask on a dask.distributed
-    cluster (``scheduler`` address, else a LocalCluster of worker processes)."""
+    cluster (``scheduler`` address, else a LocalCluster of worker processes). ``log``
+    receives notices, ``progress`` the phases of the work."""
     from contextlib import nullcontext
 
     from detector import tracking
@@ -68,9 +71,9 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
     from features.build import fit_feature_stats
     from features.registry import model_feature_names
 
+    progress = progress or Progress.silent()
     config = load_config(config_path)
-    log(f"reading {dataset_dir}")
-    batch = load_batch(dataset_dir, history_dirs, screening_list)
+    batch = read_batch(progress, dataset_dir, history_dirs, screening_list)
     labels = batch.dataset.labels
     counts = labels["label"].value_counts()
     present = set(counts["label"].to_list())
@@ -80,11 +83,15 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
             f"diversion); the labels table has {labels.height} usable row(s) with label values "
             f"{sorted(present) or 'none'}")
 
-    log("fitting feature statistics and building features")
     from detector.reference import load_reference
 
-    stats = fit_feature_stats(batch.shipments, batch.leases, batch.parties, load_reference())
-    frame = feature_frame(batch, stats)
+    with progress.phase("feature statistics") as phase:
+        stats = fit_feature_stats(batch.shipments, batch.leases, batch.parties,
+                                  load_reference())
+        phase.finish(f"from {stats.fitted_rows:,} records")
+    with progress.phase("features") as phase:
+        frame = feature_frame(batch, stats)
+        phase.finish(f"{frame.height:,} records x {frame.width} columns")
     features = model_feature_names()
 
     labelled = _labelled(frame, labels)
@@ -100,15 +107,15 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
     unlabelled = frame.join(labels, on=["record_kind", "record_id"], how="anti") \
         .filter(pl.col("record_date") <= cutoff)
 
-    log(f"fitting on {slices['fit'].height} labelled + {unlabelled.height} unlabelled records; "
-        f"calibrating on {slices['calibrate'].height}; testing on {slices['test'].height}")
     if engine == "dask":
         from detector.distributed import dask_client
 
         cluster = dask_client(scheduler, log, processes=True)
     else:
         cluster = nullcontext(None)
-    with cluster as client:
+    with cluster as client, progress.phase(
+            f"fit on {slices['fit'].height:,} labelled + {unlabelled.height:,} unlabelled "
+            f"records, calibrate on {slices['calibrate'].height:,}") as phase:
         model = DiversionModel(
             features,
             lightgbm_params=config.lightgbm_params(),
@@ -120,11 +127,13 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
         ).fit(slices["fit"], slices["fit"]["label"].to_numpy(), unlabelled=unlabelled,
               valid_frame=slices["calibrate"],
               valid_labels=slices["calibrate"]["label"].to_numpy(), dask_client=client)
+        phase.finish(f"{model.supervised_.best_iteration_} trees")
 
     test = slices["test"]
     y = test["label"].to_numpy()
-    probability = model.decision_function(test)
-    metrics = evaluate(y, probability, test["typology"].to_list())
+    with progress.phase(f"evaluate on {test.height:,} later labelled records"):
+        probability = model.decision_function(test)
+        metrics = evaluate(y, probability, test["typology"].to_list())
     metrics["best_iteration"] = float(model.supervised_.best_iteration_)
     reliability = reliability_table(y, probability)
     evaluation_table = test.select("record_kind", "record_id", "record_date", "label",
@@ -140,23 +149,24 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
                          config.as_params(), metrics, provenance)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        bundle_dir = bundle.save(tmp / "bundle")
-        plots = _plots(importance, y, probability, reliability, tmp)
-        log("logging the run to MLflow and registering the model")
-        run = tracking.log_training_run(
-            experiment=experiment, model_name=model_name, bundle_dir=bundle_dir,
-            params={**config.as_params(),
-                    **{f"slice.{k}.{kk}": vv for k, v in slice_info.items()
-                       for kk, vv in v.items()}},
-            metrics=metrics,
-            tags={"data_fingerprint": batch.fingerprint,
-                  "screening_list": batch.screening_source,
-                  "reference_version": batch.reference_version,
-                  "dataset": provenance["dataset"], "config": config.source},
-            artifacts=plots,
-            tables={"feature_importance": importance, "reliability": reliability,
-                    "evaluation": evaluation_table},
-        )
+        with progress.phase("save the model bundle and evaluation plots"):
+            bundle_dir = bundle.save(tmp / "bundle")
+            plots = _plots(importance, y, probability, reliability, tmp)
+        with progress.phase("log the run to MLflow and register the model"):
+            run = tracking.log_training_run(
+                experiment=experiment, model_name=model_name, bundle_dir=bundle_dir,
+                params={**config.as_params(),
+                        **{f"slice.{k}.{kk}": vv for k, v in slice_info.items()
+                           for kk, vv in v.items()}},
+                metrics=metrics,
+                tags={"data_fingerprint": batch.fingerprint,
+                      "screening_list": batch.screening_source,
+                      "reference_version": batch.reference_version,
+                      "dataset": provenance["dataset"], "config": config.source},
+                artifacts=plots,
+                tables={"feature_importance": importance, "reliability": reliability,
+                        "evaluation": evaluation_table},
+            )
     return TrainResult(run.run_id, run.name, run.version, run.champion, run.experiment,
                        metrics, reliability, slice_info)
 
