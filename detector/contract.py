@@ -202,6 +202,16 @@ SCORES = Table(
         Column("rank", INT, True),
         Column("reasons", STRING, True),
         Column("model", STRING, True),
+        # v2 (may be null)
+        Column("likely_scheme", STRING),
+        Column("scheme_confidence", FLOAT),
+        Column("queue_reason", STRING),
+        Column("record_date", DATE),
+        Column("counterparty", STRING),
+        Column("destination", STRING),
+        Column("goods", STRING),
+        Column("quantity", INT),
+        Column("value_usd", FLOAT),
     ),
 )
 
