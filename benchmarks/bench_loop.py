@@ -22,7 +22,7 @@ Simplifications: retraining calls the model layers directly (no MLflow run per m
 and the learned feature statistics are fitted once on the warm-up months.
 
     python benchmarks/bench_loop.py                       # defaults below
-    python benchmarks/bench_loop.py --explore 0 0.1 0.2 --capacity 40 --seed 11
+    python benchmarks/bench_loop.py --explore 0 0.1 0.2 --capacity 25 --seeds 11 12 13
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 
@@ -64,18 +63,8 @@ def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: lis
           valid_frame=slices["calibrate"], valid_labels=slices["calibrate"]["label"].to_numpy())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shipments", type=int, default=15000)
-    parser.add_argument("--months", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--late-scheme", default="misdeclaration")
-    parser.add_argument("--late-from-month", type=int, default=7)
-    parser.add_argument("--warmup-months", type=int, default=3)
-    parser.add_argument("--capacity", type=int, default=40, help="queue size per month")
-    parser.add_argument("--explore", type=float, nargs="+", default=[0.0, 0.1, 0.2])
-    args = parser.parse_args(argv)
-
+def replay(args, seed: int) -> dict[float, list[dict]]:
+    """One simulated world replayed once per explore share: per-month rows."""
     from detector.batch import load_batch
     from detector.config import load_config
     from detector.decisions import DecisionStore, make_decision, merge_labels
@@ -87,17 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     from features.build import build_features, fit_feature_stats
     from features.registry import model_feature_names
 
-    wall = time.perf_counter()
     start = date(2024, 1, 1)
     months = month_bounds(start, args.months)
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         tmp = Path(tmp)
         world = tmp / "world"
-        print(f"simulating {args.shipments} shipments over {args.months} months, "
-              f"{args.late_scheme} only from month {args.late_from_month} (seed {args.seed})",
-              file=sys.stderr)
-        simulate(world, seed=args.seed, shipments=args.shipments, start=start,
-                 months=args.months, late_scheme=args.late_scheme,
+        print(f"seed {seed}: simulating {args.shipments} shipments over "
+              f"{args.months + args.extra_months} months, {args.late_scheme} only from month "
+              f"{args.late_from_month}", file=sys.stderr)
+        simulate(world, seed=seed, shipments=args.shipments, start=start,
+                 months=args.months + args.extra_months, late_scheme=args.late_scheme,
                  late_from_month=args.late_from_month)
         batch = load_batch(world)
         truth = pl.read_parquet(world / "truth.parquet")
@@ -160,17 +148,18 @@ def main(argv: list[str] | None = None) -> int:
                 labels, _ = merge_labels(warm_labels, store.labels(),
                                          frame.select("record_kind", "record_id"))
                 model = train_model(frame, labels, config, features)
-                print(f"explore {share}: {rows[-1]}", file=sys.stderr)
+                print(f"seed {seed}, explore {share}: {rows[-1]}", file=sys.stderr)
             results[share] = rows
+    return results
 
+
+def print_table(args, seed: int, results: dict[float, list[dict]]) -> None:
     shares = args.explore
     base = results[shares[0]]
     header = f"{'month':<8} {'records':>7} {'divers.':>7} " + " ".join(
         f"{'caught@' + str(s):>10}" for s in shares) + f" {'late':>5} " + " ".join(
         f"{'late@' + str(s):>8}" for s in shares)
-    print(f"replay: {args.shipments} shipments, {args.months} months, capacity {args.capacity} "
-          f"per month, {args.late_scheme} from month {args.late_from_month}, warm-up "
-          f"{args.warmup_months} months, seed {args.seed}")
+    print(f"seed {seed}")
     print(header)
     print("-" * len(header))
     for i, row in enumerate(base):
@@ -178,24 +167,54 @@ def main(argv: list[str] | None = None) -> int:
             f"{results[s][i]['caught']:>10}" for s in shares) + f" {row['late_present']:>5} "
             + " ".join(f"{results[s][i]['late_caught']:>8}" for s in shares))
     print("-" * len(header))
-    total_div = sum(r["diversions"] for r in base)
-    totals = {s: sum(r["caught"] for r in results[s]) for s in shares}
-    print(f"{'total':<8} {sum(r['records'] for r in base):>7} {total_div:>7} " + " ".join(
-        f"{totals[s]:>10}" for s in shares))
+    print(f"{'total':<8} {sum(r['records'] for r in base):>7} "
+          f"{sum(r['diversions'] for r in base):>7} " + " ".join(
+              f"{sum(r['caught'] for r in results[s]):>10}" for s in shares) + " "
+          + f"{sum(r['late_present'] for r in base[-3:]):>5} (last 3 months) " + " ".join(
+              f"{sum(r['late_caught'] for r in results[s][-3:]):>8}" for s in shares))
     print()
-    last3 = slice(-3, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shipments", type=int, default=20000,
+                        help="shipments in the whole simulated world (with --extra-months)")
+    parser.add_argument("--months", type=int, default=12, help="months replayed")
+    parser.add_argument("--extra-months", type=int, default=2,
+                        help="months simulated after the replay and never used: the "
+                             "simulator starts no scheme in a world's last 60 days, so its "
+                             "final months hold almost no diversions")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[11])
+    parser.add_argument("--late-scheme", default="cloud_lease")
+    parser.add_argument("--late-from-month", type=int, default=7)
+    parser.add_argument("--warmup-months", type=int, default=3)
+    parser.add_argument("--capacity", type=int, default=25, help="queue size per month")
+    parser.add_argument("--explore", type=float, nargs="+", default=[0.0, 0.1, 0.2])
+    args = parser.parse_args(argv)
+
+    wall = time.perf_counter()
+    print(f"replay: {args.shipments} shipments, {args.months} months replayed, capacity "
+          f"{args.capacity} per month, {args.late_scheme} from month {args.late_from_month}, "
+          f"warm-up {args.warmup_months} months\n")
+    by_seed = {}
+    for seed in args.seeds:
+        by_seed[seed] = replay(args, seed)
+        print_table(args, seed, by_seed[seed])
+    shares = args.explore
+    print(f"over {len(args.seeds)} seed(s) {args.seeds}:")
+    total = {s: sum(r["caught"] for res in by_seed.values() for r in res[s]) for s in shares}
+    diversions = sum(r["diversions"] for res in by_seed.values() for r in res[shares[0]])
     for s in shares:
-        rows = results[s][last3]
-        present = sum(r["late_present"] for r in rows)
-        caught = sum(r["late_caught"] for r in rows)
-        recall = caught / present if present else float("nan")
-        by_explore = sum(r["caught_by_explore"] for r in results[s])
-        change = (totals[s] - totals[shares[0]]) / totals[shares[0]] if totals[shares[0]] \
+        late_present = sum(r["late_present"] for res in by_seed.values() for r in res[s][-3:])
+        late_caught = sum(r["late_caught"] for res in by_seed.values() for r in res[s][-3:])
+        by_explore = sum(r["caught_by_explore"] for res in by_seed.values() for r in res[s])
+        change = (total[s] - total[shares[0]]) / total[shares[0]] if total[shares[0]] \
             else float("nan")
-        print(f"explore {s:<4}: caught {totals[s]} of {total_div} diversions "
-              f"({totals[s] / total_div:.1%}; {change:+.1%} vs explore {shares[0]}; "
+        recall = late_caught / late_present if late_present else float("nan")
+        print(f"  explore {s:<4}: caught {total[s]} of {diversions} diversions "
+              f"({total[s] / diversions:.1%}; {change:+.1%} vs explore {shares[0]}; "
               f"{by_explore} through explore slots); {args.late_scheme} recall@capacity in the "
-              f"last 3 months {caught}/{present} = {recall:.2f}")
+              f"last 3 months {late_caught}/{late_present} = {recall:.2f}")
     print(f"\nwall {time.perf_counter() - wall:.0f} s")
     return 0
 

@@ -8,14 +8,18 @@ import sqlite3
 import subprocess
 import sys
 from datetime import date
-from pathlib import Path
 
 import polars as pl
 import pytest
 from pipeline_fixtures import cli, copy_world
 
-from detector.decisions import (DecisionStore, export_labels, import_labels, make_decision,
-                                merge_labels)
+from detector.decisions import (
+    DecisionStore,
+    export_labels,
+    import_labels,
+    make_decision,
+    merge_labels,
+)
 from detector.errors import InputError, UsageError
 
 
@@ -176,9 +180,9 @@ def test_train_picks_up_stored_decisions(world, tmp_path):
     """A record confirmed in the store is a positive in the next training run; one cleared
     in the store after the dataset confirmed it is a negative; the counts are logged."""
     from mlflow.tracking import MlflowClient
+    from pipeline_fixtures import detector_env
 
     from detector import tracking
-    from pipeline_fixtures import detector_env
 
     data = copy_world(world, tmp_path / "world")
     labels = pl.read_csv(data / "labels.csv")

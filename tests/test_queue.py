@@ -27,7 +27,7 @@ def test_explore_slots_alternate_least_sure_and_most_unusual():
     chosen = set(np.flatnonzero(reasons == "explore"))
     # least sure: 0.52 (index 7); most unusual among the rest: 0.99 (index 10)
     assert chosen == {7, 10}
-    assert (reasons != None).sum() == 6  # noqa: E711 (numpy element-wise)
+    assert (reasons != None).sum() == 6
 
 
 def test_fallback_explores_by_unusualness_only():
