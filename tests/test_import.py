@@ -1,6 +1,6 @@
 """`detector import`: a real export through a TOML column mapping into a contract dataset.
 
-Uses the KCS slice in tests/data/kcs (MIT, LICENSE beside it) and the shipped
+Uses the KCS slice in tests/kcs_sample (MIT, LICENSE beside it) and the shipped
 data/mappings/kcs.toml, so it runs in CI without /work/shared.
 """
 
@@ -15,7 +15,7 @@ from detector.contract import read_dataset
 from detector.importer import MappingError, extra_column_name, import_data
 
 ROOT = Path(__file__).resolve().parents[1]
-KCS = ROOT / "tests" / "data" / "kcs"
+KCS = ROOT / "tests" / "kcs_sample"
 KCS_2020 = KCS / "declarations_2020_sample.csv"
 KCS_Q1 = KCS / "declarations_2021q1_sample.csv"
 KCS_MAPPING = ROOT / "data" / "mappings" / "kcs.toml"

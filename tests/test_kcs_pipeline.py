@@ -15,7 +15,7 @@ from detector.importer import import_data
 from detector.tracking import metric_key
 
 ROOT = Path(__file__).resolve().parents[1]
-KCS = ROOT / "tests" / "data" / "kcs"
+KCS = ROOT / "tests" / "kcs_sample"
 MAPPING = ROOT / "data" / "mappings" / "kcs.toml"
 
 FREE_TEXT = [
