@@ -260,6 +260,40 @@ def explain(
         typer.echo(explain_text(explanation))
 
 
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(
+        help="SOURCE... OUT_DIR: the export's CSV or Parquet files, then the dataset directory "
+             "to write.", metavar="SOURCE... OUT_DIR")],
+    mapping: Annotated[Path, typer.Option(
+        help="Column mapping (TOML), e.g. the shipped data/mappings/kcs.toml.")],
+) -> None:
+    """Turn a real export into a contract dataset through a column mapping.
+
+    Renames, constants, unit and currency conversion and date formats come from the
+    mapping; label columns become the `labels` table; every other source column is kept
+    as an extra column. Any problem is named (mapping key, file, column, rows, values),
+    exit 1, and nothing is written.
+    """
+    from detector.importer import import_data
+
+    if len(paths) < 2:
+        typer.echo("error: give SOURCE... OUT_DIR (at least one source file and the output "
+                   "directory)", err=True)
+        raise typer.Exit(2)
+    *sources, out_dir = paths
+    try:
+        result = import_data(sources, out_dir, mapping, log=_progress)
+    except DetectorError as exc:
+        _fail(exc)
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"wrote {result.out_dir}: {result.records} {result.record_table} from "
+               f"{len(result.files)} file(s), {result.labels} labels ({result.confirmed} "
+               f"confirmed), {len(result.extra_columns)} extra column(s)"
+               + (f": {', '.join(result.extra_columns)}" if result.extra_columns else ""))
+
+
 @app.command()
 def simulate(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the dataset into.")],
