@@ -29,6 +29,17 @@ from detector.contract import SCORES
 
 FALLBACK_LABEL = "rules+unsupervised"
 KEY = ["record_kind", "record_id"]
+# What the engine computes for every record: the scores table's own columns, and the
+# unsupervised score (the review queue chooses records to explore by it).
+TABLE_COLUMNS = ["record_kind", "record_id", "risk_score", "rank", "reasons", "model",
+                 "unsupervised_score"]
+
+
+def scores_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """The contract's scores columns of ``frame``, in order; v2 columns the frame does not
+    carry (yet) are null."""
+    return frame.select(pl.col(c) if c in frame.columns else pl.lit(None, t).alias(c)
+                        for c, t in SCORES.schema.items())
 
 
 @dataclass
@@ -117,7 +128,8 @@ def local_mapper(step: Callable, frames: Iterable[pl.DataFrame], scorer
 class Scores:
     """What the engine computed.
 
-    ``table``: the scores table (DATA_CONTRACT.md columns) for every record, by rank.
+    ``table``: every record's `TABLE_COLUMNS` (the scores table's own columns and the
+    unsupervised score), by rank.
     ``kept``: the full rows (features, layer scores, risk, rank, reasons, model) of the
     records the caller's ``keep`` chose, by rank. ``scorer``: the fitted risk model,
     for reasons of kept rows beyond the top N (`reasons`).
@@ -188,7 +200,8 @@ def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: i
 
     slim, heads, kept = [], [], []
     for n, layered in enumerate(mapper(layer, frames(), scorer), 1):
-        slim.append(layered.select("record_kind", "record_id", "risk_score", rule_mask()))
+        slim.append(layered.select("record_kind", "record_id", "risk_score",
+                                   "unsupervised_score", rule_mask()))
         heads.append(_top_rows(layered, top))
         if keep is not None:
             kept.append(keep(layered))
@@ -207,7 +220,7 @@ def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: i
         reasons=pl.when(pl.col("rank") <= top).then(
             pl.lit(head_reasons.extend_constant(None, table.height - head.height)))
         .otherwise(pl.col("reasons")),
-        model=pl.lit(model.label)).select(SCORES.column_names)
+        model=pl.lit(model.label)).select(TABLE_COLUMNS)
     if kept:
         rows = pl.concat(kept, how="vertical_relaxed")
         kept_frame = table.select(*KEY, "rank", "reasons", "model").join(
@@ -303,4 +316,5 @@ def score_shipments(shipments: pl.DataFrame, model: LoadedModel,
                     top: int = 1000) -> pl.DataFrame:
     """The scores table of a bare shipments frame (the MLflow pyfunc's predict)."""
     records = shipments_records(shipments, screening_list, reference)
-    return score_records(records, model, min(top, records.shipment_parts[0].height)).table
+    return scores_columns(
+        score_records(records, model, min(top, records.shipment_parts[0].height)).table)

@@ -17,10 +17,23 @@ import polars as pl
 
 from detector import engine as score_engine
 from detector.batch import Batch, load_batch, read_batch
-from detector.contract import SCORES, write_quarantine, write_table
-from detector.engine import FALLBACK_LABEL, LoadedModel, rank  # noqa: F401 (the API)
+from detector.contract import write_quarantine, write_table
+from detector.engine import (  # noqa: F401 (the API)
+    FALLBACK_LABEL,
+    LoadedModel,
+    rank,
+    scores_columns,
+)
 from detector.errors import InputError, UsageError
 from detector.progress import Progress
+from detector.queue import (
+    DEFAULT_CAPACITY,
+    DEFAULT_EXPLORE,
+    check_explore,
+    mark_queue,
+    parse_capacity,
+    queue_summary,
+)
 
 
 def load_bundle_dir(directory: Path):
@@ -56,7 +69,7 @@ class Scored:
     quarantined_rows: int = 0
 
     def scores_table(self) -> pl.DataFrame:
-        return self.frame.select(SCORES.column_names)
+        return scores_columns(self.frame)
 
 
 def score_frame(frame: pl.DataFrame, model: LoadedModel, top: int) -> pl.DataFrame:
@@ -87,7 +100,8 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
                   chunk_rows: int | None = None, spill_dir: Path | None = None,
                   progress: Progress | None = None) -> Scored:
     """The batch's scores table, scored in parts of ``chunk_rows`` shipments (memory
-    bounded by one part; the same scores however the batch is cut)."""
+    bounded by one part; the same scores however the batch is cut), with the
+    unsupervised score kept for choosing the review queue (detector.queue)."""
     records = batch.records(chunk_rows, spill_dir)
     scores = score_with_progress(records, model, top, progress or Progress.silent())
     return Scored(scores.table, model, batch)
@@ -105,11 +119,14 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
           model_uri: str | None = None, quarantine: str | Path | None = None, top: int = 1000,
           screening_list: str | Path | None = None, engine: str = "local",
           scheduler: str | None = None, chunk_rows: int | None = None,
+          capacity: str = DEFAULT_CAPACITY, explore: float = DEFAULT_EXPLORE,
           log: Callable[[str], None] = lambda _: None,
           progress: Progress | None = None) -> Scored:
     """Score every shipment and lease of a dataset and write the scores table.
 
-    ``log`` receives notices (the fallback); ``progress`` the phases of the work.
+    The review queue (``capacity`` records, a share ``explore`` of them chosen for
+    learning; detector.queue) is marked in ``queue_reason``. ``log`` receives notices
+    (the fallback, the queue); ``progress`` the phases of the work.
 
     Locally the shipments are scored in parts of ``chunk_rows`` (default
     `DEFAULT_CHUNK_ROWS`: one part up to 1M shipments) with `score_records`.
@@ -125,6 +142,8 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         raise UsageError(f"--top {top}: expected a count of 0 or more")
     if chunk_rows is not None and chunk_rows < 1:
         raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
+    parse_capacity(capacity, 1)
+    check_explore(explore)
     progress = progress or Progress.silent()
     batch = read_batch(progress, dataset_dir, history_dirs, screening_list,
                        allow_errors=quarantine is not None)
@@ -143,7 +162,11 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         else:
             scores = score_with_progress(records, model, top, progress)
         scored = Scored(scores.table, model, batch)
+        scored.frame = mark_queue(scored.frame, capacity, explore,
+                                  supervised=not model.fallback)
+        log(queue_summary(scored.frame))
         provenance = {**batch.provenance, "model": model.label,
+                      "capacity": capacity, "explore": explore,
                       "model_run_id": model.info.get("run_id"),
                       "records": scored.frame.height,
                       "quarantined_rows": batch.dataset.quarantined_rows}
@@ -200,8 +223,8 @@ def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.Dat
     from detector.reference import default_screening_list_path, load_reference, read_screening_list
 
     return score_engine.score_shipments(shipments, LoadedModel(bundle, label),
-                                  read_screening_list(default_screening_list_path()),
-                                  load_reference())
+                                        read_screening_list(default_screening_list_path()),
+                                        load_reference())
 
 
 def top_table(scored: Scored, n: int) -> str:

@@ -72,6 +72,19 @@ def explain_digest(explanation: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def report_digest(world: Path, out: Path) -> str:
+    """Digest of `detector report`'s HTML for ``world`` (latest month, 1% capacity, a
+    tenth explored), with the machine-specific parts (paths, run ids) masked."""
+    import re
+
+    from detector.report import generate_report
+
+    html = generate_report(world, out, capacity="1%", explore=0.1).read_text()
+    html = html.replace(str(world.resolve()), "WORLD")
+    html = re.sub(r"[0-9a-f]{32}", "RUN", html)
+    return hashlib.sha256(html.encode()).hexdigest()[:24]
+
+
 def simulate_world(name: str, directory: Path) -> Path:
     from detector.simulate import simulate
 
@@ -84,9 +97,9 @@ def simulate_world(name: str, directory: Path) -> Path:
 def world_digests(world: Path, home: Path, *, fallback_home: Path | None = None,
                   train: bool = True) -> dict:
     """Train (unless ``train`` is False: the home already holds a champion) and score
-    ``world``; digests of the scores, of explain for the first three ranks, and of the
-    pyfunc's scores on the first 2,000 shipments. ``fallback_home``: also score without
-    a model (an empty home)."""
+    ``world``; digests of the scores, of explain for the first three ranks, of the
+    pyfunc's scores on the first 2,000 shipments and of the report. ``fallback_home``:
+    also score and report without a model (an empty home)."""
     import tempfile
 
     from pipeline_fixtures import detector_env
@@ -105,6 +118,7 @@ def world_digests(world: Path, home: Path, *, fallback_home: Path | None = None,
             first = scored.frame.sort("rank").head(3)
             out["explain"] = [explain_digest(explain(world, rid, kind))
                               for kind, rid in first.select("record_kind", "record_id").rows()]
+            out["report"] = report_digest(world, Path(tmp) / "report.html")
         model = load_model(None)
         from detector.contract import read_dataset
 
@@ -115,6 +129,7 @@ def world_digests(world: Path, home: Path, *, fallback_home: Path | None = None,
         with detector_env(fallback_home), tempfile.TemporaryDirectory() as tmp:
             scored = score(world, Path(tmp) / "scores.parquet", top=1000)
             out["fallback_scores"] = scores_digest(scored.scores_table())
+            out["fallback_report"] = report_digest(world, Path(tmp) / "report.html")
     return out
 
 
