@@ -323,7 +323,8 @@ def fill_template(template: str, row: dict) -> str | None:
         return None
 
 
-# When a numeric feature's value is itself a red flag worth stating. A reason built from
+# When a numeric feature's value is itself a red flag worth stating; the rules
+# (features/rules.py) test the same thresholds. A reason built from
 # a model contribution names a feature only when its value passes this test (booleans:
 # when true), so a large contribution from an ordinary value ("incorporated 3,400 days
 # before") never reads as an accusation.
@@ -335,14 +336,14 @@ FLAGGED_WHEN: dict[str, pl.Expr] = {
     "consignee_age_days": _c("consignee_age_days") < 365,
     "lessee_age_days": _c("lessee_age_days") < 365,
     "consignee_employees": _c("consignee_employees") < 10,
-    "consignee_address_shared_by": _c("consignee_address_shared_by") >= 2,
+    "consignee_address_shared_by": _c("consignee_address_shared_by") >= 3,
     "screening_match_score": _c("screening_match_score") >= 80,
     "value_to_consignee_history_mean": _c("value_to_consignee_history_mean") >= 3,
     "linked_small_shipments_14d": _c("linked_small_shipments_14d") >= 3,
     "reexported_unit_share_90d": _c("reexported_unit_share_90d") > 0,
     "lease_price_to_market": (_c("lease_price_to_market") > 1.5)
     | (_c("lease_price_to_market") < 0.5),
-    "gpus_per_lessee_employee": _c("gpus_per_lessee_employee") >= 10,
+    "gpus_per_lessee_employee": _c("gpus_per_lessee_employee") > 10,
 }
 
 

@@ -18,8 +18,10 @@ STORED = json.loads(STORE.read_text())
 
 def _check(name: str, digests: dict) -> None:
     expected = STORED[name]
-    for key in expected:
-        assert digests[key] == expected[key], f"{name} {key}: digest changed"
+    changed = {key: [k for k in expected[key] if digests[key][k] != expected[key][k]]
+               if isinstance(expected[key], dict) else "changed"
+               for key in expected if digests[key] != expected[key]}
+    assert changed == {}, f"{name}: digests changed: {changed}"
 
 
 def test_world10k_scores_match_stored_digests(world, trained, empty_home):
