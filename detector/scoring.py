@@ -43,7 +43,17 @@ def load_bundle_dir(directory: Path):
 
 
 def load_model(uri: str | None, log: Callable[[str], None] = lambda _: None) -> LoadedModel:
-    """Resolve ``--model`` (or the default champion); None → the documented fallback."""
+    """Resolve ``--model`` (or the default champion); None → the documented fallback.
+
+    A local bundle directory loads without the tracking store (and without importing
+    mlflow)."""
+    from detector.modelref import is_registry_uri, local_bundle
+
+    if uri is not None and not is_registry_uri(uri):
+        bundle = load_bundle_dir(local_bundle(uri))
+        return LoadedModel(bundle, str(Path(uri)),
+                           {"name": None, "version": None, "run_id": None,
+                            "metrics": bundle.metrics, "provenance": bundle.provenance})
     from detector import tracking
 
     resolved = tracking.resolve_model(uri)

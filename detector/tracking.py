@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from detector.contract import write_table
 from detector.errors import EnvironmentFailure, InputError
+from detector.modelref import BUNDLE_ARTIFACT, bundle_in, is_registry_uri, local_bundle
 from detector.settings import (
     CHAMPION,
     DEFAULT_MODEL_NAME,
@@ -33,7 +34,6 @@ from detector.settings import (
 )
 
 MODEL_ARTIFACT = "model"
-BUNDLE_ARTIFACT = "bundle"
 
 
 # mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; remember what we set so
@@ -192,13 +192,6 @@ class ResolvedModel:
     run_id: str | None = None
 
 
-def _bundle_in(path: Path) -> Path | None:
-    for candidate in (path, path / "artifacts" / BUNDLE_ARTIFACT):
-        if (candidate / "bundle.json").exists():
-            return candidate
-    return None
-
-
 def resolve_model(uri: str | None) -> ResolvedModel | None:
     """Where the bundle for ``uri`` is; None when the default alias does not exist yet.
 
@@ -206,14 +199,8 @@ def resolve_model(uri: str | None) -> ResolvedModel | None:
     """
     explicit = uri is not None
     uri = uri or DEFAULT_MODEL_URI
-    local = Path(uri)
-    if not uri.startswith(("models:/", "runs:/")):
-        found = _bundle_in(local) if local.exists() else None
-        if found is None:
-            raise InputError(f"--model {uri}: not a model URI (models:/NAME@ALIAS, "
-                             "models:/NAME/VERSION, runs:/RUN_ID/PATH) nor a directory "
-                             "holding a detector model bundle")
-        return ResolvedModel(found, str(local))
+    if not is_registry_uri(uri):
+        return ResolvedModel(local_bundle(uri), str(Path(uri)))
     client = _client()
     name = version = run_id = None
     try:
@@ -235,7 +222,7 @@ def resolve_model(uri: str | None) -> ResolvedModel | None:
             return None
         raise InputError(f"--model {uri}: cannot be loaded from {tracking_uri()}: "
                          f"{_short(exc)}") from exc
-    found = _bundle_in(local_path)
+    found = bundle_in(local_path)
     if found is None:
         raise InputError(f"--model {uri}: holds no detector model bundle")
     label = f"{name}/{version}" if name else uri

@@ -252,6 +252,23 @@ def test_score_with_a_local_bundle_directory(world, trained, tmp_path, scores_cs
     assert np.allclose(local["risk_score"].to_numpy(), champion["risk_score"].to_numpy())
 
 
+def test_a_local_bundle_loads_without_mlflow(trained):
+    """mlflow costs seconds to import; a local bundle needs no tracking store (#15)."""
+    import subprocess
+    import sys
+
+    from detector import tracking
+
+    with detector_env(trained.home):
+        bundle_dir = tracking.resolve_model(f"models:/{MODEL_NAME}/1").bundle_dir
+    code = ("import sys; from detector.scoring import load_model; "
+            f"m = load_model({str(bundle_dir)!r}); "
+            "print(m.label, m.fallback, 'mlflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(bundle_dir), "False", "False"]
+
+
 # ------------------------------------------------------------------ quarantine
 
 
