@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 FALLBACK_MODEL = "rules+unsupervised"
 # Hubs named in real diversion cases, then those reported by the press (FACTS.md).
-HUB_COUNTRIES = ("SG", "MY", "TH", "HK", "TW", "JP", "ID", "MO", "AE", "VN", "IN")
 NO_HUB = "no hub"
 TOP_GROUPS = 6
 TOP_PARTIES = 10
@@ -54,6 +53,20 @@ METRIC_LABELS = {
     "recall_at_5pct": "recall at 5%",
     "brier": "Brier score (lower is better)",
 }
+
+def hub_countries() -> tuple[str, ...]:
+    """The hubs the report groups by, from data/country_groups.csv: those named in real
+    diversion cases, Macau (a group of its own there), then those reported by the press;
+    each in the file's order."""
+    from detector.reference import load_reference
+
+    groups = load_reference().country_groups
+    hubs = groups.filter(pl.col("group") == "HUB")
+    ordered = [*hubs.filter(pl.col("confirmed"))["country"],
+               *groups.filter(pl.col("group") == "MACAU")["country"],
+               *hubs.filter(~pl.col("confirmed"))["country"]]
+    return tuple(dict.fromkeys(ordered))
+
 
 def _normalised(values: list[str | None], normaliser) -> list[str]:
     """Names or addresses in the comparable form the feature builders use ('' for none)."""
@@ -106,7 +119,7 @@ def _shipment_records(shipments: pl.DataFrame) -> pl.DataFrame:
         pl.col("intermediate_consignee_country"),
         pl.col("transit_countries").fill_null(pl.lit([], pl.List(pl.String))),
         pl.col("consignee_country"), pl.col("destination_country"))
-    hub = route.list.eval(pl.element().filter(pl.element().is_in(HUB_COUNTRIES))).list.first()
+    hub = route.list.eval(pl.element().filter(pl.element().is_in(hub_countries()))).list.first()
     return shipments.select(
         pl.lit("shipment").alias("record_kind"),
         pl.col("shipment_id").alias("record_id"),
@@ -609,7 +622,7 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
         headlines=headlines, cards=cards, charts=charts_svg,
         model_info=model_info, metrics=metrics, fallback=fallback,
         score_models=score_models, provenance=sorted((provenance or {}).items()),
-        history_count=len(history), months=months, hubs=", ".join(HUB_COUNTRIES),
+        history_count=len(history), months=months, hubs=", ".join(hub_countries()),
     )
     return html
 

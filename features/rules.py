@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from features.refview import CHINA_SPHERE
 from features.registry import FEATURES, FLAGGED_WHEN, fill_template
 
 
@@ -38,7 +39,6 @@ class Rule:
 
 c = pl.col
 flag = FLAGGED_WHEN  # thresholds shared with the reasons (features/registry.py)
-CHINA_SPHERE = ["CN", "HK", "MO"]
 # A strong screening match (the registry flags weaker resemblance, >= 80, as a reason).
 SCREENING_MATCH_SCORE = 90
 
