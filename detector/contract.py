@@ -202,6 +202,17 @@ SCORES = Table(
         Column("rank", INT, True),
         Column("reasons", STRING, True),
         Column("model", STRING, True),
+        # v2 (after `model`, in this order; may be null)
+        _enum("likely_scheme", "transshipment", "shell_company", "restricted_parent",
+              "cloud_lease", "misdeclaration", "splitting", "screening_evasion", "unclear"),
+        Column("scheme_confidence", FLOAT),
+        _enum("queue_reason", "risk", "explore"),
+        Column("record_date", DATE),
+        Column("counterparty", STRING),
+        Column("destination", COUNTRY),
+        Column("goods", STRING),
+        Column("quantity", INT),
+        Column("value_usd", FLOAT),
     ),
 )
 

@@ -169,14 +169,17 @@ def _records(dataset: Dataset) -> pl.DataFrame:
 def _scored_records(dataset: Dataset, scores: pl.DataFrame) -> pl.DataFrame:
     from detector.contract import SCORES
 
-    missing_columns = [c for c in SCORES.column_names if c not in scores.columns]
+    required = [c.name for c in SCORES.columns if c.required]
+    missing_columns = [c for c in required if c not in scores.columns]
     if missing_columns:
-        raise InputError(f"scores: expected the contract's columns {SCORES.column_names}; "
+        raise InputError(f"scores: expected the contract's columns {required}; "
                          f"missing {missing_columns}")
     scores = scores.select(
         pl.col("record_kind").cast(pl.String), pl.col("record_id").cast(pl.String),
         pl.col("risk_score").cast(pl.Float64), pl.col("reasons").cast(pl.String),
-        pl.col("model").cast(pl.String))
+        pl.col("model").cast(pl.String),
+        *[(pl.col(c) if c in scores.columns else pl.lit(None)).cast(SCORES.schema[c]).alias(c)
+          for c in ("likely_scheme", "scheme_confidence")])
     duplicated = scores.filter(pl.len().over("record_kind", "record_id") > 1)
     if duplicated.height:
         raise InputError(f"scores: {duplicated.height} rows repeat a (record_kind, record_id); "
@@ -667,7 +670,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     """`detector report`: score the dataset, build the page, write HTML or PDF atomically."""
     from detector.batch import load_batch
     from detector.reasons import full_reasons
-    from detector.scoring import load_model, score_batch
+    from detector.scoring import load_model, score_batch, scores_table
 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".pdf"):
@@ -691,8 +694,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     frame = frame.join(review.select("_pos").with_columns(_full=pl.Series(reasons,
                                                                           dtype=pl.String)),
                        on="_pos", how="left").sort("_pos")
-    scores = frame.with_columns(reasons=pl.coalesce("_full", "reasons")).select(
-        "record_kind", "record_id", "risk_score", "rank", "reasons", "model")
+    scores = scores_table(frame.with_columns(reasons=pl.coalesce("_full", "reasons")))
     model_info = None
     if not model.fallback:
         from detector import tracking

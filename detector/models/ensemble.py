@@ -21,6 +21,7 @@ import polars as pl
 from detector.errors import InputError
 from detector.models.base import RiskModel
 from detector.models.rules import RuleModel
+from detector.models.scheme import SchemeModel
 from detector.models.supervised import SupervisedModel
 from detector.models.unsupervised import DETECTORS, UnsupervisedEnsemble
 
@@ -149,6 +150,7 @@ class ModelBundle:
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    scheme_model: SchemeModel | None = None  # None: likely schemes from the rule families
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
@@ -171,6 +173,9 @@ class ModelBundle:
             "metrics": self.metrics,
             "provenance": self.provenance,
         }
+        if self.scheme_model is not None:
+            meta["scheme"], scheme_text = self.scheme_model.to_state()
+            (directory / "scheme_booster.txt").write_text(scheme_text)
         (directory / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
         return directory
 
@@ -204,5 +209,10 @@ class ModelBundle:
         model.unsupervised_ = layers["unsupervised"]
         model.supervised_ = SupervisedModel.from_state(meta["supervised"],
                                                        (directory / "booster.txt").read_text())
+        scheme = None
+        if meta.get("scheme") is not None:
+            scheme = SchemeModel.from_state(meta["scheme"],
+                                            (directory / "scheme_booster.txt").read_text())
         return cls(model, names, meta["feature_stats"], meta["reference_version"],
-                   meta.get("config", {}), meta.get("metrics", {}), meta.get("provenance", {}))
+                   meta.get("config", {}), meta.get("metrics", {}), meta.get("provenance", {}),
+                   scheme)
