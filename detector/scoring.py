@@ -18,6 +18,8 @@ import polars as pl
 from detector.batch import Batch, feature_frame, load_batch
 from detector.contract import SCORES, write_quarantine, write_table
 from detector.errors import InputError, UsageError
+from detector.queue import (DEFAULT_CAPACITY, DEFAULT_EXPLORE, check_explore, mark_queue,
+                            parse_capacity, queue_summary)
 
 FALLBACK_LABEL = "rules+unsupervised"
 
@@ -68,15 +70,14 @@ class Scored:
     quarantined_rows: int = 0
 
     def scores_table(self) -> pl.DataFrame:
-        return scores_table(self.frame)
+        return scores_columns(self.frame)
 
 
-def scores_table(frame: pl.DataFrame) -> pl.DataFrame:
-    """The contract's scores columns, in order and type. `queue_reason` is null unless a
-    review queue filled it."""
-    if "queue_reason" not in frame.columns:
-        frame = frame.with_columns(queue_reason=pl.lit(None, pl.String))
-    return frame.select(SCORES.column_names).cast(SCORES.schema)
+def scores_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """The contract's scores columns of ``frame``, in order and type; v2 columns the frame
+    does not carry (yet: `queue_reason` until a review queue fills it) are null."""
+    return frame.select(pl.col(c).cast(t) if c in frame.columns else pl.lit(None, t).alias(c)
+                        for c, t in SCORES.schema.items())
 
 
 def with_scheme_and_context(layered: pl.DataFrame, model: LoadedModel) -> pl.DataFrame:
@@ -253,8 +254,8 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
         layered, _ = _layers_and_risk(frame, model, scorer)
         del frame
         layered = with_scheme_and_context(layered, model)
-        kept.append(layered.select("record_kind", "record_id", "risk_score", rule_mask(),
-                                   *CONTEXT_COLUMNS))
+        kept.append(layered.select("record_kind", "record_id", "risk_score",
+                                   "unsupervised_score", rule_mask(), *CONTEXT_COLUMNS))
         # gathered, not sliced: a slice would keep the whole part's buffers alive
         order = rank(layered.with_row_index("__i"))["__i"].head(top)
         heads.append(layered[order])
@@ -274,7 +275,9 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
             pl.lit(head_reasons.extend_constant(None, table.height - head.height)))
         .otherwise(pl.col("reasons")),
         model=pl.lit(model.label))
-    return Scored(scores_table(table), model, batch)
+    # the unsupervised score stays for choosing the review queue (detector.queue)
+    return Scored(scores_columns(table).with_columns(table["unsupervised_score"]), model,
+                  batch)
 
 
 def _fallback_population(features, parts, cached: dict) -> pl.DataFrame:
@@ -302,8 +305,12 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
           model_uri: str | None = None, quarantine: str | Path | None = None, top: int = 1000,
           screening_list: str | Path | None = None, engine: str = "local",
           scheduler: str | None = None, chunk_rows: int | None = None,
+          capacity: str = DEFAULT_CAPACITY, explore: float = DEFAULT_EXPLORE,
           log: Callable[[str], None] = lambda _: None) -> Scored:
     """Score every shipment and lease of a dataset and write the scores table.
+
+    The review queue (``capacity`` records, a share ``explore`` of them chosen for
+    learning; detector.queue) is marked in ``queue_reason``.
 
     Locally the shipments are scored in parts of ``chunk_rows`` (default
     `DEFAULT_CHUNK_ROWS`: one part up to 1M shipments) with `score_records`.
@@ -319,6 +326,8 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         raise UsageError(f"--top {top}: expected a count of 0 or more")
     if chunk_rows is not None and chunk_rows < 1:
         raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
+    parse_capacity(capacity, 1)
+    check_explore(explore)
     batch = load_batch(dataset_dir, history_dirs, screening_list,
                        allow_errors=quarantine is not None)
     model = load_model(model_uri, log)
@@ -333,7 +342,11 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         else:
             scored = score_records(batch, model, top, chunk_rows=chunk_rows,
                                    spill_dir=Path(spill), log=log)
+        scored.frame = mark_queue(scored.frame, capacity, explore,
+                                  supervised=not model.fallback)
+        log(queue_summary(scored.frame))
         provenance = {**batch.provenance, "model": model.label,
+                      "capacity": capacity, "explore": explore,
                       "model_run_id": model.info.get("run_id"),
                       "records": scored.frame.height,
                       "quarantined_rows": batch.dataset.quarantined_rows}
@@ -403,7 +416,7 @@ def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.Dat
                            FeatureStats.from_dict(bundle.feature_stats))
     model = LoadedModel(bundle, label)
     top = min(frame.height, 1000)
-    return scores_table(score_frame(frame, model, top))
+    return scores_columns(score_frame(frame, model, top))
 
 
 def _cut(text, width: int) -> str:

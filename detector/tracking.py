@@ -8,8 +8,10 @@ it) takes precedence.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,21 @@ def _client() -> MlflowClient:
         raise EnvironmentFailure(f"tracking store {uri} unusable: {exc}") from exc
 
 
+_METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]+")
+_METRIC_MAX = 200  # MLflow allows 250 characters
+
+
+def metric_key(name: str) -> str:
+    """``name`` as an MLflow metric name: characters MLflow refuses (any non-ASCII, ``+``,
+    ``/``, ``:`` ...) become ``_``, and a name that had to change (or was too long) ends in
+    a short hash of the original, so two typologies never share a metric."""
+    safe = _METRIC_UNSAFE.sub("_", name).strip()
+    if safe == name and len(name) <= _METRIC_MAX:
+        return name
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+    return f"{safe[:_METRIC_MAX - 9]}-{digest}"
+
+
 def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
@@ -124,8 +141,8 @@ def log_training_run(*, experiment: str, model_name: str, bundle_dir: Path, para
     try:
         with mlflow.start_run(experiment_id=exp_id) as run:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None
-                                and v == v})
+            mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()
+                                if v is not None and v == v})
             mlflow.set_tags(tags)
             for path in artifacts.values():
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
