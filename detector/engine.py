@@ -31,15 +31,35 @@ FALLBACK_LABEL = "rules+unsupervised"
 KEY = ["record_kind", "record_id"]
 # What the engine computes for every record: the scores table's own columns, and the
 # unsupervised score (the review queue chooses records to explore by it).
+# What the scores table keeps of each record besides its key, risk and rule hits.
+CONTEXT_COLUMNS = ("likely_scheme", "scheme_confidence", "record_date", "counterparty",
+                   "destination", "goods", "quantity", "value_usd")
 TABLE_COLUMNS = ["record_kind", "record_id", "risk_score", "rank", "reasons", "model",
-                 "unsupervised_score"]
+                 *CONTEXT_COLUMNS, "unsupervised_score"]
 
 
 def scores_columns(frame: pl.DataFrame) -> pl.DataFrame:
-    """The contract's scores columns of ``frame``, in order; v2 columns the frame does not
-    carry (yet) are null."""
-    return frame.select(pl.col(c) if c in frame.columns else pl.lit(None, t).alias(c)
+    """The contract's scores columns of ``frame``, in order and type; v2 columns the frame
+    does not carry (yet: `queue_reason` until a review queue fills it) are null."""
+    return frame.select(pl.col(c).cast(t) if c in frame.columns else pl.lit(None, t).alias(c)
                         for c, t in SCORES.schema.items())
+
+
+def with_scheme_and_context(layered: pl.DataFrame, model: LoadedModel) -> pl.DataFrame:
+    """The scores table's v2 columns for a layered part (same rows, same order): the
+    likely scheme (detector.schemes: the bundle's scheme model, else the rule families)
+    and the context a reader needs (date, counterparty, destination, goods, quantity,
+    value)."""
+    from detector.schemes import scheme_columns
+
+    if "likely_scheme" not in layered.columns:
+        scheme_model = None if model.fallback else getattr(model.bundle, "scheme_model", None)
+        layered = layered.hstack(scheme_columns(layered, scheme_model))
+    return layered.with_columns(
+        pl.col("counterparty_name").alias("counterparty"),
+        pl.coalesce(pl.col("destination_country"), pl.col("lessee_country"))
+        .alias("destination"),
+        pl.col("declared_quantity").cast(pl.Int64).alias("quantity"))
 
 
 @dataclass
@@ -200,8 +220,9 @@ def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: i
 
     slim, heads, kept = [], [], []
     for n, layered in enumerate(mapper(layer, frames(), scorer), 1):
+        layered = with_scheme_and_context(layered, model)
         slim.append(layered.select("record_kind", "record_id", "risk_score",
-                                   "unsupervised_score", rule_mask()))
+                                   "unsupervised_score", rule_mask(), *CONTEXT_COLUMNS))
         heads.append(_top_rows(layered, top))
         if keep is not None:
             kept.append(keep(layered))

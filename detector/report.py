@@ -167,7 +167,8 @@ def _scored_records(dataset: Dataset, scores: pl.DataFrame) -> pl.DataFrame:
         pl.col("record_kind").cast(pl.String), pl.col("record_id").cast(pl.String),
         pl.col("risk_score").cast(pl.Float64), pl.col("reasons").cast(pl.String),
         pl.col("model").cast(pl.String),
-        *([pl.col("queue_reason").cast(pl.String)] if "queue_reason" in scores.columns else []))
+        *[(pl.col(c) if c in scores.columns else pl.lit(None)).cast(SCORES.schema[c]).alias(c)
+          for c in ("likely_scheme", "scheme_confidence", "queue_reason")])
     duplicated = scores.filter(pl.len().over("record_kind", "record_id") > 1)
     if duplicated.height:
         raise InputError(f"scores: {duplicated.height} rows repeat a (record_kind, record_id); "
@@ -741,10 +742,9 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
         reasons = review.select(*engine.KEY, "queue_reason",
                                 pl.Series("_full", scores.reasons(review), dtype=pl.String))
         phase.finish(f"{review.height:,} records")
-    scores = scores.table.join(reasons, on=engine.KEY, how="left", maintain_order="left") \
-        .with_columns(reasons=pl.coalesce("_full", "reasons")) \
-        .select("record_kind", "record_id", "risk_score", "rank", "reasons", "model",
-                "queue_reason")
+    scores = engine.scores_columns(
+        scores.table.join(reasons, on=engine.KEY, how="left", maintain_order="left")
+        .with_columns(reasons=pl.coalesce("_full", "reasons")))
     model_info = None
     if not model.fallback:
         from detector import tracking

@@ -249,13 +249,36 @@ def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.Dat
                                         load_reference())
 
 
-def top_table(scored: Scored, n: int) -> str:
-    """The top-N table printed on stdout."""
-    head = scored.frame.head(n)
-    lines = [f"{'rank':>5}  {'kind':<8}  {'record_id':<22}  {'risk':>6}  reasons"]
-    for r in head.iter_rows(named=True):
-        reasons = r["reasons"] or ""
-        lines.append(f"{r['rank']:>5}  {r['record_kind']:<8}  {r['record_id']:<22}  "
-                     f"{r['risk_score']:6.3f}  {reasons}")
-    return "\n".join(lines)
+def _cut(text, width: int) -> str:
+    text = "" if text is None else " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
+
+def _money(value) -> str:
+    if value is None:
+        return "-"
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"${value / size:,.1f}{unit}"
+    return f"${value:,.0f}"
+
+
+def top_table(scored: Scored, n: int) -> str:
+    """The top-N table printed on stdout: rank, risk, likely scheme, the record in a
+    reader's terms (date, counterparty, destination, goods, quantity, value), reasons."""
+    head = scored.frame.head(n)
+    lines = [f"{'rank':>5}  {'kind':<8}  {'record_id':<16}  {'risk':>5}  {'likely scheme':<22}  "
+             f"{'date':<10}  {'counterparty':<28}  {'dest':<4}  {'goods':<26}  {'qty':>5}  "
+             f"{'value':>8}  reasons"]
+    for r in head.iter_rows(named=True):
+        scheme = r.get("likely_scheme") or ""
+        if r.get("scheme_confidence") is not None:
+            scheme += f" {r['scheme_confidence']:.2f}"
+        quantity = "" if r.get("quantity") is None else f"{r['quantity']:,}"
+        lines.append(
+            f"{r['rank']:>5}  {r['record_kind']:<8}  {r['record_id']:<16}  "
+            f"{r['risk_score']:5.3f}  {_cut(scheme, 22):<22}  "
+            f"{str(r.get('record_date') or ''):<10}  {_cut(r.get('counterparty'), 28):<28}  "
+            f"{r.get('destination') or '':<4}  {_cut(r.get('goods'), 26):<26}  {quantity:>5}  "
+            f"{_money(r.get('value_usd')):>8}  {r['reasons'] or ''}")
+    return "\n".join(lines)
