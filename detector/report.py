@@ -276,20 +276,48 @@ def _party_view(party: dict | None) -> dict | None:
 
 def _shared_address(registry: _Registry, party: dict | None, address: str | None,
                     exclude: set[str]) -> tuple[list[dict], int]:
-    """The first MAX_LISTED parties at the same address, and how many more there are
-    (an address can hold thousands: a card lists a few and counts the rest)."""
-    keys = {normalise_address(address)} | ({normalise_address(party.get("address"))}
-                                           if party else set())
+    """The first MAX_LISTED other parties at the record's address, and how many more
+    there are (an address can hold thousands: a card lists a few and counts the rest).
+
+    The address is the one the features count (consignee_address_shared_by): the
+    declared address when there is one, else the resolved party's registered address.
+    """
+    key = normalise_address(address) or (normalise_address(party.get("address"))
+                                         if party else "")
     found, more = [], 0
-    for key in sorted(k for k in keys if k):
-        for party_id in registry.by_address.get(key, []):
-            if party_id not in exclude:
-                exclude.add(party_id)
-                if len(found) < MAX_LISTED:
-                    found.append(registry.parties[party_id])
-                else:
-                    more += 1
+    for party_id in registry.by_address.get(key, []) if key else []:
+        if party_id not in exclude:
+            exclude.add(party_id)
+            if len(found) < MAX_LISTED:
+                found.append(registry.parties[party_id])
+            else:
+                more += 1
     return found, more
+
+
+def _resolved_party(registry: _Registry, declared_id: str | None, name: str | None,
+                    country: str | None, scored: dict | None, prefix: str
+                    ) -> tuple[dict | None, str]:
+    """The party scoring resolved the record's ``prefix`` (consignee, lessee) to, read
+    from its scored feature row (``{prefix}_party``, ``{prefix}_resolution_score``), and
+    how it was matched; so a card names the party the score used. Without a scored row
+    (a page built from a scores file alone), the registry's exact lookup."""
+    if scored is None:
+        return registry.party(declared_id, name, country)
+    party_id = scored.get(f"{prefix}_party")
+    if party_id is None or party_id not in registry.parties:
+        return None, "not found in the party registry"
+    if declared_id == party_id:
+        return registry.parties[party_id], "by party id"
+    score = scored.get(f"{prefix}_resolution_score")
+    if score is None or score >= 100:
+        return registry.parties[party_id], "by name and country"
+    return registry.parties[party_id], f"by similar name and country ({score:.0f}/100)"
+
+
+# The scored feature columns a case card reads (see `_resolved_party`).
+CARD_FEATURES = ("consignee_party", "consignee_resolution_score", "lessee_party",
+                 "lessee_resolution_score")
 
 
 def _reexport_trail(registry: _Registry, name: str, country: str, after: date,
@@ -324,11 +352,14 @@ def _network(centre_name: str, centre_role: str, centre_country: str,
     return svg, len(related) - len(shown)
 
 
-def _shipment_card(row: dict, record: dict, registry: _Registry) -> dict:
-    party, matched_how = registry.party(row.get("consignee_party_id"), row["consignee_name"],
-                                        row["consignee_country"])
+def _shipment_card(row: dict, record: dict, registry: _Registry,
+                   scored: dict | None = None) -> dict:
+    """A shipment's case card; ``scored``: its scored feature row (`CARD_FEATURES`)."""
+    party, matched_how = _resolved_party(registry, row.get("consignee_party_id"),
+                                         row["consignee_name"], row["consignee_country"],
+                                         scored, "consignee")
     chain = registry.chain(party)
-    exclude = {p["party_id"] for p in [party, *chain] if p}
+    exclude = {party["party_id"]} if party else set()
     shared, shared_more = _shared_address(registry, party, row.get("consignee_address"),
                                           exclude)
     trail, trail_total, counterparties, n_counterparties = _reexport_trail(
@@ -368,11 +399,14 @@ def _shipment_card(row: dict, record: dict, registry: _Registry) -> dict:
     }
 
 
-def _lease_card(row: dict, record: dict, registry: _Registry) -> dict:
-    party, matched_how = registry.party(row.get("lessee_party_id"), row["lessee_name"],
-                                        row["lessee_country"])
+def _lease_card(row: dict, record: dict, registry: _Registry,
+                scored: dict | None = None) -> dict:
+    """A lease's case card; ``scored``: its scored feature row (`CARD_FEATURES`)."""
+    party, matched_how = _resolved_party(registry, row.get("lessee_party_id"),
+                                         row["lessee_name"], row["lessee_country"], scored,
+                                         "lessee")
     chain = registry.chain(party)
-    exclude = {p["party_id"] for p in [party, *chain] if p}
+    exclude = {party["party_id"]} if party else set()
     shared, shared_more = _shared_address(registry, party, None, exclude)
     provider, _ = registry.party(row.get("provider_party_id"), row["provider_name"],
                                  row["datacenter_country"])
@@ -519,8 +553,12 @@ def _environment():
 
 def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | None,
                  period: str | None = None, capacity: str = "1%",
-                 history: Sequence[Dataset] = (), provenance: dict | None = None) -> str:
-    """The risk report for one month of ``dataset`` as one self-contained HTML page."""
+                 history: Sequence[Dataset] = (), provenance: dict | None = None,
+                 scored_rows: pl.DataFrame | None = None) -> str:
+    """The risk report for one month of ``dataset`` as one self-contained HTML page.
+
+    ``scored_rows``: the review records' scored feature rows (record_kind, record_id and
+    `CARD_FEATURES`), so their case cards name the parties scoring resolved."""
     history = list(history)
     scored = _scored_records(dataset, scores)
     if scored.height == 0:
@@ -595,16 +633,21 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
     leases_by_id = {r["lease_id"]: r for r in dataset.leases.filter(
         pl.col("lease_id").is_in(review.filter(pl.col("record_kind") == "lease")
                                  ["record_id"].implode())).to_dicts()}
+    by_record = {} if scored_rows is None else {
+        (r["record_kind"], r["record_id"]): r for r in scored_rows.to_dicts()}
     cards = []
     for position, rec in enumerate(review.to_dicts(), start=1):
         record = rec | {
             "position": position, "anchor": _anchor(rec["record_kind"], rec["record_id"]),
             "reason_list": [r.strip() for r in (rec["reasons"] or "").split(";") if r.strip()],
         }
+        feature_row = by_record.get((rec["record_kind"], rec["record_id"]))
         if rec["record_kind"] == "shipment":
-            cards.append(_shipment_card(shipments_by_id[rec["record_id"]], record, registry))
+            cards.append(_shipment_card(shipments_by_id[rec["record_id"]], record, registry,
+                                        feature_row))
         else:
-            cards.append(_lease_card(leases_by_id[rec["record_id"]], record, registry))
+            cards.append(_lease_card(leases_by_id[rec["record_id"]], record, registry,
+                                     feature_row))
 
     score_models = scored["model"].unique().sort().to_list()
     fallback = model_info is None or FALLBACK_MODEL in score_models
@@ -759,6 +802,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     with progress.phase("build the page"):
         html = build_report(batch.dataset, scores, model_info=model_info, period=period,
                             capacity=capacity, history=batch.history,
-                            provenance={**batch.provenance, "model": model.label})
+                            provenance={**batch.provenance, "model": model.label},
+                            scored_rows=review.select(*engine.KEY, *CARD_FEATURES))
     with progress.phase(f"write {out}"):
         return write_report(html, out)

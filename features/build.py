@@ -140,6 +140,7 @@ class _Context:
                 .alias(f"{prefix}_resolution_score"))
             .join(attrs, on="__party_id", how="left")
             .with_columns(pl.col("__party_id").is_not_null().alias(f"{prefix}_resolved"),
+                          pl.col("__party_id").alias(f"{prefix}_party"),
                           (pl.col("record_date") - pl.col("__p_incorporation_date"))
                           .dt.total_days().alias(f"{prefix}_age_days"),
                           pl.col("__p_employees").cast(pl.Float64).alias(f"{prefix}_employees"))

@@ -46,6 +46,10 @@ _ALL: list[Feature] = [
        "misdeclaration (value)", S, False),
     _F("consignee_industry", "industry of the resolved consignee party", "3 line of business",
        S, False),
+    _F("consignee_party", "registered party the consignee resolved to (its declared id if "
+       "known, else by exact or fuzzy name and country)", "party resolution", S, False),
+    _F("lessee_party", "registered party the lessee resolved to (as for the consignee)",
+       "party resolution", L, False),
     _F("ultimate_parent_name", "name of the top of the ownership chain", "11 ownership", B,
        False),
     _F("ultimate_parent_country", "country of the top of the ownership chain", "11 ownership",

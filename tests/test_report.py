@@ -429,3 +429,28 @@ def test_renders_in_a_real_browser(built, tmp_path):
     assert colours is not None and len(colours) > 200  # text, charts, KPI boxes, not blank
     dominant = max(colours)[0] / (1280 * 2000)
     assert dominant < 0.95
+
+
+def test_case_cards_name_the_party_scoring_resolved(tmp_path):
+    """Issue #15: a card reads the party resolution the score used (here a fuzzy name
+    match), not a second, exact-name lookup that found nothing."""
+    from conftest import valid_tables, write_dataset
+    from pipeline_fixtures import detector_env
+
+    from detector.report import generate_report
+
+    tables = valid_tables()
+    fuzzy = pl.col("shipment_id") == "S0009"
+    tables["shipments"] = tables["shipments"].with_columns(
+        consignee_name=pl.when(fuzzy).then(pl.lit("Kirin Peak Electronic Sdn Bhd"))
+        .otherwise(pl.col("consignee_name")),
+        consignee_party_id=pl.when(fuzzy).then(None).otherwise(pl.col("consignee_party_id")))
+    dataset = write_dataset(tmp_path / "ds", tables)
+    with detector_env(tmp_path / "home"):
+        out = generate_report(dataset, tmp_path / "r.html", period="2024-05",
+                              capacity="100%")
+    html = out.read_text()
+    card = html[html.index("S0009"):]
+    assert "Kirin Peak Electronics Sdn. Bhd. [P004], matched by similar name and country" \
+        in card
+    assert "not found in the party registry" not in card[:card.find("</section>")]

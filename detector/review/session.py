@@ -314,14 +314,18 @@ class ReviewSession:
         from detector.report import _lease_card, _shipment_card
 
         row = self.row(kind, record_id)
+        # the parties scoring resolved (the same scored frame the explanation reads)
+        scored = self.scored().frame.filter((pl.col("record_kind") == kind)
+                                            & (pl.col("record_id") == record_id))
+        scored = scored.row(0, named=True) if scored.height else None
         if kind == "shipment":
             raw = self.batch.dataset.shipments.filter(pl.col("shipment_id") == record_id) \
                 .row(0, named=True)
-            card = _shipment_card(raw, {}, self.registry())
+            card = _shipment_card(raw, {}, self.registry(), scored)
         else:
             raw = self.batch.dataset.leases.filter(pl.col("lease_id") == record_id) \
                 .row(0, named=True)
-            card = _lease_card(raw, {}, self.registry())
+            card = _lease_card(raw, {}, self.registry(), scored)
         entity = self.table.filter((pl.col("counterparty") == row["counterparty"])
                                    & ~((pl.col("record_kind") == kind)
                                        & (pl.col("record_id") == record_id))) \
