@@ -50,7 +50,8 @@ def fingerprint(datasets: list[Dataset]) -> str:
 def _combine_records(dataset: Dataset, history: list[Dataset], kind: str) -> pl.DataFrame:
     table = RECORD_TABLES[kind]
     frames = [getattr(ds, table.name) for ds in [dataset, *history]]
-    combined = pl.concat(frames)
+    # diagonal: datasets may carry different extra columns (a column one lacks is null)
+    combined = pl.concat(frames, how="diagonal_relaxed")
     repeated = combined[table.id_column].filter(combined[table.id_column].is_duplicated())
     if repeated.len():
         raise InputError(

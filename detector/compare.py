@@ -292,8 +292,11 @@ def compare_models(dataset_dir: str | Path, ref_a: str, ref_b: str,
                                     pl.col("lease_id").alias("record_id"),
                                     pl.col("start_date").alias("record_date")),
     ])
-    labels = (batch.dataset.labels.select("record_kind", "record_id", "label", "typology",
-                                          "decided_on")
+    from detector.training import stored_labels
+
+    dataset_labels, _ = stored_labels(batch, log)  # the analysts' stored decisions count too
+    labels = (dataset_labels.select("record_kind", "record_id", "label", "typology",
+                                    "decided_on")
               .join(keys, on=["record_kind", "record_id"], how="semi")
               .join(record_dates, on=["record_kind", "record_id"], how="left")
               .sort(["record_kind", "record_id"]))

@@ -202,6 +202,16 @@ SCORES = Table(
         Column("rank", INT, True),
         Column("reasons", STRING, True),
         Column("model", STRING, True),
+        # v2 (may be null)
+        Column("likely_scheme", STRING),
+        Column("scheme_confidence", FLOAT),
+        Column("queue_reason", STRING),
+        Column("record_date", DATE),
+        Column("counterparty", STRING),
+        Column("destination", STRING),
+        Column("goods", STRING),
+        Column("quantity", INT),
+        Column("value_usd", FLOAT),
     ),
 )
 
@@ -478,6 +488,11 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
         exprs.append(raw.cast(pl.String).alias(f"__text_{column.name}"))
 
     original = list(source_schema.names())
+    # Record tables keep the columns the contract does not name ("extra columns": a real
+    # export's own fields, model inputs when a training config names them), as read.
+    contract_keys = {c.name for c in table.columns}
+    extras = [n for n in original if table.name in ("shipments", "leases")
+              and n.strip().lower() not in contract_keys and not n.startswith("__")]
     select = [pl.col("__row"), *[pl.col(c).alias(f"__orig_{c}") for c in original], *exprs]
     findings = _Findings()
     passed_parts: list[pl.DataFrame] = []
@@ -498,7 +513,7 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
                 report.error(name, None, "the file has a header but no rows")
                 return TableRead(_empty(table), path=path, readable=False)
             passed, quarantined = _check_chunk(df, table, checks, original, findings,
-                                               duplicate_ids)
+                                               duplicate_ids, extras)
             del df
             passed_parts.append(passed)
             if quarantined is not None:
@@ -562,8 +577,10 @@ _RECOVERABLE_ORDER = 2_000_000
 
 def _check_chunk(df: pl.DataFrame, table: Table, checks: list[tuple[Column, str, str]],
                  original: list[str], findings: _Findings,
-                 duplicate_ids: pl.Series | None) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+                 duplicate_ids: pl.Series | None, extras: list[str] = ()
+                 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Record one chunk's problems; split its rows into (passed typed rows, quarantined)."""
+    kept = [*table.column_names, *[pl.col(f"__orig_{c}").alias(c) for c in extras]]
     problem_parts: list[pl.Expr] = []
     for i, (column, bad_name, expected) in enumerate(checks):
         bad = df[bad_name]
@@ -616,7 +633,7 @@ def _check_chunk(df: pl.DataFrame, table: Table, checks: list[tuple[Column, str,
     _warn_recoverable(df, table, findings)
 
     if not problem_parts:
-        return df.select(table.column_names), None
+        return df.select(kept), None
     # concat_str gives "" (not null) when every part is null: only non-empty is a problem
     problem = pl.concat_str(problem_parts, separator="; ", ignore_nulls=True)
     df = df.with_columns(pl.when(problem.str.len_chars() > 0).then(problem).alias("problem"))
@@ -624,7 +641,7 @@ def _check_chunk(df: pl.DataFrame, table: Table, checks: list[tuple[Column, str,
     passed = df.filter(pl.col("problem").is_null())
     quarantined = failed.select(
         *[pl.col(f"__orig_{c}").alias(c) for c in original], pl.col("problem"))
-    return passed.select(table.column_names), quarantined
+    return passed.select(kept), quarantined
 
 
 def _warn_recoverable(df: pl.DataFrame, table: Table, findings: _Findings):

@@ -20,7 +20,6 @@ Definitions used throughout (they are also printed on the page):
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 import tempfile
@@ -35,6 +34,7 @@ import polars as pl
 from detector import charts
 from features import names as features_names
 from detector.errors import EnvironmentFailure, InputError, UsageError
+from detector.queue import check_explore, mark_queue, parse_capacity
 
 if TYPE_CHECKING:
     from detector.contract import Dataset
@@ -67,31 +67,6 @@ def normalise_name(name: str | None) -> str:
 
 def normalise_address(address: str | None) -> str:
     return _normalised([address], features_names.normalise_address)[0]
-
-
-# ----------------------------------------------------------------------------- capacity
-
-_COUNT_RE = re.compile(r"^\s*(\d+)\s*$")
-_SHARE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*%\s*$")
-
-
-def parse_capacity(text: str, n_records: int) -> int:
-    """Review capacity in records: "250" -> 250, "1%" -> ceil(1% of n_records), at least 1."""
-    text = str(text)
-    if match := _COUNT_RE.match(text):
-        count = int(match.group(1))
-        if count < 1:
-            raise UsageError(f"--capacity: expected a positive count such as 250 or a share "
-                             f"such as 1%, got {text!r}")
-        return count
-    if match := _SHARE_RE.match(text):
-        share = float(match.group(1))
-        if not 0 < share <= 100:
-            raise UsageError(f"--capacity: a share must be above 0% and at most 100%, "
-                             f"got {text!r}")
-        return max(1, math.ceil(share / 100 * n_records - 1e-9))
-    raise UsageError(f"--capacity: expected a count such as 250 or a share such as 1%, "
-                     f"got {text!r}")
 
 
 # ----------------------------------------------------------------------------- periods
@@ -169,14 +144,16 @@ def _records(dataset: Dataset) -> pl.DataFrame:
 def _scored_records(dataset: Dataset, scores: pl.DataFrame) -> pl.DataFrame:
     from detector.contract import SCORES
 
-    missing_columns = [c for c in SCORES.column_names if c not in scores.columns]
+    required = [c.name for c in SCORES.columns if c.required]
+    missing_columns = [c for c in required if c not in scores.columns]
     if missing_columns:
-        raise InputError(f"scores: expected the contract's columns {SCORES.column_names}; "
+        raise InputError(f"scores: expected the contract's columns {required}; "
                          f"missing {missing_columns}")
     scores = scores.select(
         pl.col("record_kind").cast(pl.String), pl.col("record_id").cast(pl.String),
         pl.col("risk_score").cast(pl.Float64), pl.col("reasons").cast(pl.String),
-        pl.col("model").cast(pl.String))
+        pl.col("model").cast(pl.String),
+        *([pl.col("queue_reason").cast(pl.String)] if "queue_reason" in scores.columns else []))
     duplicated = scores.filter(pl.len().over("record_kind", "record_id") > 1)
     if duplicated.height:
         raise InputError(f"scores: {duplicated.height} rows repeat a (record_kind, record_id); "
@@ -522,8 +499,14 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
                          f"that month; it covers {months_present[0]} to {months_present[-1]}")
 
     k = parse_capacity(capacity, in_period.height)
-    review = in_period.head(k)
-    threshold = float(review["risk_score"][-1])
+    if "queue_reason" in in_period.columns and in_period["queue_reason"].is_not_null().any():
+        # the review queue as chosen (detector.queue): by risk, plus records to explore
+        review = in_period.filter(pl.col("queue_reason").is_not_null())
+        by_risk = review.filter(pl.col("queue_reason") == "risk")
+        threshold = float((by_risk if by_risk.height else review)["risk_score"][-1])
+    else:
+        review = in_period.head(k)
+        threshold = float(review["risk_score"][-1])
     previous_period = _previous_month(period)
     current = _figures(in_period, threshold)
 
@@ -596,6 +579,7 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
     html = _environment().get_template("report.html.j2").render(
         period=period, previous_period=previous_period, previous_note=previous_note,
         capacity_text=capacity, capacity=k, threshold=threshold,
+        explore_count=sum(1 for c in cards if c.get("queue_reason") == "explore"),
         n_period=in_period.height,
         n_shipments=in_period.filter(pl.col("record_kind") == "shipment").height,
         n_leases=in_period.filter(pl.col("record_kind") == "lease").height,
@@ -662,7 +646,7 @@ def _missing_library_message(exc: Exception) -> str:
 def generate_report(dataset_dir: str | Path, out: str | Path,
                     history_dirs: Sequence[str | Path] = (), *, model_uri: str | None = None,
                     period: str | None = None, capacity: str = "1%",
-                    screening_list: str | Path | None = None,
+                    explore: float = 0.0, screening_list: str | Path | None = None,
                     log: Callable[[str], None] = lambda _: None) -> Path:
     """`detector report`: score the dataset, build the page, write HTML or PDF atomically."""
     from detector.batch import load_batch
@@ -674,6 +658,8 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
         raise UsageError(f"--out {out}: the report must end in .html or .pdf")
     if period is not None:
         _parse_period(period)
+    parse_capacity(capacity, 1)
+    check_explore(explore)
     batch = load_batch(dataset_dir, history_dirs, screening_list)
     model = load_model(model_uri, log)
     log(f"scoring {batch.dataset.shipments.height} shipments and "
@@ -683,16 +669,18 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     frame = scored.frame.with_columns(
         month=pl.col("record_date").dt.strftime("%Y-%m"),
         _pos=pl.int_range(pl.len()))
+    # Each month's review queue (detector.queue): by risk, plus a share to explore.
     review = pl.concat([
-        grp.head(parse_capacity(capacity, grp.height))
+        mark_queue(grp, capacity, explore, supervised=not model.fallback)
+        .filter(pl.col("queue_reason").is_not_null())
         for _, grp in frame.group_by("month", maintain_order=True)
     ]).sort("_pos")
     reasons = full_reasons(review, None if model.fallback else model.bundle.model, model.fallback)
-    frame = frame.join(review.select("_pos").with_columns(_full=pl.Series(reasons,
-                                                                          dtype=pl.String)),
+    frame = frame.join(review.select("_pos", "queue_reason").with_columns(
+        _full=pl.Series(reasons, dtype=pl.String)),
                        on="_pos", how="left").sort("_pos")
     scores = frame.with_columns(reasons=pl.coalesce("_full", "reasons")).select(
-        "record_kind", "record_id", "risk_score", "rank", "reasons", "model")
+        "record_kind", "record_id", "risk_score", "rank", "reasons", "model", "queue_reason")
     model_info = None
     if not model.fallback:
         from detector import tracking

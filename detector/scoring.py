@@ -18,6 +18,8 @@ import polars as pl
 from detector.batch import Batch, feature_frame, load_batch
 from detector.contract import SCORES, write_quarantine, write_table
 from detector.errors import InputError, UsageError
+from detector.queue import (DEFAULT_CAPACITY, DEFAULT_EXPLORE, check_explore, mark_queue,
+                            parse_capacity, queue_summary)
 
 FALLBACK_LABEL = "rules+unsupervised"
 
@@ -68,7 +70,14 @@ class Scored:
     quarantined_rows: int = 0
 
     def scores_table(self) -> pl.DataFrame:
-        return self.frame.select(SCORES.column_names)
+        return scores_columns(self.frame)
+
+
+def scores_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """The contract's scores columns of ``frame``, in order; v2 columns the frame does not
+    carry (yet) are null."""
+    return frame.select(pl.col(c) if c in frame.columns else pl.lit(None, t).alias(c)
+                        for c, t in SCORES.schema.items())
 
 
 def _layers_and_risk(frame: pl.DataFrame, model: LoadedModel, scorer=None
@@ -222,7 +231,8 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
         frame = features(part) if frame is None else frame
         layered, _ = _layers_and_risk(frame, model, scorer)
         del frame
-        kept.append(layered.select("record_kind", "record_id", "risk_score", rule_mask()))
+        kept.append(layered.select("record_kind", "record_id", "risk_score",
+                                   "unsupervised_score", rule_mask()))
         # gathered, not sliced: a slice would keep the whole part's buffers alive
         order = rank(layered.with_row_index("__i"))["__i"].head(top)
         heads.append(layered[order])
@@ -242,7 +252,9 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
             pl.lit(head_reasons.extend_constant(None, table.height - head.height)))
         .otherwise(pl.col("reasons")),
         model=pl.lit(model.label))
-    return Scored(table.select(SCORES.column_names), model, batch)
+    # the unsupervised score stays for choosing the review queue (detector.queue)
+    return Scored(scores_columns(table).with_columns(table["unsupervised_score"]), model,
+                  batch)
 
 
 def _fallback_population(features, parts, cached: dict) -> pl.DataFrame:
@@ -270,8 +282,12 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
           model_uri: str | None = None, quarantine: str | Path | None = None, top: int = 1000,
           screening_list: str | Path | None = None, engine: str = "local",
           scheduler: str | None = None, chunk_rows: int | None = None,
+          capacity: str = DEFAULT_CAPACITY, explore: float = DEFAULT_EXPLORE,
           log: Callable[[str], None] = lambda _: None) -> Scored:
     """Score every shipment and lease of a dataset and write the scores table.
+
+    The review queue (``capacity`` records, a share ``explore`` of them chosen for
+    learning; detector.queue) is marked in ``queue_reason``.
 
     Locally the shipments are scored in parts of ``chunk_rows`` (default
     `DEFAULT_CHUNK_ROWS`: one part up to 1M shipments) with `score_records`.
@@ -287,6 +303,8 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         raise UsageError(f"--top {top}: expected a count of 0 or more")
     if chunk_rows is not None and chunk_rows < 1:
         raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
+    parse_capacity(capacity, 1)
+    check_explore(explore)
     batch = load_batch(dataset_dir, history_dirs, screening_list,
                        allow_errors=quarantine is not None)
     model = load_model(model_uri, log)
@@ -301,7 +319,11 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         else:
             scored = score_records(batch, model, top, chunk_rows=chunk_rows,
                                    spill_dir=Path(spill), log=log)
+        scored.frame = mark_queue(scored.frame, capacity, explore,
+                                  supervised=not model.fallback)
+        log(queue_summary(scored.frame))
         provenance = {**batch.provenance, "model": model.label,
+                      "capacity": capacity, "explore": explore,
                       "model_run_id": model.info.get("run_id"),
                       "records": scored.frame.height,
                       "quarantined_rows": batch.dataset.quarantined_rows}
@@ -369,7 +391,7 @@ def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.Dat
                            FeatureStats.from_dict(bundle.feature_stats))
     model = LoadedModel(bundle, label)
     top = min(frame.height, 1000)
-    return score_frame(frame, model, top).select(SCORES.column_names)
+    return scores_columns(score_frame(frame, model, top))
 
 
 def top_table(scored: Scored, n: int) -> str:

@@ -8,8 +8,10 @@ it) takes precedence.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +118,21 @@ def use_store() -> str:
     return tracking_uri()
 
 
+_METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]+")
+_METRIC_MAX = 200  # MLflow allows 250 characters
+
+
+def metric_key(name: str) -> str:
+    """``name`` as an MLflow metric name: characters MLflow refuses (any non-ASCII, ``+``,
+    ``/``, ``:`` ...) become ``_``, and a name that had to change (or was too long) ends in
+    a short hash of the original, so two typologies never share a metric."""
+    safe = _METRIC_UNSAFE.sub("_", name).strip()
+    if safe == name and len(name) <= _METRIC_MAX:
+        return name
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+    return f"{safe[:_METRIC_MAX - 9]}-{digest}"
+
+
 def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
@@ -171,8 +188,8 @@ def log_training_run(*, experiment: str, model_name: str, bundle_dir: Path, para
     try:
         with mlflow.start_run(experiment_id=exp_id) as run:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None
-                                and v == v})
+            mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()
+                                if v is not None and v == v})
             mlflow.set_tags(tags)
             for path in artifacts.values():
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
@@ -401,7 +418,7 @@ def log_comparison(*, experiment: str, params: dict, metrics: dict, tags: dict,
     try:
         with mlflow.start_run(experiment_id=exp_id) as run:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()
+            mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()
                                 if v is not None and v == v})
             mlflow.set_tags({k: str(v)[:5000] for k, v in tags.items()})
             with tempfile.TemporaryDirectory() as tmp:
@@ -426,7 +443,7 @@ def log_figures(*, experiment: str, run_name: str, metrics: dict, tags: dict) ->
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(key[:250], float(v), now, 0) for key, v in metrics.items()
+        batch = [Metric(metric_key(key), float(v), now, 0) for key, v in metrics.items()
                  if v is not None and v == v]
         for start in range(0, len(batch), 900):  # the store takes up to 1000 per call
             client.log_batch(run.info.run_id, metrics=batch[start:start + 900])

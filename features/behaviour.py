@@ -90,7 +90,8 @@ def consignee_history(base: pl.LazyFrame) -> pl.LazyFrame:
             .alias("consignee_shipments_90d"),
             (pl.col("through_d_value_usd") - pl.col("before_90_value_usd") - own_value)
             .alias("consignee_value_90d_usd"),
-            pl.when(prior_n > 0).then(
+            # real filers declare 0: a history worth nothing (or less) has no usual value
+            pl.when((prior_n > 0) & (pl.col("before_d_value_usd") > 0)).then(
                 pl.col("value_usd") / (pl.col("before_d_value_usd") / prior_n))
             .alias("value_to_consignee_history_mean"),
         )

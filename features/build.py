@@ -363,7 +363,7 @@ class FeatureBuilder:
 
     def _typed(self, frame: pl.DataFrame) -> pl.DataFrame:
         schema = self.schema()
-        return frame.cast({n: t for n, t in schema.items() if frame.schema[n] != t})
+        return _finite(frame.cast({n: t for n, t in schema.items() if frame.schema[n] != t}))
 
     def shipment_features(self, i: int) -> pl.DataFrame:
         """The feature frame of part ``i``'s shipments, sorted by record_id."""
@@ -373,8 +373,17 @@ class FeatureBuilder:
         return self._typed(self.lease_lazy().sort(KEY).collect(engine="in-memory"))
 
 
+def _finite(frame: pl.DataFrame) -> pl.DataFrame:
+    """Float model inputs with ±inf or NaN (an overflowing sum of huge declared values)
+    become null, the documented "missing": no detector ever sees a non-finite input."""
+    floats = [n for n, t in frame.schema.items() if t.is_float()
+              and (n not in FEATURES or FEATURES[n].model_input)]
+    return frame.with_columns(pl.when(pl.col(n).is_finite()).then(pl.col(n)).alias(n)
+                              for n in floats) if floats else frame
+
+
 def _finish(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.cast({n: dt for n, dt in _output_types(frame).items()})
+    return _finite(frame.cast({n: dt for n, dt in _output_types(frame).items()}))
 
 
 def build_features(shipments, leases, parties, screening_list: pl.DataFrame | None, reference,

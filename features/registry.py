@@ -8,6 +8,7 @@ reasons only: names, countries, the matched list entry.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import string
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ class Feature:
     kinds: tuple[str, ...]  # ("shipment",), ("lease",) or both
     model_input: bool = True  # False for context columns (names, list entry, chip model text)
     reason: str | None = None  # template with {column} placeholders using format-spec
+    # When a model input is null (missing) for a record of a kind it applies to; None: never.
+    # The property test (tests/test_features_property.py) holds the builder to it.
+    null_when: str | None = None
 
 
 _F = Feature
@@ -224,6 +228,63 @@ _ALL: list[Feature] = [
     _F("gpus_per_lessee_employee", "GPUs leased per lessee employee", "10 capacity beyond size",
        L, reason="{chip_units:,.0f} GPUs for a lessee of {lessee_employees:,.0f} employees"),
 ]
+
+_NO_MODEL = "no catalogue chip model recognised"
+_OVERFLOW = "a declared value is missing or the sum overflows (values near the float limit)"
+# When each model input may be null for a record of its kind (Feature.null_when).
+_NULL_WHEN: dict[str, str] = {
+    "chip_units": "no chip model recognised, or quantity / gpu_count missing or not positive",
+    "chip_tpp": _NO_MODEL,
+    "total_tpp": "no chip model recognised, or no chip_units",
+    "chip_controlled": _NO_MODEL,
+    "licence_required_for_item": _NO_MODEL,
+    "controlled_declared_low_eccn": _NO_MODEL,
+    "misdeclared_to_licence_destination": _NO_MODEL,
+    "no_licence_for_licence_destination": _NO_MODEL,
+    "unit_value_usd": "value missing, or quantity missing or not positive",
+    "unit_value_to_market_low": "no chip model recognised, or no unit value",
+    "unit_value_to_learned_median": "no learned median for the chip model, or no unit value",
+    "weight_per_unit_kg": "weight missing or negative, or quantity missing or not positive",
+    "weight_to_catalogue": "no chip model recognised, or no weight per unit",
+    "value_usd": "value not declared (optional for leases)",
+    "consignee_resolution_score": "consignee not matched to a registered party",
+    "consignee_age_days": "consignee unresolved or its incorporation date unknown",
+    "consignee_employees": "consignee unresolved or its employee count unknown",
+    "consignee_industry_misfit": "consignee unresolved, or its industry neither fits nor misfits",
+    "lessee_resolution_score": "lessee not matched to a registered party",
+    "lessee_age_days": "lessee unresolved or its incorporation date unknown",
+    "lessee_employees": "lessee unresolved or its employee count unknown",
+    "ownership_depth": "party unresolved",
+    "ultimate_parent_in_d5_or_macau": "party unresolved",
+    "screening_match_score": "no screening list, or no entry to compare with",
+    "screening_name_score": "no screening list, or no entry to compare with",
+    "screening_address_score": "no address or no list addresses",
+    "routed_export": "not declared",
+    "incoterm_exw": "incoterm not declared",
+    "transit_via_hk_or_mo": "transit countries not declared",
+    "transit_country_count": "transit countries not declared",
+    "destination_licence_required": "destination not declared",
+    "payer_country_mismatch": "payer country not declared",
+    "payer_in_d5_hk_or_mo": "payer country not declared",
+    "unusual_payment_method": "payment method not declared",
+    "bare_metal_access": "access type not declared",
+    "lessee_abroad_from_datacenter": "a country not declared",
+    "consignee_value_30d_usd": _OVERFLOW,
+    "consignee_value_90d_usd": _OVERFLOW,
+    "linked_small_value_14d_usd": _OVERFLOW,
+    "days_since_first_shipment": "first shipment to the consignee",
+    "value_to_consignee_history_mean": "first shipment, or the earlier lines' total value is "
+                                       "zero, negative or missing",
+    "days_until_reexport": "no later re-export by the consignee",
+    "reexported_unit_share_90d": "no chip units on the line",
+    "price_per_gpu_month_usd": "value, gpu_count or term missing or not positive",
+    "lease_price_to_market": "no price per GPU-month, or no reference price for the model",
+    "gpus_per_lessee_employee": "gpu_count missing, or lessee employee count unknown",
+}
+_ALL = [dataclasses.replace(f, null_when=_NULL_WHEN.get(f.name, f.null_when)) for f in _ALL]
+if set(_NULL_WHEN) - {f.name for f in _ALL}:
+    raise RuntimeError(f"features.registry: null_when for unknown features "
+                       f"{sorted(set(_NULL_WHEN) - {f.name for f in _ALL})}")
 
 FEATURES: dict[str, Feature] = {f.name: f for f in _ALL}
 if len(FEATURES) != len(_ALL):  # a repeated name would silently drop a feature
