@@ -8,7 +8,6 @@ unsupervised detectors fitted on the batch itself, and says so.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,17 @@ from pathlib import Path
 import polars as pl
 
 from detector.batch import Batch, feature_frame, load_batch
-from detector.contract import SCORES, write_quarantine, write_table
+from detector.contract import SCORES, write_quarantine
 from detector.errors import InputError, UsageError
-from detector.queue import (DEFAULT_CAPACITY, DEFAULT_EXPLORE, check_explore, mark_queue,
-                            parse_capacity, queue_summary)
+from detector.files import check_output_path, temporary_directory
+from detector.queue import (
+    DEFAULT_CAPACITY,
+    DEFAULT_EXPLORE,
+    check_explore,
+    mark_queue,
+    parse_capacity,
+    queue_summary,
+)
 
 FALLBACK_LABEL = "rules+unsupervised"
 
@@ -305,20 +311,24 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
     parse_capacity(capacity, 1)
     check_explore(explore)
+    check_output_path(out)
+    check_output_path(out.with_name(out.name + ".provenance.json"), "--out's provenance file")
+    if quarantine is not None and Path(quarantine).exists() and not Path(quarantine).is_dir():
+        raise InputError(f"--quarantine {quarantine}: is a file; give a directory")
     batch = load_batch(dataset_dir, history_dirs, screening_list,
                        allow_errors=quarantine is not None)
     model = load_model(model_uri, log)
     log(f"scoring {batch.dataset.shipments.height} shipments and "
         f"{batch.dataset.leases.height} leases with {model.label}")
     # a large batch's shipments wait on disk while scoring (score_records, spill_dir)
-    with tempfile.TemporaryDirectory(prefix="detector-score-") as spill:
+    with temporary_directory("score") as spill:
         if engine == "dask":
             from detector.distributed import score_batch_dask
 
             scored = score_batch_dask(batch, model, top, scheduler=scheduler, log=log)
         else:
             scored = score_records(batch, model, top, chunk_rows=chunk_rows,
-                                   spill_dir=Path(spill), log=log)
+                                   spill_dir=spill, log=log)
         scored.frame = mark_queue(scored.frame, capacity, explore,
                                   supervised=not model.fallback)
         log(queue_summary(scored.frame))
@@ -338,14 +348,22 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
 
 
 def write_scores(table: pl.DataFrame, out: Path, provenance: dict) -> None:
-    """The scores table, and beside it ``<out>.provenance.json`` tracing it to its inputs."""
+    """The scores table, and beside it ``<out>.provenance.json`` tracing it to its inputs.
+
+    Both are written in full before either replaces anything: a failure leaves the
+    previous pair as it was.
+    """
+    from detector.contract import table_writer
+    from detector.files import atomic_write_many
+
     sidecar = out.with_name(out.name + ".provenance.json")
-    write_table(table, out)
-    try:
-        sidecar.write_text(json.dumps(provenance, indent=2, default=str))
-    except OSError:
-        out.unlink(missing_ok=True)  # no scores file without its provenance
-        raise
+    write_scores_file = table_writer(table, out)
+
+    def write(tmps: list[Path]) -> None:
+        write_scores_file(tmps[0])
+        tmps[1].write_text(json.dumps(provenance, indent=2, default=str))
+
+    atomic_write_many([out, sidecar], write)
 
 
 def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,

@@ -25,6 +25,7 @@ import polars as pl
 
 from detector.contract import LABELS, LEASES, PARTIES, SCREENING_LIST, SHIPMENTS, write_table
 from detector.errors import UsageError
+from detector.files import os_failure
 from detector.simulation import names
 from detector.simulation.catalogue import (
     CONSUMER_CONTROLLED,
@@ -208,7 +209,10 @@ def simulate(out_dir: str | Path, seed: int = 0, shipments: int = 10000,
     screening_df = world.screening_frame()
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_failure(exc, out, "create the output directory") from None
     say(f"writing {out}")
     files = [
         write_table(shipments_df.select(SHIPMENTS.column_names).sort("shipment_id"),
