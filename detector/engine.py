@@ -315,19 +315,13 @@ def keep_record(kind: str, record_id: str) -> Callable[[pl.DataFrame], pl.DataFr
 
 def shipments_records(shipments: pl.DataFrame, screening_list: pl.DataFrame | None,
                       reference) -> Records:
-    """A bare frame of contract shipment columns as one in-memory part (the pyfunc):
-    no leases, no party registry (parties resolved by name only). Absent optional
-    columns become nulls; a missing required column is an error."""
-    from detector.contract import LEASES, PARTIES, SHIPMENTS
-    from detector.errors import InputError
+    """A frame of contract shipment columns as one in-memory part (the pyfunc): no
+    leases, no party registry (parties resolved by name only). The frame may be raw (as
+    ``pd.read_csv`` of a shipments file gives it) or typed; it is parsed and checked like
+    a shipments file (`contract.read_frame`)."""
+    from detector.contract import LEASES, PARTIES, SHIPMENTS, read_frame
 
-    missing = [c.name for c in SHIPMENTS.columns if c.required and c.name not in shipments.columns]
-    if missing:
-        raise InputError(f"shipments frame: required column(s) missing: {missing}")
-    shipments = shipments.with_columns(
-        pl.lit(None, dtype).alias(name) for name, dtype in SHIPMENTS.schema.items()
-        if name not in shipments.columns
-    ).select(SHIPMENTS.column_names).cast(SHIPMENTS.schema)
+    shipments = read_frame(shipments, SHIPMENTS, "shipments frame")
     return Records([shipments], pl.DataFrame(schema=LEASES.schema),
                    pl.DataFrame(schema=PARTIES.schema), screening_list, reference)
 

@@ -241,7 +241,11 @@ def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
 
 def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.DataFrame:
     """Score a bare frame of contract shipment columns with a bundle (as the MLflow
-    pyfunc does), with the shipped screening list."""
+    pyfunc does), with the shipped screening list.
+
+    The frame may be raw (as ``pd.read_csv`` of a shipments file gives it) or typed; it
+    is parsed and checked like a shipments file (`contract.read_frame`).
+    """
     from detector.reference import default_screening_list_path, load_reference, read_screening_list
 
     return score_engine.score_shipments(shipments, LoadedModel(bundle, label),
