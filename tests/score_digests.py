@@ -2,8 +2,19 @@
 
 A digest hashes the scores table row by row in rank order: (record_kind, record_id,
 rank) for the ranking, risk_score rounded to 1e-9 for the scores, and (reasons, model)
-for the text. The stored digests in ``score_digests.json`` were made with the code
-before the scoring engine was introduced; `test_score_digests.py` recomputes them.
+for the text. `test_score_digests.py` recomputes them and compares with
+``score_digests.json``.
+
+How the stored digests were made (issue #15): with the code before the scoring engine
+(main at 1a1bda5, then at each merge of main, main's own code); the engine reproduced
+every one of them exactly (scores, explain, pyfunc, report, fallback) before two
+intended changes that are not about the engine: explain's context lists the party a
+record resolved to (consignee_party, lessee_party), and the registry's red-flag
+thresholds were aligned with the rules (demo20k's reasons digest). world200k: the
+engine matched the pre-engine digests of main at 1a1bda5 and 5c0a04d; main's simulator
+changed since, and the stored 200k entry was re-made with the engine's code (2064aba,
+before main's report change of issue #13, so without a report digest): a guard against
+later changes, not a before/after proof.
 
 A change that is *meant* to change scores (a new feature, new reason wording) changes
 these digests too: regenerate them, and say so in the commit, with
