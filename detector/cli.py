@@ -201,7 +201,7 @@ def promote(
     try:
         result = do_promote(name, version, run, data=data, history_dirs=history or [],
                             force=force, reason=reason, rollback=rollback, capacity=capacity,
-                            n_boot=bootstrap, screening_list=screening_list, log=_progress)
+                            n_boot=bootstrap, screening_list=screening_list, log=_notice)
     except DetectorError as exc:
         _fail(exc)
     if result.comparison is not None:
@@ -244,7 +244,7 @@ def compare(
     try:
         result = compare_models(dataset_dir, models[0], models[1], history or [], name=name,
                                 capacity=capacity, n_boot=bootstrap, all_labels=all_labels,
-                                screening_list=screening_list, log=_progress)
+                                screening_list=screening_list, log=_notice)
     except DetectorError as exc:
         _fail(exc)
     typer.echo(result.text())
