@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from pipeline_fixtures import labelled_frame, world  # noqa: F401  (session fixtures)
 
 from detector.errors import InputError
 from detector.models.scheme import SchemeModel
@@ -61,7 +60,7 @@ def test_a_bad_mapping_file_names_file_line_and_column(tmp_path):
 # ------------------------------------------------------------------ rule families
 
 
-def test_rule_families_name_a_scheme_only_with_a_family_signal(labelled_frame):  # noqa: F811
+def test_rule_families_name_a_scheme_only_with_a_family_signal(labelled_frame):
     from detector.models.rules import RuleModel
     from detector.schemes import RULE_FAMILIES
 
@@ -83,7 +82,7 @@ def test_rule_families_name_a_scheme_only_with_a_family_signal(labelled_frame): 
             assert 0 < conf <= 1
 
 
-def test_rule_families_find_most_simulated_schemes(labelled_frame):  # noqa: F811
+def test_rule_families_find_most_simulated_schemes(labelled_frame):
     positives = labelled_frame.filter(pl.col("label") == 1)
     names, _ = rule_family_schemes(positives)
     accuracy = np.mean([n == t for n, t in zip(names, positives["typology"].to_list())])
@@ -103,7 +102,7 @@ def _split(frame):
     return positives.filter(~held).drop("__i"), positives.filter(held).drop("__i")
 
 
-def test_scheme_model_learns_typologies_and_round_trips_without_pickle(labelled_frame, tmp_path):  # noqa: F811
+def test_scheme_model_learns_typologies_and_round_trips_without_pickle(labelled_frame, tmp_path):
     train, test = _split(labelled_frame)
     model = SchemeModel(model_feature_names()).fit(
         train, [schemes_of(t) for t in train["typology"]])
@@ -125,7 +124,7 @@ def test_scheme_model_learns_typologies_and_round_trips_without_pickle(labelled_
     np.testing.assert_allclose(restored.predict_proba(test), model.predict_proba(test))
 
 
-def test_a_combined_typology_counts_for_each_of_its_schemes(labelled_frame):  # noqa: F811
+def test_a_combined_typology_counts_for_each_of_its_schemes(labelled_frame):
     train, _ = _split(labelled_frame)
     schemes = [schemes_of(t) for t in train["typology"]]
     plain = SchemeModel(model_feature_names(), num_boost_round=5).fit(train, schemes)
@@ -136,7 +135,7 @@ def test_a_combined_typology_counts_for_each_of_its_schemes(labelled_frame):  # 
     assert added and both.class_counts_["shell_company"] == plain.class_counts_["shell_company"]
 
 
-def test_one_scheme_alone_is_not_trainable_so_rule_families_decide(labelled_frame):  # noqa: F811
+def test_one_scheme_alone_is_not_trainable_so_rule_families_decide(labelled_frame):
     from detector.training import fit_scheme_model
 
     only = labelled_frame.with_columns(typology=pl.lit("transshipment"))
@@ -146,7 +145,7 @@ def test_one_scheme_alone_is_not_trainable_so_rule_families_decide(labelled_fram
     assert SchemeModel.trainable([["splitting"]] * 3 + [["cloud_lease"]] * 3)
 
 
-def test_bundle_saves_the_scheme_model_as_text(labelled_frame, tmp_path):  # noqa: F811
+def test_bundle_saves_the_scheme_model_as_text(labelled_frame, tmp_path):
     from detector.models.ensemble import DiversionModel, ModelBundle
 
     train, test = _split(labelled_frame)
