@@ -148,11 +148,14 @@ class _ReasonList:
 
 def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str],
                     flags: dict[str, bool], unsupervised=None,
-                    max_feature_reasons: int = 4) -> list[str]:
+                    max_feature_reasons: int = 4, other_schemes: list[str] = (),
+                    max_mechanisms: int = 2) -> list[str]:
     """One record's reasons: the mechanism of its likely scheme with its values first,
-    then the red-flag features by contribution, then the rule hits; each fact once, and
-    never a feature without a value. A record whose largest contribution is the
-    anomaly layer (or, without a model, with no rule hit) says which values are
+    then (up to ``max_mechanisms`` in all) the mechanisms of ``other_schemes`` the record
+    also shows (their rule families are hit, strongest first), then the red-flag
+    features by contribution, then the rule hits; each fact once, and never a feature
+    without a value. A record whose largest contribution is the anomaly layer (or,
+    without a model, with neither a mechanism nor a rule hit) says which values are
     unusual."""
     from detector.mechanisms import mechanism
 
@@ -161,14 +164,19 @@ def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str
         text = render_rule_reason(hit, row)
         if text is not None:
             rule_texts.setdefault(fact_of(hit), text)
-    found = mechanism(row.get("likely_scheme"), row)
-    preferred = dict(rule_texts)
-    reasons = _ReasonList(preferred)
-    if found is not None:
+    reasons = _ReasonList(dict(rule_texts))
+    stated = 0
+    for scheme in [row.get("likely_scheme"), *other_schemes]:
+        found = mechanism(scheme, row) if stated < max_mechanisms else None
+        if found is None or found[0] in reasons.texts.values():
+            continue
         text, facts = found
-        reasons.add("mechanism", text)
+        if all(f in reasons.texts for f in facts):
+            continue  # every fact of it already stated
+        reasons.add(f"mechanism:{scheme}", text)
         for fact in facts:  # stated by the mechanism: not again
             reasons.texts.setdefault(fact, text)
+        stated += 1
     if contributions is not None:
         order = np.argsort(-contributions[:-1], kind="stable")
         top = names[order[0]] if len(order) and contributions[order[0]] > 0 else None
@@ -185,12 +193,11 @@ def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str
             before = len(reasons.facts)
             reasons.add(fact, feature_reason(name, row, unsupervised))
             added += len(reasons.facts) > before
-    elif not row.get("rule_hits") or found is None:
+    elif not row.get("rule_hits") and not stated:
         reasons.add("unusual", _unusual(row, unsupervised))
     for hit in row.get("rule_hits") or []:
         reasons.add(fact_of(hit), render_rule_reason(hit, row))
-    # facts the mechanism stated were registered without a position: drop them
-    return [t for t in reasons.out()]
+    return reasons.out()
 
 
 def full_reasons(head: pl.DataFrame, scorer, fallback: bool,
@@ -206,9 +213,18 @@ def full_reasons(head: pl.DataFrame, scorer, fallback: bool,
         contributions = scorer.contributions(head)
         names = scorer.supervised_.features
     unsupervised = getattr(scorer, "unsupervised_", None)
+    others = _other_schemes(head)
     return ["; ".join(reasons_for_row(
         row, None if contributions is None else contributions[i], names, flags[i],
-        unsupervised, max_feature_reasons)) for i, row in enumerate(rows)]
+        unsupervised, max_feature_reasons, others[i])) for i, row in enumerate(rows)]
+
+
+def _other_schemes(head: pl.DataFrame) -> list[list[str]]:
+    """Per row, the schemes whose rule families it hits, strongest first."""
+    from detector.schemes import SCHEMES, family_shares
+
+    share = family_shares(head)
+    return [[SCHEMES[j] for j in np.argsort(-r, kind="stable") if r[j] > 0] for r in share]
 
 
 DRIVERS_SHOWN = 8

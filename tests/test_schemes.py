@@ -212,3 +212,18 @@ def test_a_null_feature_is_never_a_reason_and_unusual_values_name_real_values():
     assert not any("ownership" in r for r in reasons)
     assert unusual_values(row, Unsupervised()) == [
         "value usd 4,200,000 (typical 50,000)", "chip units 512 (typical 8)"]
+
+
+def test_a_second_scheme_the_record_also_shows_comes_next():
+    row = _row(likely_scheme="transshipment", transit_via_hk_or_mo=True,
+               transit_countries=["HK"], linked_small_shipments_14d=4,
+               linked_small_value_14d_usd=150_000.0, screening_match_score=60.0,
+               rule_hits=["transit_hk_mo", "splitting"])
+    reasons = reasons_for_row(row, None, [], {}, other_schemes=["splitting", "transshipment"])
+    assert reasons[0] == "H100 SXM routed through HK on the way to SG"
+    assert reasons[1].startswith("4 small shipments of H100 SXM to linked consignees")
+    assert len(reasons) == 2  # both rule hits state facts the mechanisms stated
+    only_one = reasons_for_row(row, None, [], {}, other_schemes=["splitting"],
+                               max_mechanisms=1)
+    assert only_one[0].startswith("H100 SXM routed")
+    assert only_one[1].startswith("4 small GPU shipments")  # the rule's text instead
