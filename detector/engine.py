@@ -6,7 +6,9 @@ Every path that scores goes through `score_records` (records not yet featurised)
 - `detector score` maps over parts of the batch locally (memory follows one part);
 - `--engine dask` passes its own map, which runs the per-part step on a cluster;
 - the MLflow pyfunc hands one in-memory part (`score_shipments`);
-- `detector explain` and `detector report` score the batch and keep the rows they show.
+- `detector report` scores the batch and keeps the rows it shows;
+- `detector explain` scores one record from the records its features read
+  (`score_record`; the fallback, fitted on the whole batch, scores the batch).
 
 Per part: features (`features.build.FeatureBuilder`, cross-record context computed once
 over every part), then the model layers and risk (`layer`, a pure per-row step). Then,
@@ -311,6 +313,30 @@ def keep_record(kind: str, record_id: str) -> Callable[[pl.DataFrame], pl.DataFr
     """``keep`` for one record (`detector explain`)."""
     return lambda layered: layered.filter((pl.col("record_kind") == kind)
                                           & (pl.col("record_id") == record_id))
+
+
+def score_record(records: Records, model: LoadedModel, kind: str, record_id: str
+                 ) -> pl.DataFrame:
+    """One record's full row (features, layer scores, risk, likely scheme, context),
+    built from ``records``, which need hold only the records its features read
+    (features.neighbourhood); only that record is layered. Its rank among those
+    records means nothing, so the row has none. Needs a bundle: the fallback's
+    detectors are fitted on every record of a batch."""
+    from features.build import FeatureBuilder
+
+    if model.fallback:
+        raise ValueError("score_record: expected a trained model; the fallback is fitted "
+                         "on the whole batch (score it with score_records)")
+    builder = FeatureBuilder(records.shipment_parts, records.leases, records.parties,
+                             records.screening_list, records.reference, model.feature_stats())
+    only = keep_record(kind, record_id)
+
+    def part() -> pl.DataFrame:
+        frame = builder.lease_features() if kind == "lease" else builder.shipment_features(0)
+        return only(frame)
+
+    kept = score_parts([part], model, top=0, keep=keep_all).kept
+    return kept.drop("rank", "reasons", "model")
 
 
 def shipments_records(shipments: pl.DataFrame, screening_list: pl.DataFrame | None,
