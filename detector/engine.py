@@ -198,13 +198,15 @@ def _fallback_population(parts: Sequence[Part], cached: dict[int, pl.DataFrame]
 def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: int = 1000, *,
                 keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
                 mapper: Mapper = local_mapper,
-                progress: Callable[[int, int, int], None] | None = None) -> Scores:
+                progress: Callable[[int, int, int], None] | None = None,
+                observe: Callable[[pl.DataFrame], None] | None = None) -> Scores:
     """Score records given as parts of the feature frame (frames, or functions that
     build one); the parts together hold each record once.
 
     ``keep(layered_part)`` returns the rows of a part whose full frames the caller wants
     back (`Scores.kept`); by default none. ``progress(done, total, records)`` is called
-    after each part.
+    after each part; ``observe(layered_part)`` sees each part's features, layer scores
+    and risk (drift counts: detector.drift.InputCounts.add).
     """
     from detector.reasons import full_reasons
     from features.rules import rule_mask
@@ -222,6 +224,8 @@ def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: i
 
     slim, heads, kept = [], [], []
     for n, layered in enumerate(mapper(layer, frames(), scorer), 1):
+        if observe is not None:
+            observe(layered)
         layered = with_scheme_and_context(layered, model)
         slim.append(layered.select("record_kind", "record_id", "risk_score",
                                    "unsupervised_score", rule_mask(), *CONTEXT_COLUMNS))
@@ -299,10 +303,11 @@ def feature_parts(records: Records, stats) -> list[Part]:
 def score_records(records: Records, model: LoadedModel, top: int = 1000, *,
                   keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
                   mapper: Mapper = local_mapper,
-                  progress: Callable[[int, int, int], None] | None = None) -> Scores:
+                  progress: Callable[[int, int, int], None] | None = None,
+                  observe: Callable[[pl.DataFrame], None] | None = None) -> Scores:
     """Build features part by part (with the model's statistics) and score them."""
     return score_parts(feature_parts(records, model.feature_stats()), model, top,
-                       keep=keep, mapper=mapper, progress=progress)
+                       keep=keep, mapper=mapper, progress=progress, observe=observe)
 
 
 def keep_all(layered: pl.DataFrame) -> pl.DataFrame:
