@@ -77,6 +77,7 @@ class Scored:
     model: LoadedModel
     batch: Batch | None = None
     quarantined_rows: int = 0
+    drift: object | None = None  # detector.drift.DriftReport after `score`
 
     def scores_table(self) -> pl.DataFrame:
         return scores_columns(self.frame)
@@ -108,12 +109,15 @@ def score_with_progress(records: score_engine.Records, model: LoadedModel, top: 
 
 def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
                   chunk_rows: int | None = None, spill_dir: Path | None = None,
-                  progress: Progress | None = None) -> Scored:
+                  progress: Progress | None = None,
+                  observe: Callable[[pl.DataFrame], None] | None = None) -> Scored:
     """The batch's scores table, scored in parts of ``chunk_rows`` shipments (memory
     bounded by one part; the same scores however the batch is cut), with the
-    unsupervised score kept for choosing the review queue (detector.queue)."""
+    unsupervised score kept for choosing the review queue (detector.queue).
+    ``observe`` sees each layered part (drift counts, `detector.engine.score_parts`)."""
     records = batch.records(chunk_rows, spill_dir)
-    scores = score_with_progress(records, model, top, progress or Progress.silent())
+    scores = score_with_progress(records, model, top, progress or Progress.silent(),
+                                 observe=observe)
     return Scored(scores.table, model, batch)
 
 
@@ -165,6 +169,9 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         model = load_model(model_uri, log)
         phase.finish(model.label)
     # a large batch's shipments wait on disk while scoring (score_records, spill_dir)
+    # drift counts of the model inputs and risk, taken as each part is scored (locally)
+    counts = drift_counts(model) if engine != "dask" else None
+    observe = None if counts is None else counts.add
     with temporary_directory("score") as spill:
         records = batch.records(chunk_rows, spill)
         if engine == "dask":
@@ -174,7 +181,7 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
                 scores = score_with_progress(records, model, top, progress,
                                              mapper=dask_mapper(client))
         else:
-            scores = score_with_progress(records, model, top, progress)
+            scores = score_with_progress(records, model, top, progress, observe=observe)
         scored = Scored(scores.table, model, batch)
         scored.frame = mark_queue(scored.frame, capacity, explore,
                                   supervised=not model.fallback)
@@ -189,11 +196,31 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
                 write_quarantine(batch.dataset, quarantine)
             write_scores(scored.scores_table(), out, provenance)
             phase.finish(f"{scored.frame.height:,} scores")
+        scored.drift = check_drift(batch, model, counts, log)
     scored.quarantined_rows = batch.dataset.quarantined_rows
     # A large batch's shipments were moved to the temporary folder just removed: do not
     # hand out a batch whose frames point there.
     scored.batch = None
     return scored
+
+
+def drift_counts(model: LoadedModel):
+    """Bin counters for the batch's model inputs (detector.drift); None without a
+    trained model or without stored training distributions."""
+    from detector.drift import PROFILE_KEY, InputCounts
+
+    profile = None if model.fallback else (model.bundle.provenance or {}).get(PROFILE_KEY)
+    return InputCounts(profile) if profile else None
+
+
+def check_drift(batch: Batch, model: LoadedModel, counts, log: Callable[[str], None]):
+    """How the scored batch differs from the model's training data: alerts on stderr,
+    figures to MLflow (detector.drift.check_batch). None for the fallback."""
+    if model.fallback:
+        return None
+    from detector.drift import check_batch
+
+    return check_batch(batch, model, counts, log=log)
 
 
 def write_scores(table: pl.DataFrame, out: Path, provenance: dict) -> None:
