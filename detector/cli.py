@@ -225,11 +225,11 @@ def drift(
     the risk score, shares of never-seen destinations, HS codes, chip-less description
     wordings and parties. Alerts (marked !) use the thresholds stored with the model
     (training config [drift]). Exit 0, alerts listed; they are also logged to MLflow."""
-    from detector.drift import drift as run_drift
+    from detector.scoring import drift as run_drift
 
     try:
         report = run_drift(dataset_dir, history or [], model_uri=model,
-                           screening_list=screening_list, log=_progress)
+                           screening_list=screening_list, log=_notice)
     except DetectorError as exc:
         _fail(exc)
     typer.echo(report.table())
@@ -264,7 +264,7 @@ def retrain(
         result = run_retrain(dataset_dir, history or [], config_path=config,
                              experiment=experiment, name=name, screening_list=screening_list,
                              promote_when=promote_when, capacity=capacity, n_boot=bootstrap,
-                             log=_progress)
+                             log=_notice)
     except DetectorError as exc:
         _fail(exc)
     if result.comparison is not None:

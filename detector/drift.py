@@ -359,26 +359,3 @@ def check_batch(batch, model, counts: InputCounts | None, *, frame_chips: pl.Ser
             f"figures logged to MLflow: run {report_run}"
     return report
 
-
-def drift(dataset_dir, history_dirs=(), *, model_uri: str | None = None,
-          screening_list=None, log: Callable[[str], None] = lambda _: None) -> DriftReport:
-    """`detector drift DIR`: score the batch with the model and compare it with the
-    model's training data."""
-    from detector import engine
-    from detector.batch import load_batch
-    from detector.errors import InputError
-    from detector.scoring import load_model
-
-    batch = load_batch(dataset_dir, history_dirs, screening_list)
-    model = load_model(model_uri, log)
-    if model.fallback:
-        raise InputError("no trained model to compare with: drift needs the training "
-                         "distributions a trained model stores (train one, or give --model)")
-    profile = (model.bundle.provenance or {}).get(PROFILE_KEY)
-    counts = None
-    chips = None
-    if profile:
-        counts = InputCounts(profile)
-        # scored by the one engine; the counts see each part's inputs and risk
-        engine.score_records(batch.records(), model, top=0, observe=counts.add)
-    return check_batch(batch, model, counts, frame_chips=chips, log=log)

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -34,6 +35,9 @@ from detector.queue import (
     parse_capacity,
     queue_summary,
 )
+
+if TYPE_CHECKING:
+    from detector.drift import DriftReport
 
 
 def load_bundle_dir(directory: Path):
@@ -221,6 +225,27 @@ def check_drift(batch: Batch, model: LoadedModel, counts, log: Callable[[str], N
     from detector.drift import check_batch
 
     return check_batch(batch, model, counts, log=log)
+
+
+def drift(dataset_dir, history_dirs=(), *, model_uri: str | None = None,
+          screening_list=None, log: Callable[[str], None] = lambda _: None) -> DriftReport:
+    """`detector drift DIR`: score the batch with the model and compare it with the
+    model's training data."""
+    from detector.drift import PROFILE_KEY, InputCounts, check_batch
+
+    batch = load_batch(dataset_dir, history_dirs, screening_list)
+    model = load_model(model_uri, log)
+    if model.fallback:
+        raise InputError("no trained model to compare with: drift needs the training "
+                         "distributions a trained model stores (train one, or give --model)")
+    profile = (model.bundle.provenance or {}).get(PROFILE_KEY)
+    counts = None
+    chips = None
+    if profile:
+        counts = InputCounts(profile)
+        # scored by the one engine; the counts see each part's inputs and risk
+        score_engine.score_records(batch.records(), model, top=0, observe=counts.add)
+    return check_batch(batch, model, counts, frame_chips=chips, log=log)
 
 
 def write_scores(table: pl.DataFrame, out: Path, provenance: dict) -> None:
