@@ -35,6 +35,17 @@ class LightGBMSettings:
 
 
 @dataclass(frozen=True)
+class InputSettings:
+    # shipment columns (extra columns of an imported export, or contract columns) taken
+    # as model inputs: categorical ones coded by the values seen in training (unseen =
+    # missing), numeric ones cast to float (text that is no number = missing)
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    # feature families left out (features.registry.FAMILIES), e.g. for an ablation
+    without: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     name: str = "baseline"
     description: str = "default settings"
@@ -42,6 +53,7 @@ class TrainingConfig:
     split: SplitSettings = field(default_factory=SplitSettings)
     unsupervised: UnsupervisedSettings = field(default_factory=UnsupervisedSettings)
     lightgbm: LightGBMSettings = field(default_factory=LightGBMSettings)
+    inputs: InputSettings = field(default_factory=InputSettings)
     source: str = "built-in defaults"
 
     def as_params(self) -> dict:
@@ -49,7 +61,8 @@ class TrainingConfig:
         flat = {}
         for key, value in asdict(self).items():
             if isinstance(value, dict):
-                flat.update({f"{key}.{k}": v for k, v in value.items()})
+                flat.update({f"{key}.{k}": (",".join(v) if isinstance(v, tuple) else v)
+                             for k, v in value.items()})
             else:
                 flat[key] = value
         return flat
@@ -62,7 +75,7 @@ class TrainingConfig:
 
 
 _SECTIONS = {"split": SplitSettings, "unsupervised": UnsupervisedSettings,
-             "lightgbm": LightGBMSettings}
+             "lightgbm": LightGBMSettings, "inputs": InputSettings}
 
 
 def _build(cls, values: dict, where: str):
@@ -74,8 +87,11 @@ def _build(cls, values: dict, where: str):
     for key, value in values.items():
         default = getattr(cls(), key)
         if isinstance(default, tuple):
-            if not isinstance(value, list):
-                raise InputError(f"{where}.{key}: expected a list, got {value!r}")
+            if not isinstance(value, list) or (cls is InputSettings and not all(
+                    isinstance(v, str) for v in value)):
+                raise InputError(f"{where}.{key}: expected a list"
+                                 + (" of column names" if cls is InputSettings else "")
+                                 + f", got {value!r}")
             value = tuple(value)
         # bool is an int to Python, not to a reader of the config: `num_leaves = true` is wrong
         elif isinstance(value, bool) != isinstance(default, bool) or not isinstance(
@@ -114,6 +130,15 @@ def load_config(path: str | Path | None) -> TrainingConfig:
     if bad:
         raise InputError(f"{path} [unsupervised].detectors: unknown {bad}; "
                          f"expected some of {list(KNOWN_DETECTORS)}")
+    from features.registry import FAMILIES
+
+    bad = [f for f in config.inputs.without if f not in FAMILIES]
+    if bad:
+        raise InputError(f"{path} [inputs].without: unknown feature families {bad}; expected "
+                         f"some of {sorted(FAMILIES)}")
+    both = sorted(set(config.inputs.categorical) & set(config.inputs.numeric))
+    if both:
+        raise InputError(f"{path} [inputs]: {both} named both categorical and numeric")
     if not (0 < config.split.fit < 1 and 0 < config.split.calibrate < 1
             and config.split.fit + config.split.calibrate < 1):
         raise InputError(f"{path} [split]: fit and calibrate must be shares in (0, 1) that "

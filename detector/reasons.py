@@ -97,13 +97,19 @@ def explain_record(row: pl.DataFrame, scored, model) -> dict:
         contrib = scorer.contributions(row)[0]
         contributions = dict(zip(scorer.supervised_.features, contrib[:-1].tolist()))
         contributions["(baseline)"] = float(contrib[-1])
-    for name in model_feature_names():
+    from features.learned import INPUT_PREFIX
+
+    inputs = [] if model.fallback else [n for n in model.bundle.model.supervised_.features
+                                        if n.startswith(INPUT_PREFIX)]
+    for name in [*model_feature_names(), *inputs]:
         value = record.get(name)
         features.append({
             "feature": name,
             "value": value,
             "contribution": contributions.get(name),
-            "description": FEATURES[name].description,
+            "description": (FEATURES[name].description if name in FEATURES else
+                            f"column {name[len(INPUT_PREFIX):]!r} as a model input "
+                            "(training config [inputs])"),
             "reason": render_reason(name, record),
         })
     for name in ("rule_points", "unsupervised_score",

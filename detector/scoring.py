@@ -197,8 +197,11 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
     else:
         own = _parts(batch.dataset.shipments, chunk_rows)
     context = [p for ds in batch.history for p in _parts(ds.shipments, chunk_rows)]
+    from detector.batch import history_labels
+
     builder = FeatureBuilder([*own, *context], batch.leases, batch.parties,
-                             batch.screening_list, load_reference(), stats)
+                             batch.screening_list, load_reference(), stats,
+                             history_labels(batch))
     own_leases = batch.dataset.leases.select(pl.lit("lease").alias("record_kind"),
                                              pl.col("lease_id").alias("record_id"))
 

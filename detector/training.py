@@ -8,6 +8,7 @@ only shape the unsupervised layer (those dated inside the fitting period).
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
         raise UsageError(f"--engine {engine}: expected local or dask")
     from detector.models.ensemble import DiversionModel, ModelBundle
     from features.build import fit_feature_stats
+    from features.learned import input_names
     from features.registry import model_feature_names
 
     config = load_config(config_path)
@@ -82,9 +84,17 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
     log("fitting feature statistics and building features")
     from detector.reference import load_reference
 
-    stats = fit_feature_stats(batch.shipments, batch.leases, batch.parties, load_reference())
-    frame = feature_frame(batch, stats)
-    features = model_feature_names()
+    stats = fit_feature_stats(batch.shipments, batch.leases, batch.parties, load_reference(),
+                              categorical=list(config.inputs.categorical),
+                              numeric=list(config.inputs.numeric))
+    # case memory: every label known (the dataset's and the history's), each row seeing
+    # only decisions dated before it (features.case_memory)
+    known_labels = pl.concat([batch.dataset.labels, *[h.labels for h in batch.history]],
+                             how="diagonal_relaxed")
+    memory: dict = {}
+    frame = feature_frame(batch, stats, labels=known_labels, memory_out=memory)
+    stats = dataclasses.replace(stats, case_memory=memory["case_memory"])
+    features = [*model_feature_names(config.inputs.without), *input_names(stats.inputs)]
 
     labelled = _labelled(frame, labels)
     slices = split_by_time(labelled, config.split.fit, config.split.calibrate)
@@ -134,8 +144,12 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
                          "from": str(part["record_date"].min()),
                          "to": str(part["record_date"].max())}
                   for name, part in slices.items()}
-    provenance = {**batch.provenance, "config": config.source, "slices": slice_info}
-    bundle = ModelBundle(model, features, stats.to_dict(), batch.reference_version,
+    case = stats.case_memory
+    case_info = {"cutoff": case.get("cutoff"), "decisions": case.get("decisions", 0),
+                 "confirmed": case.get("confirmed", 0)}
+    provenance = {**batch.provenance, "config": config.source, "slices": slice_info,
+                  "case_memory": case_info, "model_inputs": features}
+    bundle = ModelBundle(model, model_feature_names(), stats.to_dict(), batch.reference_version,
                          config.as_params(), metrics, provenance)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -146,7 +160,8 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
             experiment=experiment, model_name=model_name, bundle_dir=bundle_dir,
             params={**config.as_params(),
                     **{f"slice.{k}.{kk}": vv for k, v in slice_info.items()
-                       for kk, vv in v.items()}},
+                       for kk, vv in v.items()},
+                    **{f"case_memory.{k}": v for k, v in case_info.items()}},
             metrics=metrics,
             tags={"data_fingerprint": batch.fingerprint,
                   "screening_list": batch.screening_source,
