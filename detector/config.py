@@ -29,7 +29,11 @@ class LightGBMSettings:
     num_leaves: int = 15
     min_data_in_leaf: int = 10
     feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
     lambda_l2: float = 1.0
+    # weight of a positive row; 0 = automatic (negatives / positives, at most 50), for
+    # labels where confirmed cases are rare
+    scale_pos_weight: float = 0.0
     num_boost_round: int = 250
     early_stopping_rounds: int = 30
 
@@ -71,6 +75,8 @@ class TrainingConfig:
         lgb = asdict(self.lightgbm)
         lgb.pop("num_boost_round")
         lgb.pop("early_stopping_rounds")
+        if lgb["scale_pos_weight"] <= 0:  # automatic: SupervisedModel.training_params
+            lgb.pop("scale_pos_weight")
         return {**lgb, "seed": self.seed}
 
 

@@ -232,7 +232,7 @@ _ALL: list[Feature] = [
        "6 new relationship", S, reason="first shipment from this exporter to this consignee"),
     _F("first_hs4_for_consignee", "no earlier line of this HS-4 heading to this consignee",
        "3 goods outside the line of business", S,
-       reason="first {hs_heading} goods to this consignee"),
+       reason="first HS {hs_heading} goods to this consignee"),
     _F("first_origin_for_hs6", "no earlier line of this HS-6 from this exporter country",
        "8 unusual route", S, reason="first HS {hs_heading} from {exporter_country}"),
     _F("first_forwarder_for_consignee", "no earlier line to this consignee through this "
@@ -368,6 +368,12 @@ FAMILIES: dict[str, list[str]] = {
     "novelty": ["first_exporter_consignee_pair", "first_hs4_for_consignee",
                 "first_origin_for_hs6", "first_forwarder_for_consignee"],
     "case_memory": [f.name for f in _ALL if f.red_flag == "case memory"],
+    # counts and values that grow with the length of the record (a consignee's earlier
+    # shipments, its 30/90-day windows, its history mean)
+    "behaviour": ["consignee_prior_shipments", "first_shipment_to_consignee",
+                  "days_since_first_shipment", "consignee_shipments_30d",
+                  "consignee_value_30d_usd", "consignee_shipments_90d",
+                  "consignee_value_90d_usd", "value_to_consignee_history_mean"],
 }
 
 

@@ -202,3 +202,36 @@ def test_without_any_decision_counts_are_zero_and_rates_missing():
     frame = build(_memory_world())
     s5 = row(frame, "S5")
     assert s5["consignee_confirmed_before"] == 0 and s5["consignee_confirmed_rate"] is None
+
+
+def test_inputs_config_is_validated(tmp_path):
+    from detector.config import load_config
+
+    good = tmp_path / "good.toml"
+    good.write_text('[inputs]\ncategorical = ["office_id"]\nnumeric = ["tax_rate"]\n'
+                    'without = ["case_memory"]\n[lightgbm]\nscale_pos_weight = 1.0\n')
+    config = load_config(good)
+    assert config.inputs.categorical == ("office_id",) and config.inputs.without == (
+        "case_memory",)
+    assert config.lightgbm_params()["scale_pos_weight"] == 1.0
+    assert "scale_pos_weight" not in load_config(None).lightgbm_params()  # automatic
+    for text, fragment in [('[inputs]\nwithout = ["nonsense"]', "unknown feature families"),
+                           ('[inputs]\ncategorical = [1]', "list of column names"),
+                           ('[inputs]\ncategorical = ["a"]\nnumeric = ["a"]',
+                            "both categorical and numeric"),
+                           ('[inputs]\ncolumns = ["a"]', "unknown setting")]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text + "\n")
+        with pytest.raises(InputError, match=fragment):
+            load_config(bad)
+
+
+def test_configured_class_weight_is_respected():
+    import numpy as np
+
+    from detector.models.supervised import SupervisedModel
+
+    y = np.array([0, 0, 0, 1.0])
+    assert SupervisedModel(["f"]).training_params(y)["scale_pos_weight"] == 3.0
+    assert SupervisedModel(["f"], {"scale_pos_weight": 1.0}).training_params(y)[
+        "scale_pos_weight"] == 1.0
