@@ -80,6 +80,13 @@ HistoryOpt = Annotated[Optional[list[Path]], typer.Option(
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local "
                     "bundle directory. Default: models:/chip-diversion@champion.")]
+CapacityOpt = Annotated[str, typer.Option(
+    help="Review capacity: how many records analysts can review, a count (250) or a share "
+         "(1%).")]
+ExploreOpt = Annotated[Optional[float], typer.Option(
+    help="Share of the review queue chosen for learning rather than by risk (0 to 1): the "
+         "records the model is least sure of, or finds unusual and unfamiliar. "
+         "Default 0.1 (README: Inspection budget).")]
 ScreeningOpt = Annotated[Optional[Path], typer.Option(
     "--screening-list", help="Screening list CSV/Parquet: the contract's shape or the US "
                              "Consolidated Screening List as downloaded.")]
@@ -197,8 +204,15 @@ def score(
     chunk_rows: Annotated[Optional[int], typer.Option(
         help="Shipments whose features are built and scored at once (memory follows it); "
              "default 1,000,000. Results do not depend on it.")] = None,
+    capacity: CapacityOpt = "1%",
+    explore: ExploreOpt = None,
 ) -> None:
-    """Score every shipment and lease; write the scores table; print the top N with reasons."""
+    """Score every shipment and lease; write the scores table; print the top N with reasons.
+
+    The review queue (--capacity records, a share --explore of them chosen for learning)
+    is marked in the scores' queue_reason column: risk or explore.
+    """
+    from detector.queue import DEFAULT_EXPLORE
     from detector.scoring import score as run_scoring
     from detector.scoring import top_table
 
@@ -206,6 +220,8 @@ def score(
         scored = run_scoring(dataset_dir, out, history or [], model_uri=model,
                              quarantine=quarantine, top=top, screening_list=screening_list,
                              engine=engine, scheduler=scheduler, chunk_rows=chunk_rows,
+                             capacity=capacity,
+                             explore=DEFAULT_EXPLORE if explore is None else explore,
                              log=_progress)
     except DetectorError as exc:
         _fail(exc)
@@ -285,6 +301,11 @@ def simulate(
     shipments: Annotated[int, typer.Option(help="Number of shipment rows.")] = 10000,
     start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2024-01-01",
     months: Annotated[int, typer.Option(help="Number of months simulated.")] = 24,
+    late_scheme: Annotated[Optional[str], typer.Option(
+        help="A typology that appears only from --late-from-month on (a scheme the early "
+             "months never show; benchmarks/bench_loop.py).")] = None,
+    late_from_month: Annotated[int, typer.Option(
+        help="First month of --late-scheme (1 = the first month).")] = 7,
 ) -> None:
     """Write a synthetic labelled dataset, screening_list.csv and truth.parquet."""
     from datetime import date
@@ -298,7 +319,9 @@ def simulate(
         except ValueError:
             raise UsageError(f"--start: expected a date YYYY-MM-DD, got {start!r}") from None
         summary = run_simulate(out_dir, seed=seed, shipments=shipments, start=first_day,
-                               months=months, log=lambda m: typer.echo(m, err=True))
+                               months=months, late_scheme=late_scheme,
+                               late_from_month=late_from_month,
+                               log=lambda m: typer.echo(m, err=True))
     except DetectorError as exc:
         _fail(exc)
     typer.echo(f"wrote {out_dir}: {summary.shipments} shipments "
@@ -316,19 +339,121 @@ def report(
     model: ModelOpt = None,
     period: Annotated[Optional[str], typer.Option(
         help="Month to report, YYYY-MM. Default: the latest month in the data.")] = None,
-    capacity: Annotated[str, typer.Option(
-        help="Review capacity: a count (250) or a share (1%).")] = "1%",
+    capacity: CapacityOpt = "1%",
+    explore: ExploreOpt = None,
     screening_list: ScreeningOpt = None,
 ) -> None:
     """The scheduled risk report: one self-contained HTML file, or a PDF."""
+    from detector.queue import DEFAULT_EXPLORE
     from detector.report import generate_report
 
     try:
         path = generate_report(dataset_dir, out, history or [], model_uri=model, period=period,
-                               capacity=capacity, screening_list=screening_list, log=_progress)
+                               capacity=capacity,
+                               explore=DEFAULT_EXPLORE if explore is None else explore,
+                               screening_list=screening_list, log=_progress)
     except DetectorError as exc:
         _fail(exc)
     typer.echo(f"wrote {path}")
+
+
+AnalystOpt = Annotated[Optional[str], typer.Option(
+    help="Analyst name stored with each decision. Default: $DETECTOR_ANALYST.")]
+
+
+@app.command()
+def review(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset to review.")],
+    scores: Annotated[Optional[Path], typer.Option(
+        help="Scores file from `detector score` (its queue and scores are shown as written). "
+             "Default: score the dataset when the page starts.")] = None,
+    history: HistoryOpt = None,
+    model: ModelOpt = None,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    host: Annotated[Optional[str], typer.Option(
+        help="Address to bind. Default 127.0.0.1 (this machine only); any other address "
+             "exposes the page to the network.")] = None,
+    analyst: AnalystOpt = None,
+    capacity: CapacityOpt = "1%",
+    explore: ExploreOpt = None,
+    screening_list: ScreeningOpt = None,
+) -> None:
+    """Serve the local review page: ranked queue, case pages, decisions.
+
+    Decisions go to the decision store under $DETECTOR_HOME and feed the next
+    `detector train`.
+    """
+    from detector.queue import DEFAULT_EXPLORE
+    from detector.review import serve
+
+    if host is not None and host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: --host {host}: the review page (case data and decisions) is "
+                   "reachable from the network at that address; it has no login", err=True)
+    try:
+        serve(dataset_dir, scores_path=scores, history_dirs=history or [], model_uri=model,
+              host=host or "127.0.0.1", port=port, analyst=analyst, capacity=capacity,
+              explore=DEFAULT_EXPLORE if explore is None else explore,
+              screening_list=screening_list, log=_progress)
+    except DetectorError as exc:
+        _fail(exc)
+
+
+decisions_app = typer.Typer(help="The stored analyst decisions (the decision store under "
+                                 "$DETECTOR_HOME).", no_args_is_help=True)
+app.add_typer(decisions_app, name="decisions")
+
+
+@decisions_app.command("export")
+def decisions_export(
+    out: Annotated[Path, typer.Option(help="Labels file: .csv or .parquet.")],
+) -> None:
+    """Write the stored decisions as the contract's labels table (latest per record)."""
+    from detector.decisions import export_labels
+
+    try:
+        path, rows = export_labels(out)
+    except DetectorError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {rows} labels to {path}")
+
+
+@decisions_app.command("import")
+def decisions_import(
+    file: Annotated[Path, typer.Argument(help="A labels table (CSV or Parquet).")],
+    analyst: AnalystOpt = None,
+) -> None:
+    """Store decisions made elsewhere (a labels table; rows already stored are skipped)."""
+    from detector.decisions import import_labels
+
+    try:
+        result = import_labels(file, analyst=analyst)
+    except DetectorError as exc:
+        _fail(exc)
+    typer.echo(f"stored {result.stored} decisions from {file} ({result.rows} rows; "
+               f"{result.skipped_same} already stored)")
+
+
+@app.command()
+def adjudicate(
+    record_id: Annotated[str, typer.Argument(help="shipment_id or lease_id.")],
+    label: Annotated[int, typer.Option(help="1 = confirmed diversion, 0 = cleared.")],
+    typology: Annotated[Optional[str], typer.Option(
+        help="The scheme of a confirmed diversion (e.g. transshipment, or free text).")] = None,
+    note: Annotated[Optional[str], typer.Option(help="Why.")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="shipment or lease (default shipment, "
+                                                     "or the kind already stored).")] = None,
+    analyst: AnalystOpt = None,
+) -> None:
+    """Store one decision from the command line, like one made on the review page."""
+    from detector.decisions import DECISION_TEXT, adjudicate as store_decision
+
+    try:
+        d = store_decision(record_id, label, record_kind=kind, typology=typology, note=note,
+                           analyst=analyst)
+    except DetectorError as exc:
+        _fail(exc)
+    typer.echo(f"stored: {d.record_kind} {d.record_id} {DECISION_TEXT[d.decision]}"
+               + (f" ({d.typology})" if d.typology else "") + f" by {d.analyst}")
 
 
 def main() -> None:
@@ -337,3 +462,9 @@ def main() -> None:
     except DetectorError as exc:  # a library error that escaped a command
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the machine failed where no command expected it: one line
+        from detector.files import os_failure
+
+        failure = os_failure(exc, exc.filename or "detector", "complete")
+        print(f"error: {failure}", file=sys.stderr)
+        sys.exit(failure.exit_code)

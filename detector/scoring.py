@@ -8,7 +8,6 @@ unsupervised detectors fitted on the batch itself, and says so.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,17 @@ from pathlib import Path
 import polars as pl
 
 from detector.batch import Batch, feature_frame, load_batch
-from detector.contract import SCORES, write_quarantine, write_table
+from detector.contract import SCORES, write_quarantine
 from detector.errors import InputError, UsageError
+from detector.files import check_output_path, temporary_directory
+from detector.queue import (
+    DEFAULT_CAPACITY,
+    DEFAULT_EXPLORE,
+    check_explore,
+    mark_queue,
+    parse_capacity,
+    queue_summary,
+)
 
 FALLBACK_LABEL = "rules+unsupervised"
 
@@ -68,7 +76,14 @@ class Scored:
     quarantined_rows: int = 0
 
     def scores_table(self) -> pl.DataFrame:
-        return self.frame.select(SCORES.column_names)
+        return scores_columns(self.frame)
+
+
+def scores_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """The contract's scores columns of ``frame``, in order; v2 columns the frame does not
+    carry (yet) are null."""
+    return frame.select(pl.col(c) if c in frame.columns else pl.lit(None, t).alias(c)
+                        for c, t in SCORES.schema.items())
 
 
 def _layers_and_risk(frame: pl.DataFrame, model: LoadedModel, scorer=None
@@ -225,7 +240,8 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
         frame = features(part) if frame is None else frame
         layered, _ = _layers_and_risk(frame, model, scorer)
         del frame
-        kept.append(layered.select("record_kind", "record_id", "risk_score", rule_mask()))
+        kept.append(layered.select("record_kind", "record_id", "risk_score",
+                                   "unsupervised_score", rule_mask()))
         # gathered, not sliced: a slice would keep the whole part's buffers alive
         order = rank(layered.with_row_index("__i"))["__i"].head(top)
         heads.append(layered[order])
@@ -245,7 +261,9 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
             pl.lit(head_reasons.extend_constant(None, table.height - head.height)))
         .otherwise(pl.col("reasons")),
         model=pl.lit(model.label))
-    return Scored(table.select(SCORES.column_names), model, batch)
+    # the unsupervised score stays for choosing the review queue (detector.queue)
+    return Scored(scores_columns(table).with_columns(table["unsupervised_score"]), model,
+                  batch)
 
 
 def _fallback_population(features, parts, cached: dict) -> pl.DataFrame:
@@ -273,8 +291,12 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
           model_uri: str | None = None, quarantine: str | Path | None = None, top: int = 1000,
           screening_list: str | Path | None = None, engine: str = "local",
           scheduler: str | None = None, chunk_rows: int | None = None,
+          capacity: str = DEFAULT_CAPACITY, explore: float = DEFAULT_EXPLORE,
           log: Callable[[str], None] = lambda _: None) -> Scored:
     """Score every shipment and lease of a dataset and write the scores table.
+
+    The review queue (``capacity`` records, a share ``explore`` of them chosen for
+    learning; detector.queue) is marked in ``queue_reason``.
 
     Locally the shipments are scored in parts of ``chunk_rows`` (default
     `DEFAULT_CHUNK_ROWS`: one part up to 1M shipments) with `score_records`.
@@ -290,21 +312,31 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         raise UsageError(f"--top {top}: expected a count of 0 or more")
     if chunk_rows is not None and chunk_rows < 1:
         raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
+    parse_capacity(capacity, 1)
+    check_explore(explore)
+    check_output_path(out)
+    check_output_path(out.with_name(out.name + ".provenance.json"), "--out's provenance file")
+    if quarantine is not None and Path(quarantine).exists() and not Path(quarantine).is_dir():
+        raise InputError(f"--quarantine {quarantine}: is a file; give a directory")
     batch = load_batch(dataset_dir, history_dirs, screening_list,
                        allow_errors=quarantine is not None)
     model = load_model(model_uri, log)
     log(f"scoring {batch.dataset.shipments.height} shipments and "
         f"{batch.dataset.leases.height} leases with {model.label}")
     # a large batch's shipments wait on disk while scoring (score_records, spill_dir)
-    with tempfile.TemporaryDirectory(prefix="detector-score-") as spill:
+    with temporary_directory("score") as spill:
         if engine == "dask":
             from detector.distributed import score_batch_dask
 
             scored = score_batch_dask(batch, model, top, scheduler=scheduler, log=log)
         else:
             scored = score_records(batch, model, top, chunk_rows=chunk_rows,
-                                   spill_dir=Path(spill), log=log)
+                                   spill_dir=spill, log=log)
+        scored.frame = mark_queue(scored.frame, capacity, explore,
+                                  supervised=not model.fallback)
+        log(queue_summary(scored.frame))
         provenance = {**batch.provenance, "model": model.label,
+                      "capacity": capacity, "explore": explore,
                       "model_run_id": model.info.get("run_id"),
                       "records": scored.frame.height,
                       "quarantined_rows": batch.dataset.quarantined_rows}
@@ -319,14 +351,22 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
 
 
 def write_scores(table: pl.DataFrame, out: Path, provenance: dict) -> None:
-    """The scores table, and beside it ``<out>.provenance.json`` tracing it to its inputs."""
+    """The scores table, and beside it ``<out>.provenance.json`` tracing it to its inputs.
+
+    Both are written in full before either replaces anything: a failure leaves the
+    previous pair as it was.
+    """
+    from detector.contract import table_writer
+    from detector.files import atomic_write_many
+
     sidecar = out.with_name(out.name + ".provenance.json")
-    write_table(table, out)
-    try:
-        sidecar.write_text(json.dumps(provenance, indent=2, default=str))
-    except OSError:
-        out.unlink(missing_ok=True)  # no scores file without its provenance
-        raise
+    write_scores_file = table_writer(table, out)
+
+    def write(tmps: list[Path]) -> None:
+        write_scores_file(tmps[0])
+        tmps[1].write_text(json.dumps(provenance, indent=2, default=str))
+
+    atomic_write_many([out, sidecar], write)
 
 
 def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
@@ -356,8 +396,7 @@ def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
 def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.DataFrame:
     """Score a bare frame of contract shipment columns with a bundle (the MLflow pyfunc)."""
     from detector.contract import LEASES, PARTIES, SHIPMENTS
-    from detector.reference import default_screening_list_path, load_reference, \
-        read_screening_list
+    from detector.reference import default_screening_list_path, load_reference, read_screening_list
     from features.build import build_features
     from features.stats import FeatureStats
 
@@ -374,7 +413,7 @@ def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.Dat
                            FeatureStats.from_dict(bundle.feature_stats))
     model = LoadedModel(bundle, label)
     top = min(frame.height, 1000)
-    return score_frame(frame, model, top).select(SCORES.column_names)
+    return scores_columns(score_frame(frame, model, top))
 
 
 def top_table(scored: Scored, n: int) -> str:

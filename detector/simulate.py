@@ -25,6 +25,7 @@ import polars as pl
 
 from detector.contract import LABELS, LEASES, PARTIES, SCREENING_LIST, SHIPMENTS, write_table
 from detector.errors import UsageError
+from detector.files import os_failure
 from detector.simulation import names
 from detector.simulation.catalogue import (
     CONSUMER_CONTROLLED,
@@ -164,8 +165,13 @@ class SimulationSummary:
 
 def simulate(out_dir: str | Path, seed: int = 0, shipments: int = 10000,
              start: date = date(2024, 1, 1), months: int = 24, *,
+             late_scheme: str | None = None, late_from_month: int = 7,
              log: Callable[[str], None] | None = None) -> SimulationSummary:
     """Write a synthetic labelled dataset and its ground truth to ``out_dir``.
+
+    ``late_scheme`` (a typology): that scheme starts no earlier than month
+    ``late_from_month`` (1 = the first month), so a model trained on the early months has
+    never seen it (benchmarks/bench_loop.py). Without it the world is unchanged.
 
     Only the files it writes are replaced (each atomically): shipments.csv, parties.csv,
     leases.csv, labels.csv, screening_list.csv and truth.parquet.
@@ -176,10 +182,18 @@ def simulate(out_dir: str | Path, seed: int = 0, shipments: int = 10000,
         raise UsageError(f"--months must be at least 1, got {months}")
     if seed < 0:
         raise UsageError(f"--seed must be 0 or more, got {seed}")
+    if late_scheme is not None and late_scheme not in TYPOLOGIES:
+        raise UsageError(f"--late-scheme {late_scheme}: expected one of {', '.join(TYPOLOGIES)}")
+    if late_scheme is not None and not 1 <= late_from_month <= months:
+        raise UsageError(f"--late-from-month {late_from_month}: expected a month from 1 to "
+                         f"{months}")
     say = log or (lambda message: None)
     from detector.reference import load_reference
 
     world = World(seed, shipments, start, months, load_reference())
+    if late_scheme is not None:
+        world.late_scheme = late_scheme
+        world.late_from_day = (add_months(start, late_from_month - 1) - start).days
     say("building parties")
     world.build_legit_parties()
     world.build_screening_list()
@@ -195,7 +209,10 @@ def simulate(out_dir: str | Path, seed: int = 0, shipments: int = 10000,
     screening_df = world.screening_frame()
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_failure(exc, out, "create the output directory") from None
     say(f"writing {out}")
     files = [
         write_table(shipments_df.select(SHIPMENTS.column_names).sort("shipment_id"),
@@ -367,6 +384,9 @@ class World:
         self.restricted_hq = restricted
         self.book = PartyBook(self._rng(1))
         self.listed: list[dict] = []
+        self.late_scheme: str | None = None  # this typology starts at late_from_day
+        self.late_from_day = 0
+        self._window_floor = 0
         self.div_rows: dict[str, list] = {k: [] for k in (
             "day", "cons", "exp", "prod", "qty", "price_factor", "misdeclared", "payer", "inter",
             "transit", "license_mode", "shady", "typology", "scheme", "related")}
@@ -552,6 +572,7 @@ class World:
         p = np.array([SHIPMENT_TYPOLOGY_WEIGHTS[k] for k in kinds])
         while len(self.div_rows["day"]) < target and self.n_shipments >= 50:
             typology = kinds[rng.choice(len(kinds), p=p / p.sum())]
+            self._window_floor = self.late_from_day if typology == self.late_scheme else 0
             getattr(self, f"_scheme_{typology}")(rng, self.n_schemes)
             self.n_schemes += 1
         for key in self.div_rows:
@@ -559,6 +580,7 @@ class World:
                 if len(self.div_rows[key]) > target else self.div_rows[key]
         self.n_leases = max(1, int(round(self.n_shipments * rng.uniform(*LEASES_PER_SHIPMENT))))
         lease_target = int(round(self.n_leases * DIVERSION_SHARE_LEASES))
+        self._window_floor = self.late_from_day if self.late_scheme == "cloud_lease" else 0
         while len(self.div_leases["day"]) < lease_target:
             self._scheme_cloud_lease(rng, self.n_schemes)
             self.n_schemes += 1
@@ -576,6 +598,9 @@ class World:
 
     def _scheme_window(self, rng, length: int) -> int:
         hi = max(1, self.cal.n_days - length)
+        if self._window_floor:  # a late scheme: its first day no earlier than the floor
+            lo = min(self._window_floor, self.cal.n_days - 1)
+            return int(self.cal.sample(rng, 1, lo, max(hi, lo + 1))[0])
         return int(self.cal.sample(rng, 1, 0, hi)[0])
 
     def _row(self, typology: str, scheme: int, day: int, cons: int, exp: int, prod: int,

@@ -43,6 +43,23 @@ def _labelled(frame: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def stored_labels(batch, log: Callable[[str], None] = lambda _: None):
+    """The dataset's labels together with the analysts' stored decisions
+    (detector.decisions.merge_labels: the latest decided_on wins; on equal dates the
+    stored decision). They replace ``batch.dataset.labels`` so that everything reading
+    the batch's labels sees them. Returns (labels, counts)."""
+    from detector.decisions import DecisionStore, merge_labels
+
+    labels, counts = merge_labels(batch.dataset.labels, DecisionStore().labels(),
+                                  batch.batch_keys())
+    batch.dataset.labels = labels
+    log(f"labels: {counts.dataset} from the dataset, {counts.stored} stored decisions for its "
+        f"records ({counts.stored_used} used, {counts.stored_overriding} overriding a different "
+        f"dataset label; {counts.stored_elsewhere} for other records, not used); "
+        f"{counts.final} labelled records")
+    return labels, counts
+
+
 def split_by_time(labelled: pl.DataFrame, fit: float, calibrate: float) -> dict[str, pl.DataFrame]:
     """Oldest ``fit`` share, next ``calibrate`` share, the latest rest (rows sorted by date)."""
     n = labelled.height
@@ -72,7 +89,7 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
     config = load_config(config_path)
     log(f"reading {dataset_dir}")
     batch = load_batch(dataset_dir, history_dirs, screening_list)
-    labels = batch.dataset.labels
+    labels, label_counts = stored_labels(batch, log)
     counts = labels["label"].value_counts()
     present = set(counts["label"].to_list())
     if not {0, 1} <= present:
@@ -159,6 +176,7 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
         run = tracking.log_training_run(
             experiment=experiment, model_name=model_name, bundle_dir=bundle_dir,
             params={**config.as_params(),
+                    **{f"labels.{k}": v for k, v in label_counts.__dict__.items()},
                     **{f"slice.{k}.{kk}": vv for k, v in slice_info.items()
                        for kk, vv in v.items()},
                     **{f"case_memory.{k}": v for k, v in case_info.items()}},

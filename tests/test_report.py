@@ -145,7 +145,7 @@ def make_dataset(tmp: Path, months: tuple[str, ...] = ("2024-05", "2024-06"),
                           descending=[True, False, False])
               .with_row_index("rank", offset=1)
               .with_columns(pl.col("rank").cast(pl.Int64), pl.lit("chip-diversion/3").alias("model"))
-              .select(SCORES.column_names))
+              .select(c.name for c in SCORES.columns if c.required))
     return dataset, scores
 
 
