@@ -24,6 +24,7 @@ FREE_TEXT = [
     "Umleitung über ein Drittland — 中国 via 香港 ✓",
     "x" * 299 + "a",
     "x" * 299 + "b",
+    "<script>alert('typology')</script> & co",
 ]
 
 
