@@ -57,7 +57,6 @@ _ALL: list[Feature] = [
     _F("reexport_destination", "destination of the consignee's first later export to D:5/HK/MO",
        "transshipment", S, False),
     _F("consignee_country", "consignee's declared country", "context", S, False),
-    _F("exporter_country", "country the goods left", "context", S, False),
     _F("hs_heading", "HS-6 heading of the line (digits)", "context", S, False),
     _F("destination_country", "declared country of ultimate destination", "context", S, False),
     _F("payer_country", "country of the payer", "context", B, False),
