@@ -197,6 +197,66 @@ def promote(
 
 
 @app.command()
+def drift(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset (batch) to check.")],
+    history: HistoryOpt = None,
+    model: ModelOpt = None,
+    screening_list: ScreeningOpt = None,
+) -> None:
+    """How the batch differs from the model's training data: PSI per model input and of
+    the risk score, shares of never-seen destinations, HS codes, chip-less description
+    wordings and parties. Alerts (marked !) use the thresholds stored with the model
+    (training config [drift]). Exit 0, alerts listed; they are also logged to MLflow."""
+    from detector.drift import drift as run_drift
+
+    try:
+        report = run_drift(dataset_dir, history or [], model_uri=model,
+                           screening_list=screening_list, log=_progress)
+    except DetectorError as exc:
+        _fail(exc)
+    typer.echo(report.table())
+
+
+@app.command()
+def retrain(
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset with the latest labels.")],
+    history: HistoryOpt = None,
+    config: Annotated[Optional[Path], typer.Option(
+        help="Training settings (TOML), e.g. experiments/baseline.toml.")] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "chip-diversion",
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
+    promote_when: Annotated[str, typer.Option(
+        help="better: only when better beyond noise; not-worse: also when no difference "
+             "beyond noise.")] = "better",
+    capacity: Annotated[str, typer.Option(
+        help="Review capacity for the comparison.")] = "5%",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    screening_list: ScreeningOpt = None,
+) -> None:
+    """Train on the latest labels and stored decisions, compare with the champion, promote
+    only if better.
+
+    Exit 0: the new version is champion; 4: registered, champion kept (not better beyond
+    noise); 5: registered, champion kept (too few labelled records to decide); 1, 2, 3 as
+    for every command.
+    """
+    from detector.retrain import retrain as run_retrain
+
+    try:
+        result = run_retrain(dataset_dir, history or [], config_path=config,
+                             experiment=experiment, name=name, screening_list=screening_list,
+                             promote_when=promote_when, capacity=capacity, n_boot=bootstrap,
+                             log=_progress)
+    except DetectorError as exc:
+        _fail(exc)
+    if result.comparison is not None:
+        typer.echo(result.comparison.text())
+        typer.echo("")
+    typer.echo(result.summary)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
 def compare(
     dataset_dir: Annotated[Path, typer.Argument(help="Labelled dataset to compare on.")],
     models: Annotated[tuple[str, str], typer.Option(

@@ -50,6 +50,36 @@ class InputSettings:
 
 
 @dataclass(frozen=True)
+class DriftSettings:
+    """When a scored batch differs enough from the training data to say so (detector.drift).
+
+    Stored with the model, so `score`, `report` and `drift` use the thresholds the model
+    was trained with.
+    """
+
+    # Population stability index per model input. Credit-scoring rule of thumb: below 0.1
+    # stable, 0.1-0.25 moderate, above 0.25 a major shift worth a look.
+    psi: float = 0.25
+    # PSI of the risk score itself: the same scale; a shifted score distribution moves the
+    # review threshold and the queue.
+    risk_psi: float = 0.25
+    # Share of records to a destination country the training data never held. A new hub is
+    # the typical first sign of a new route; a few such records in a batch are already news.
+    unseen_destination: float = 0.02
+    # Share of shipments under an HS code (6 digits) never seen: misdeclaration moves goods
+    # to new headings; some churn is normal.
+    unseen_hs_code: float = 0.05
+    # Share of shipments whose description names no catalogue chip in a wording never seen:
+    # a new chip name or a new way of filing one, which the catalogue must learn.
+    unseen_description: float = 0.05
+    # Share of records whose consignee or lessee was never seen: new buyers arrive every
+    # month (about 10-20% in the simulated world); a jump beyond this is a new population.
+    unseen_party: float = 0.35
+    # Fewer records than this: figures are shown but raise no alert (too noisy).
+    min_records: int = 200
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     name: str = "baseline"
     description: str = "default settings"
@@ -58,6 +88,7 @@ class TrainingConfig:
     unsupervised: UnsupervisedSettings = field(default_factory=UnsupervisedSettings)
     lightgbm: LightGBMSettings = field(default_factory=LightGBMSettings)
     inputs: InputSettings = field(default_factory=InputSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
     source: str = "built-in defaults"
 
     def as_params(self) -> dict:
@@ -81,7 +112,8 @@ class TrainingConfig:
 
 
 _SECTIONS = {"split": SplitSettings, "unsupervised": UnsupervisedSettings,
-             "lightgbm": LightGBMSettings, "inputs": InputSettings}
+             "lightgbm": LightGBMSettings, "inputs": InputSettings,
+             "drift": DriftSettings}
 
 
 def _build(cls, values: dict, where: str):
@@ -151,3 +183,11 @@ def load_config(path: str | Path | None) -> TrainingConfig:
                          f"leave a test slice; got fit={config.split.fit}, "
                          f"calibrate={config.split.calibrate}")
     return config
+
+
+def drift_settings(model_config: dict) -> DriftSettings:
+    """The drift thresholds a model was trained with (its flat ``drift.*`` parameters);
+    the defaults for a model trained before they existed."""
+    values = {f.name: model_config[f"drift.{f.name}"] for f in fields(DriftSettings)
+              if f"drift.{f.name}" in model_config}
+    return DriftSettings(**{k: type(getattr(DriftSettings(), k))(v) for k, v in values.items()})

@@ -74,6 +74,7 @@ class Scored:
     model: LoadedModel
     batch: Batch | None = None
     quarantined_rows: int = 0
+    drift: object | None = None  # detector.drift.DriftReport after `score`
 
     def scores_table(self) -> pl.DataFrame:
         return scores_columns(self.frame)
@@ -205,7 +206,8 @@ def _spill_own_shipments(batch: Batch, rows: int, directory: Path) -> list[pl.La
 
 def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
                   chunk_rows: int | None = None, spill_dir: Path | None = None,
-                  log: Callable[[str], None] = lambda _: None) -> Scored:
+                  log: Callable[[str], None] = lambda _: None,
+                  observe: Callable[[pl.DataFrame], None] | None = None) -> Scored:
     """Score the batch's records in parts of ``chunk_rows`` shipments; the scores table.
 
     The same scores as `score_batch` (same risk, rank and reasons) in memory bounded by
@@ -262,6 +264,8 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
         frame = features(part) if frame is None else frame
         layered, _ = _layers_and_risk(frame, model, scorer)
         del frame
+        if observe is not None:  # e.g. drift counts (detector.drift.InputCounts.add)
+            observe(layered)
         layered = with_scheme_and_context(layered, model)
         kept.append(layered.select("record_kind", "record_id", "risk_score",
                                    "unsupervised_score", rule_mask(), *CONTEXT_COLUMNS))
@@ -353,8 +357,10 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
 
             scored = score_batch_dask(batch, model, top, scheduler=scheduler, log=log)
         else:
+            counts = drift_counts(model)
             scored = score_records(batch, model, top, chunk_rows=chunk_rows,
-                                   spill_dir=spill, log=log)
+                                   spill_dir=spill, log=log,
+                                   observe=counts.add if counts is not None else None)
         scored.frame = mark_queue(scored.frame, capacity, explore,
                                   supervised=not model.fallback)
         log(queue_summary(scored.frame))
@@ -366,11 +372,31 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         if quarantine is not None and batch.dataset.quarantined:
             write_quarantine(batch.dataset, quarantine)
         write_scores(scored.scores_table(), out, provenance)
+        scored.drift = check_drift(batch, model, counts if engine != "dask" else None, log)
     scored.quarantined_rows = batch.dataset.quarantined_rows
     # A large batch's shipments were moved to the temporary folder just removed: do not
     # hand out a batch whose frames point there.
     scored.batch = None
     return scored
+
+
+def drift_counts(model: LoadedModel):
+    """Bin counters for the batch's model inputs (detector.drift); None without a
+    trained model or without stored training distributions."""
+    from detector.drift import PROFILE_KEY, InputCounts
+
+    profile = None if model.fallback else (model.bundle.provenance or {}).get(PROFILE_KEY)
+    return InputCounts(profile) if profile else None
+
+
+def check_drift(batch: Batch, model: LoadedModel, counts, log: Callable[[str], None]):
+    """How the scored batch differs from the model's training data: alerts on stderr,
+    figures to MLflow (detector.drift.check_batch). None for the fallback."""
+    if model.fallback:
+        return None
+    from detector.drift import check_batch
+
+    return check_batch(batch, model, counts, log=log)
 
 
 def write_scores(table: pl.DataFrame, out: Path, provenance: dict) -> None:

@@ -82,9 +82,13 @@ def _client() -> MlflowClient:
         elif uri.startswith(("http://", "https://")):
             _apply_http_settings()
         global _uri_set_by_us
+        embedded = _embedded()
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        _uri_set_by_us = uri
+        # only the embedded store's URI is ours: the user's own URI, re-exported by
+        # mlflow, must still read as the user's on the next call (or it would fall back
+        # to the embedded store)
+        _uri_set_by_us = uri if embedded else None
         client = MlflowClient(uri, uri)
         _probe(client, uri)  # reach the store now, not mid-run
         return client

@@ -177,9 +177,11 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
                  "confirmed": case.get("confirmed", 0)}
     learned_through = training_cutoff(pl.concat([slices["fit"], slices["calibrate"]],
                                                  how="vertical_relaxed"))
+    log("storing the training distributions (drift checks)")
     provenance = {**batch.provenance, "config": config.source, "slices": slice_info,
                   "training_cutoff": learned_through, "case_memory": case_info,
-                  "model_inputs": features}
+                  "model_inputs": features,
+                  "training_profile": _training_profile(model, frame, batch, config.seed)}
     bundle = ModelBundle(model, model_feature_names(), stats.to_dict(), batch.reference_version,
                          config.as_params(), metrics, provenance, scheme_model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,6 +209,21 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
         )
     return TrainResult(run.run_id, run.name, run.version, run.champion, run.experiment,
                        metrics, reliability, slice_info, warnings)
+
+
+def _training_profile(model, frame: pl.DataFrame, batch, seed: int) -> dict:
+    """Compact training distributions for drift checks (detector.drift), from a sample of
+    the training records scored by the fitted model."""
+    from detector.drift import SKETCH_ROWS, training_profile
+
+    sample = frame.sample(SKETCH_ROWS, seed=seed) if frame.height > SKETCH_ROWS else frame
+    layered = model.layers(sample)
+    return training_profile(layered, model.model_inputs, model.risk(layered),
+                            _collected(batch.shipments), _collected(batch.leases))
+
+
+def _collected(frame):
+    return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
 
 
 def training_cutoff(learned: pl.DataFrame) -> dict:

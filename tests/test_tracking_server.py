@@ -124,8 +124,10 @@ def test_train_and_score_against_mlflow_server_on_postgres(world, tracking_serve
 
     with psycopg2.connect(host="127.0.0.1", port=pg_port, user="detector",
                           dbname="mlflow") as conn, conn.cursor() as cur:
-        cur.execute("select count(*) from runs")
-        assert cur.fetchone()[0] == 1
+        # the training run, and the drift figures `score` logged (issue #13)
+        cur.execute("select e.name from runs r join experiments e "
+                    "on r.experiment_id = e.experiment_id order by e.name")
+        assert [r[0] for r in cur.fetchall()] == ["chip-diversion", "chip-diversion-drift"]
         cur.execute("select name, version from model_versions")
         assert cur.fetchall() == [("chip-diversion", 1)]
     assert not (home.exists() and list(home.rglob("*.db")))
