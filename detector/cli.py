@@ -164,12 +164,16 @@ def models(
     name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
 ) -> None:
     """List registered versions with their key metrics and which one is `champion`."""
-    from detector.tracking import model_versions
+    from detector.tracking import interrupted_run_rows, model_versions
 
     try:
         rows = model_versions(name)
+        interrupted = interrupted_run_rows()
     except DetectorError as exc:
         _fail(exc)
+    for run in interrupted:  # RUNNING in MLflow, but the process that ran it is gone
+        typer.echo(f"failed   run {run['run_id']} started {run['started']}: interrupted (its "
+                   "process was killed); the next `detector train` closes it as FAILED")
     if not rows:
         typer.echo(f"no versions of {name!r} registered yet (train one with `detector train`)")
         return

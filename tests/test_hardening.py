@@ -451,3 +451,12 @@ def test_a_case_card_lists_a_few_parties_at_one_address_and_counts_the_rest():
     shown, more = _shared_address(registry, None, "1 Harbour Road", {"P000000"})
     assert len(shown) == MAX_LISTED
     assert more == 5000 - 1 - MAX_LISTED
+
+
+def test_a_whitespace_only_list_item_is_skipped(valid_dataset_dir):
+    from test_contract import set_cell
+
+    set_cell(valid_dataset_dir / "shipments.csv", 4, "transit_countries", "HK; ;SG")
+    dataset = read_dataset(valid_dataset_dir)
+    row = dataset.shipments.filter(pl.col("shipment_id") == "S0004")
+    assert row["transit_countries"].to_list() == [["HK", "SG"]]
