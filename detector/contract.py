@@ -202,13 +202,14 @@ SCORES = Table(
         Column("rank", INT, True),
         Column("reasons", STRING, True),
         Column("model", STRING, True),
-        # v2 (may be null)
-        Column("likely_scheme", STRING),
+        # v2 (after `model`, in this order; may be null)
+        _enum("likely_scheme", "transshipment", "shell_company", "restricted_parent",
+              "cloud_lease", "misdeclaration", "splitting", "screening_evasion", "unclear"),
         Column("scheme_confidence", FLOAT),
-        Column("queue_reason", STRING),
+        _enum("queue_reason", "risk", "explore"),
         Column("record_date", DATE),
         Column("counterparty", STRING),
-        Column("destination", STRING),
+        Column("destination", COUNTRY),
         Column("goods", STRING),
         Column("quantity", INT),
         Column("value_usd", FLOAT),

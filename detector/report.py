@@ -154,7 +154,8 @@ def _scored_records(dataset: Dataset, scores: pl.DataFrame) -> pl.DataFrame:
         pl.col("record_kind").cast(pl.String), pl.col("record_id").cast(pl.String),
         pl.col("risk_score").cast(pl.Float64), pl.col("reasons").cast(pl.String),
         pl.col("model").cast(pl.String),
-        *([pl.col("queue_reason").cast(pl.String)] if "queue_reason" in scores.columns else []))
+        *[(pl.col(c) if c in scores.columns else pl.lit(None)).cast(SCORES.schema[c]).alias(c)
+          for c in ("likely_scheme", "scheme_confidence", "queue_reason")])
     duplicated = scores.filter(pl.len().over("record_kind", "record_id") > 1)
     if duplicated.height:
         raise InputError(f"scores: {duplicated.height} rows repeat a (record_kind, record_id); "
@@ -667,7 +668,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     """`detector report`: score the dataset, build the page, write HTML or PDF atomically."""
     from detector.batch import load_batch
     from detector.reasons import full_reasons
-    from detector.scoring import load_model, score_batch
+    from detector.scoring import load_model, score_batch, scores_columns
 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".pdf"):
@@ -695,8 +696,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     frame = frame.join(review.select("_pos", "queue_reason").with_columns(
         _full=pl.Series(reasons, dtype=pl.String)),
                        on="_pos", how="left").sort("_pos")
-    scores = frame.with_columns(reasons=pl.coalesce("_full", "reasons")).select(
-        "record_kind", "record_id", "risk_score", "rank", "reasons", "model", "queue_reason")
+    scores = scores_columns(frame.with_columns(reasons=pl.coalesce("_full", "reasons")))
     model_info = None
     if not model.fallback:
         from detector import tracking

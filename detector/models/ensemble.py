@@ -20,6 +20,7 @@ import polars as pl
 from detector.errors import InputError
 from detector.models.base import RiskModel
 from detector.models.rules import RuleModel
+from detector.models.scheme import SchemeModel
 from detector.models.supervised import SupervisedModel
 from detector.models.unsupervised import DETECTORS, UnsupervisedEnsemble
 
@@ -147,7 +148,8 @@ class ModelBundle:
     document), ``booster.txt`` (LightGBM's own text model), ``unsupervised.npz`` (the
     scaling arrays and training-score references, read with ``allow_pickle=False``) and
     ``detectors.skops`` (the fitted pyod detectors in skops' data-only format, loaded
-    with an explicit list of the few classes it may build). A ``.pkl`` file in the
+    with an explicit list of the few classes it may build), and with a scheme model
+    ``scheme_booster.txt`` (its LightGBM text; classes in ``bundle.json``). A ``.pkl`` file in the
     directory is never opened. ``bundle.json`` records each file's SHA-256, checked
     before anything is parsed, so a truncated or swapped file is refused.
     """
@@ -159,6 +161,7 @@ class ModelBundle:
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    scheme_model: SchemeModel | None = None  # None: likely schemes from the rule families
 
     def save(self, directory: str | Path) -> Path:
         import skops.io
@@ -192,6 +195,10 @@ class ModelBundle:
             "metrics": self.metrics,
             "provenance": self.provenance,
         }
+        if self.scheme_model is not None:
+            meta["scheme"], scheme_text = self.scheme_model.to_state()
+            (directory / SCHEME_FILE).write_text(scheme_text)
+            meta["files"][SCHEME_FILE] = _sha256(directory / SCHEME_FILE)
         (directory / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
         return directory
 
@@ -228,16 +235,22 @@ class ModelBundle:
                 "with `detector train` or use the detector version it was trained with")
         try:
             model = _load_layers(directory, meta)
+            scheme = None
+            if meta.get("scheme") is not None:
+                scheme = SchemeModel.from_state(meta["scheme"], _checked_bytes(
+                    directory, SCHEME_FILE, meta.get("files") or {}).decode("utf-8"))
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged file: name the bundle, no traceback
             raise InputError(f"{directory}: the model bundle cannot be read: "
                              f"{type(exc).__name__}: {str(exc)[:300]}") from None
         return cls(model, names, meta["feature_stats"], meta["reference_version"],
-                   meta.get("config", {}), meta.get("metrics", {}), meta.get("provenance", {}))
+                   meta.get("config", {}), meta.get("metrics", {}), meta.get("provenance", {}),
+                   scheme)
 
 
 BOOSTER_FILE = "booster.txt"
+SCHEME_FILE = "scheme_booster.txt"  # the scheme model (detector.models.scheme), when trained
 ARRAYS_FILE = "unsupervised.npz"
 DETECTORS_FILE = "detectors.skops"
 
