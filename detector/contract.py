@@ -363,9 +363,9 @@ def _parse(column: Column, raw: pl.Expr, source: pl.DataType) -> tuple[pl.Expr, 
             "one of " + ", ".join(column.values),
         )
     if kind in (COUNTRY_LIST, STRING_LIST):
-        items = text.str.split(LIST_SEPARATOR).list.eval(
-            pl.element().str.strip_chars().filter(pl.element().str.len_chars() > 0)
-        )
+        # strip first, then drop empty items: "HK; ;SG" is HK and SG
+        items = text.str.split(LIST_SEPARATOR).list.eval(pl.element().str.strip_chars()) \
+            .list.eval(pl.element().filter(pl.element().str.len_chars() > 0))
         if kind == STRING_LIST:
             return items, pl.lit(False), "a ';'-separated list"
         items = items.list.eval(pl.element().str.to_uppercase())
