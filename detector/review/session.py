@@ -133,6 +133,14 @@ def record_context(shipments: pl.DataFrame, leases: pl.DataFrame) -> pl.DataFram
     ], how="vertical_relaxed")
 
 
+def with_chip_columns(table: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+    """The queue table plus the recognised chip model and whether it is controlled
+    (from the feature frame), so the queue can say what the goods are."""
+    chips = features.select(*KEY, pl.col("chip_model"),
+                            pl.col("chip_controlled").cast(pl.Boolean, strict=False))
+    return table.join(chips, on=KEY, how="left")
+
+
 def read_scores(path: Path) -> pl.DataFrame:
     """A scores table written by `detector score` (CSV or Parquet), typed."""
     from detector.contract import SCORES
@@ -194,9 +202,12 @@ class ReviewSession:
             raise InputError(f"scores: {missing.height} scored records are not in "
                              f"{dataset_dir}, e.g. {missing['record_id'].head(5).to_list()}; "
                              "give the dataset the scores were made from")
-        self.table = table.with_columns(
+        table = table.with_columns(
             first_reasons=pl.col("reasons").fill_null("").str.split("; ").list.head(2)
             .list.join("; ")).sort("rank")
+        # replaced whole (never changed in place) when the chip columns arrive: requests
+        # read whichever table is current
+        self.table = table if scored is None else with_chip_columns(table, scored.frame)
         self.records = self.table.height
         self.destinations = sorted(d for d in self.table["destination"].unique().to_list() if d)
         self.has_schemes = self.table["likely_scheme"].is_not_null().any()
@@ -271,6 +282,8 @@ class ReviewSession:
 
                 self.log("scoring the batch once for case explanations")
                 self._scored = score_batch(self.batch, self.model, top=0)
+            if "chip_controlled" not in self.table.columns:
+                self.table = with_chip_columns(self.table, self._scored.frame)
             return self._scored
 
     def prepare_in_background(self) -> threading.Thread:
