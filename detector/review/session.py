@@ -138,7 +138,7 @@ def with_chip_columns(table: pl.DataFrame, features: pl.DataFrame) -> pl.DataFra
     (from the feature frame), so the queue can say what the goods are."""
     chips = features.select(*KEY, pl.col("chip_model"),
                             pl.col("chip_controlled").cast(pl.Boolean, strict=False))
-    return table.join(chips, on=KEY, how="left")
+    return table.join(chips, on=KEY, how="left", maintain_order="left")
 
 
 def read_scores(path: Path) -> pl.DataFrame:
@@ -191,7 +191,7 @@ class ReviewSession:
         self._lock = threading.Lock()
         self._registry = None
         context = record_context(batch.dataset.shipments, batch.dataset.leases)
-        table = scores.join(context, on=KEY, how="left", suffix="_ctx")
+        table = scores.join(context, on=KEY, how="left", suffix="_ctx", maintain_order="left")
         for name in ("record_date", "counterparty", "destination", "goods", "quantity",
                      "value_usd"):
             if f"{name}_ctx" in table.columns:  # the scores' own value first (v2 columns)
@@ -208,6 +208,10 @@ class ReviewSession:
         # replaced whole (never changed in place) when the chip columns arrive: requests
         # read whichever table is current
         self.table = table if scored is None else with_chip_columns(table, scored.frame)
+        # what the queue filters and sorts on, with each row's position in self.table
+        self.index = table.select(
+            *KEY, "queue_reason", "destination", "risk_score", "rank", "record_date",
+            "value_usd", "counterparty", "likely_scheme").with_row_index("__row")
         self.records = self.table.height
         self.destinations = sorted(d for d in self.table["destination"].unique().to_list() if d)
         self.has_schemes = self.table["likely_scheme"].is_not_null().any()
@@ -222,10 +226,12 @@ class ReviewSession:
                              pl.col("decided_at"))
 
     def queue_page(self, query: QueueQuery) -> QueuePage:
-        table = self.table
+        """One page of the queue: filter and sort a narrow index of the table, then
+        gather only the page's rows from the wide table (a 1M-row batch stays fast)."""
+        table = self.index
         if query.scope == "queue":
             table = table.filter(pl.col("queue_reason").is_not_null())
-        table = table.join(self.statuses(), on=KEY, how="left")
+        table = table.join(self.statuses(), on=KEY, how="left", maintain_order="left")
         counts = dict(table.group_by(pl.col("status").fill_null("undecided")).len().iter_rows())
         schemes = sorted({s for s in [*table["likely_scheme"].drop_nulls().unique().to_list(),
                                       *table["decided_scheme"].drop_nulls().unique().to_list()]})
@@ -258,9 +264,13 @@ class ReviewSession:
         total = table.height
         pages = max(1, math.ceil(total / query.per_page))
         page = min(query.page, pages)
-        rows = table.slice((page - 1) * query.per_page, query.per_page).to_dicts()
-        for row in rows:
-            row["status_text"] = STATUS_TEXT[row["status"] or "undecided"]
+        shown = table.slice((page - 1) * query.per_page, query.per_page)
+        wide = self.table[shown["__row"]]
+        rows = []
+        for row, status in zip(wide.to_dicts(), shown.select(
+                "status", "decided_scheme", "decided_by").to_dicts()):
+            row.update(status, status_text=STATUS_TEXT[status["status"] or "undecided"])
+            rows.append(row)
         return QueuePage(rows, total, page, pages, query, self.destinations, schemes, counts)
 
     # ------------------------------------------------------------------ case
