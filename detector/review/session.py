@@ -189,6 +189,8 @@ class ReviewSession:
         self.log = log
         self._scored = scored  # detector.scoring.Scored with every feature, or None (lazy)
         self._lock = threading.Lock()
+        self._order_lock = threading.Lock()
+        self._orders: dict[str, pl.Series] = {}
         self._registry = None
         context = record_context(batch.dataset.shipments, batch.dataset.leases)
         table = scores.join(context, on=KEY, how="left", suffix="_ctx", maintain_order="left")
@@ -228,7 +230,7 @@ class ReviewSession:
     def queue_page(self, query: QueueQuery) -> QueuePage:
         """One page of the queue: filter and sort a narrow index of the table, then
         gather only the page's rows from the wide table (a 1M-row batch stays fast)."""
-        table = self.index
+        table = self.index if query.sort == "rank" else self.index[self.order(query.sort)]
         if query.scope == "queue":
             table = table.filter(pl.col("queue_reason").is_not_null())
         table = table.join(self.statuses(), on=KEY, how="left", maintain_order="left")
@@ -257,10 +259,6 @@ class ReviewSession:
             conditions.append(pl.col("counterparty") == query.party)
         if conditions:
             table = table.filter(pl.all_horizontal(conditions))
-        column, descending = SORTS[query.sort]
-        if query.sort != "rank":
-            table = table.sort([column, "rank"], descending=[descending, False],
-                               nulls_last=True)
         total = table.height
         pages = max(1, math.ceil(total / query.per_page))
         page = min(query.page, pages)
@@ -272,6 +270,17 @@ class ReviewSession:
             row.update(status, status_text=STATUS_TEXT[status["status"] or "undecided"])
             rows.append(row)
         return QueuePage(rows, total, page, pages, query, self.destinations, schemes, counts)
+
+    def order(self, sort: str) -> pl.Series:
+        """Row positions of the table in ``sort`` order (ties by rank), computed once:
+        a page sorted by value then filters an ordered index instead of sorting 1M rows."""
+        with self._order_lock:
+            if sort not in self._orders:
+                column, descending = SORTS[sort]
+                self._orders[sort] = self.index.sort(
+                    [column, "rank"], descending=[descending, False],
+                    nulls_last=True)["__row"]
+            return self._orders[sort]
 
     # ------------------------------------------------------------------ case
 
@@ -300,6 +309,9 @@ class ReviewSession:
         """Score the batch for explanations and index its parties while the queue is
         already served, so the first case page does not wait for them."""
         def work():
+            for sort in SORTS:
+                if sort != "rank":
+                    self.order(sort)
             self.scored()
             self.registry()
             self.log("case pages ready")
