@@ -463,3 +463,9 @@ def main() -> None:
     except DetectorError as exc:  # a library error that escaped a command
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the machine failed where no command expected it: one line
+        from detector.files import os_failure
+
+        failure = os_failure(exc, exc.filename or "detector", "complete")
+        print(f"error: {failure}", file=sys.stderr)
+        sys.exit(failure.exit_code)

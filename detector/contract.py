@@ -12,13 +12,13 @@ the CSV parser that names none of them.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 import polars as pl
 
+from detector.csvlines import BadLine, Recovered, count_records, recover
 from detector.errors import InputError, UsageError
 
 # Column kinds. Each maps to one polars dtype after reading.
@@ -202,13 +202,14 @@ SCORES = Table(
         Column("rank", INT, True),
         Column("reasons", STRING, True),
         Column("model", STRING, True),
-        # v2 (may be null)
-        Column("likely_scheme", STRING),
+        # v2 (after `model`, in this order; may be null)
+        _enum("likely_scheme", "transshipment", "shell_company", "restricted_parent",
+              "cloud_lease", "misdeclaration", "splitting", "screening_evasion", "unclear"),
         Column("scheme_confidence", FLOAT),
-        Column("queue_reason", STRING),
+        _enum("queue_reason", "risk", "explore"),
         Column("record_date", DATE),
         Column("counterparty", STRING),
-        Column("destination", STRING),
+        Column("destination", COUNTRY),
         Column("goods", STRING),
         Column("quantity", INT),
         Column("value_usd", FLOAT),
@@ -376,8 +377,18 @@ def _parse(column: Column, raw: pl.Expr, source: pl.DataType) -> tuple[pl.Expr, 
 
 
 def _find_table_file(directory: Path, table: Table, report: ValidationReport) -> Path | None:
-    found = [directory / f"{table.name}.{ext}" for ext in ("csv", "parquet")]
-    found = [p for p in found if p.exists()]
+    """The file holding ``table``, or None (recording an error when that is one).
+
+    Two files for one table, a name that is a directory, a broken or looping link, or a
+    missing required table are errors with or without --quarantine: no row of such a
+    table can be accounted for.
+    """
+    candidates = [directory / f"{table.name}.{ext}" for ext in ("csv", "parquet")]
+    try:
+        found = [p for p in candidates if os.path.lexists(p)]
+    except OSError as exc:
+        report.error(str(directory), None, f"cannot be listed: {exc.strerror or exc}")
+        return None
     if len(found) == 2:
         report.error(
             f"{table.name}.csv / {table.name}.parquet",
@@ -389,21 +400,36 @@ def _find_table_file(directory: Path, table: Table, report: ValidationReport) ->
     if not found:
         if table.required:
             report.error(f"{directory}/{table.name}.csv", None,
-                         "required table missing (expected shipments.csv or shipments.parquet)")
+                         f"required table missing (expected {table.name}.csv or "
+                         f"{table.name}.parquet)")
         return None
-    return found[0]
+    path = found[0]
+    try:
+        if path.is_dir():
+            report.error(path.name, None, "is a directory, not a table file")
+            return None
+        if not path.exists():
+            report.error(path.name, None, "is a link to nothing (broken or looping link)")
+            return None
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        report.error(path.name, None, f"cannot be read: {exc.strerror or exc}")
+        return None
+    return path
 
 
 def _scan(path: Path) -> pl.LazyFrame:
     if path.suffix == ".parquet":
         return pl.scan_parquet(path)
+    # a cell this project wrote with a formula guard (neutralise_text) reads as written
     return pl.scan_csv(
         path,
         infer_schema=False,
         encoding="utf8",
         raise_if_empty=True,
         truncate_ragged_lines=False,
-    )
+    ).with_columns(unneutralise_text(pl.all()))
 
 
 @dataclass
@@ -420,6 +446,22 @@ def _empty(table: Table) -> pl.DataFrame:
     return pl.DataFrame(schema=table.schema)
 
 
+class _Unreadable(Exception):
+    """The file as a whole cannot be used: (file, column, message) for the report."""
+
+    def __init__(self, file: str, column: str | None, message: str):
+        super().__init__(message)
+        self.where = (file, column, message)
+
+
+@dataclass
+class _Attempt:
+    findings: _Findings
+    data: pl.DataFrame
+    quarantined: pl.DataFrame | None
+    original: list[str]
+
+
 def read_table(path: Path, table: Table, report: ValidationReport, *,
                label: str | None = None, chunk_rows: int | None = None) -> TableRead:
     """Read one table file, recording every problem in ``report``.
@@ -429,19 +471,81 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
     file longer than ``chunk_rows`` (default ``READ_CHUNK_ROWS``) is checked in slices of
     that many rows, so the text copies validation keeps exist for one slice at a time;
     the report and the quarantined rows are the same as from one pass.
+
+    Row accounting: the records a file holds are counted independently of the parser
+    (CSV: from the raw bytes, detector.csvlines; Parquet: pyarrow's metadata), and the
+    rows read plus the rows quarantined must equal that count. A CSV file that is not
+    well formed, or that polars reads differently from the count, is read again record
+    by record, setting aside each line that is not a record with its number and text.
     """
     name = label or path.name
     chunk_rows = chunk_rows or READ_CHUNK_ROWS
+    recovered: Recovered | None = None
     try:
-        if path.stat().st_size == 0:
-            report.error(name, None, "the file is empty: expected a header row")
-            return TableRead(_empty(table), path=path, readable=False)
-        lf = _scan(path)
-        source_schema = lf.collect_schema()
-    except Exception as exc:  # polars raises several kinds for unreadable files
-        report.error(*(_encoding_problem(path, name) or (
-            name, None, f"cannot be read as {path.suffix[1:].upper()}: {_first_line(exc)}")))
+        try:
+            if path.stat().st_size == 0:
+                raise _Unreadable(name, None, "the file is empty: expected a header row")
+            if path.suffix == ".csv":
+                counted = count_records(path)
+                expected_rows = counted.records
+                attempt = None
+                if counted.clean:
+                    try:
+                        attempt = _read_rows(_scan(path), table, name, chunk_rows, path,
+                                             numbered=False)
+                    except _Unreadable:
+                        raise
+                    except Exception:  # polars disagrees with the count: read carefully
+                        attempt = None
+                if attempt is None or _rows(attempt) != expected_rows:
+                    recovered = recover(path.read_bytes())
+                    if recovered.header_problem:
+                        raise _Unreadable(name, None, recovered.header_problem)
+                    expected_rows = recovered.records
+                    attempt = _read_rows(_recovered_frame(recovered), table, name,
+                                         chunk_rows, path, numbered=True,
+                                         bad_lines=recovered.bad)
+            else:
+                import pyarrow.parquet as pq
+
+                expected_rows = pq.ParquetFile(path).metadata.num_rows  # a second reader
+                attempt = _read_rows(_scan(path), table, name, chunk_rows, path,
+                                     numbered=False)
+        except _Unreadable:
+            raise
+        except Exception as exc:  # polars raises several kinds for unreadable files
+            raise _Unreadable(*(_encoding_problem(path, name) or (
+                name, None, f"cannot be read as {path.suffix[1:].upper()}: "
+                            f"{_first_line(exc)}"))) from None
+    except _Unreadable as exc:
+        report.error(*exc.where)
         return TableRead(_empty(table), path=path, readable=False)
+    attempt.findings.report(report, name)
+    if recovered is not None and recovered.bad:
+        report.error(name, None, _bad_lines_message(recovered.bad))
+    # Every record the file holds, counted without the parser, is either read or
+    # quarantined; anything else is a lost row and stops the command.
+    if _rows(attempt) != expected_rows:
+        set_aside = _rows(attempt) - attempt.data.height
+        report.error(name, None, f"row accounting failed: the file holds {expected_rows} "
+                     f"record(s) (counted independently of the parser) but "
+                     f"{attempt.data.height} were read and {set_aside} quarantined; nothing "
+                     "from this file is used")
+        return TableRead(_empty(table), path=path, readable=False)
+    return TableRead(attempt.data, attempt.quarantined, path)
+
+
+def _rows(attempt: _Attempt) -> int:
+    return attempt.data.height + (attempt.quarantined.height
+                                  if attempt.quarantined is not None else 0)
+
+
+def _read_rows(lf: pl.LazyFrame, table: Table, name: str, chunk_rows: int, path: Path, *,
+               numbered: bool, bad_lines: list[BadLine] = ()) -> _Attempt:
+    """Type and check every row of ``lf``; ``numbered``: it carries its own ``__row``."""
+    source_schema = lf.collect_schema()
+    if numbered:
+        source_schema = pl.Schema({k: v for k, v in source_schema.items() if k != "__row"})
 
     # Header names are matched without regard to case or surrounding spaces.
     by_key = {n.strip().lower(): n for n in source_schema.names()}
@@ -449,16 +553,14 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
     if missing:
         header = list(source_schema.names())
         if path.suffix == ".csv" and any(not c.isprintable() for c in "".join(header)):
-            report.error(name, None, "does not look like a CSV text file: the first line "
-                         "holds binary or control characters")
-            return TableRead(_empty(table), path=path, readable=False)
+            raise _Unreadable(name, None, "does not look like a CSV text file: the first "
+                              "line holds binary or control characters")
         hint = ""
         if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
             hint = f" (the header is one column {header[0][:80]!r}: is the file comma-separated?)"
         shown = [h if len(h) <= 40 else h[:40] + "…" for h in header[:12]]
-        report.error(name, ", ".join(missing),
-                     f"required column(s) missing; found {shown}{hint}")
-        return TableRead(_empty(table), path=path, readable=False)
+        raise _Unreadable(name, ", ".join(missing),
+                          f"required column(s) missing; found {shown}{hint}")
 
     exprs: list[pl.Expr] = []
     checks: list[tuple[Column, str, str]] = []  # column, bad-mask name, expected
@@ -497,36 +599,61 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
     findings = _Findings()
     passed_parts: list[pl.DataFrame] = []
     quarantined_parts: list[pl.DataFrame] = []
-    try:
-        total = lf.select(pl.len()).collect().item()
-        # Tables longer than one chunk are checked slice by slice (bounded memory); the
-        # duplicate-id check is global and needs only the id column of every row.
-        duplicate_ids = None
-        if table.id_column is not None and total > chunk_rows:
-            ids = lf.select(typed_by_name[table.id_column].alias("id")).collect()["id"]
-            duplicate_ids = ids.filter(ids.is_duplicated() & ids.is_not_null()).unique()
-            del ids
-        for offset in range(0, max(total, 1), chunk_rows):
-            df = (lf.slice(offset, chunk_rows).with_row_index("__row", offset=offset + 1)
-                  .select(select).collect())
-            if total == 0 and table.required:
-                report.error(name, None, "the file has a header but no rows")
-                return TableRead(_empty(table), path=path, readable=False)
-            passed, quarantined = _check_chunk(df, table, checks, original, findings,
-                                               duplicate_ids, extras)
-            del df
-            passed_parts.append(passed)
-            if quarantined is not None:
-                quarantined_parts.append(quarantined)
-    except Exception as exc:
-        report.error(*(_encoding_problem(path, name) or (name, None, f"cannot be read: "
-                                                          f"{_first_line(exc)}")))
-        return TableRead(_empty(table), path=path, readable=False)
-    findings.report(report, name)
+    total = lf.select(pl.len()).collect().item()
+    # Tables longer than one chunk are checked slice by slice (bounded memory); the
+    # duplicate-id check is global and needs only the id column of every row.
+    duplicate_ids = None
+    if table.id_column is not None and total > chunk_rows:
+        ids = lf.select(typed_by_name[table.id_column].alias("id")).collect()["id"]
+        duplicate_ids = ids.filter(ids.is_duplicated() & ids.is_not_null()).unique()
+        del ids
+    for offset in range(0, max(total, 1), chunk_rows):
+        part = lf.slice(offset, chunk_rows)
+        if not numbered:  # a recovered frame numbers its rows as the file does
+            part = part.with_row_index("__row", offset=offset + 1)
+        df = part.select(select).collect()
+        if total == 0 and table.required and not bad_lines:
+            raise _Unreadable(name, None, "the file has a header but no rows")
+        passed, quarantined = _check_chunk(df, table, checks, original, findings,
+                                           duplicate_ids, extras)
+        del df
+        passed_parts.append(passed)
+        if quarantined is not None:
+            quarantined_parts.append(quarantined)
+    if bad_lines:
+        quarantined_parts.append(_bad_lines_frame(bad_lines, original))
     data = passed_parts[0] if len(passed_parts) == 1 else pl.concat(passed_parts, rechunk=False)
     quarantined = pl.concat(quarantined_parts, how="diagonal_relaxed") \
         if quarantined_parts else None
-    return TableRead(data, quarantined, path)
+    return _Attempt(findings, data, quarantined, original)
+
+
+def _recovered_frame(recovered: Recovered) -> pl.LazyFrame:
+    """The well-formed records of a recovered CSV file, as text, with their row numbers."""
+    width = len(recovered.header)
+    columns = list(zip(*(cells for _, cells in recovered.rows))) or [()] * width
+    frame = pl.DataFrame(
+        {"__row": pl.Series([r for r, _ in recovered.rows], dtype=pl.Int64),
+         **{name: pl.Series(values, dtype=pl.String)
+            for name, values in zip(recovered.header, columns)}})
+    return frame.lazy().with_columns(unneutralise_text(pl.all().exclude("__row")))
+
+
+def _bad_lines_message(bad: list[BadLine]) -> str:
+    shown = "; ".join(f"line {b.line} ({b.problem}): {b.raw[:80]!r}"
+                      for b in bad[:MAX_ROWS_SHOWN])
+    more = f"; and {len(bad) - MAX_ROWS_SHOWN} more" if len(bad) > MAX_ROWS_SHOWN else ""
+    return f"{len(bad)} line(s) cannot be read as CSV records: {shown}{more}"
+
+
+def _bad_lines_frame(bad: list[BadLine], original: list[str]) -> pl.DataFrame:
+    """Quarantine rows for lines that are not records: the problem, line and raw text."""
+    return pl.DataFrame({
+        **{c: pl.Series([None] * len(bad), dtype=pl.String) for c in original},
+        "problem": [f"line {b.line}: {b.problem}" for b in bad],
+        "line_number": pl.Series([b.line for b in bad], dtype=pl.Int64),
+        "raw_line": [b.raw for b in bad],
+    })
 
 
 @dataclass
@@ -739,15 +866,17 @@ def read_dataset(directory: str | Path, *, allow_errors: bool = False) -> Datase
     report = ValidationReport()
     if not directory.is_dir():
         raise InputError(f"{directory}: dataset directory not found")
+    if not os.access(directory, os.R_OK | os.X_OK):
+        raise InputError(f"{directory}: dataset directory cannot be read (permission denied)")
 
     reads: dict[str, TableRead] = {}
     files: dict[str, Path] = {}
     fatal = False
     for table in INPUT_TABLES.values():
-        path = _find_table_file(directory, table, report)
         errors_before = len(report.errors)
+        path = _find_table_file(directory, table, report)
         if path is None:
-            fatal |= len(report.errors) > errors_before
+            fatal |= len(report.errors) > errors_before  # the table itself is the problem
             reads[table.name] = TableRead(_empty(table))
             continue
         files[table.name] = path
@@ -828,8 +957,13 @@ def _known_labels(labels: pl.DataFrame, reads: dict[str, TableRead]) -> pl.DataF
 
 def write_quarantine(dataset: Dataset, directory: str | Path) -> list[Path]:
     """Write each table's failed rows (original columns + `problem`) as CSV in ``directory``."""
+    from detector.files import os_failure
+
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_failure(exc, directory, "create the quarantine directory") from None
     written = []
     for name, df in dataset.quarantined.items():
         path = directory / f"{name}.csv"
@@ -841,36 +975,60 @@ def write_quarantine(dataset: Dataset, directory: str | Path) -> list[Path]:
 # --------------------------------------------------------------------------- writing
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP CSV injection).
+FORMULA_STARTS = "=+-@\t\r"
+FORMULA_PREFIX = "'"
+# Bidirectional controls reorder how text is shown (a name can display as another);
+# in CSV they are written as visible escapes such as \u202e.
+BIDI_CONTROLS = ("\u061c", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d",
+                 "\u202e", "\u2066", "\u2067", "\u2068", "\u2069")
 
 
-def write_table(df: pl.DataFrame, path: str | Path) -> Path:
+def escape_bidi(text: pl.Expr) -> pl.Expr:
+    return text.str.replace_many(list(BIDI_CONTROLS), [f"\\u{ord(c):04x}" for c in BIDI_CONTROLS])
+
+
+def neutralise_text(text: pl.Expr) -> pl.Expr:
+    """A text column as it is safe to write in CSV: bidi controls escaped, and a leading
+    ``'`` before a cell that a spreadsheet would run as a formula (DATA_CONTRACT.md)."""
+    text = escape_bidi(text)
+    # a cell already starting with ' before such a character gets one more, so reading
+    # back (unneutralise_text) gives exactly the original
+    formula = text.str.contains("^'*[" + FORMULA_STARTS.replace("-", "\\-") + "]")
+    return pl.when(formula).then(pl.lit(FORMULA_PREFIX) + text).otherwise(text)
+
+
+def unneutralise_text(text: pl.Expr) -> pl.Expr:
+    """What :func:`neutralise_text` prefixed, read back without the ``'`` (CSV input)."""
+    prefixed = text.str.contains("^''*[" + FORMULA_STARTS.replace("-", "\\-") + "]")
+    return pl.when(prefixed).then(text.str.slice(1)).otherwise(text)
+
+
+def write_table(df: pl.DataFrame, path: str | Path, *, safe_text: bool = True) -> Path:
     """Write a frame in the contract's form (CSV or Parquet by extension), atomically.
 
     The data goes to a temporary file beside the target and is renamed into place, so a
-    failure never leaves a partial file. List columns are joined with ';' in CSV.
+    failure never leaves a partial file nor removes the previous one. List columns are
+    joined with ';'. In CSV (unless ``safe_text`` is False) every text cell is
+    neutralised (:func:`neutralise_text`); Parquet keeps the raw values.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
+    from detector.files import atomic_write
+
+    return atomic_write(path, table_writer(df, path, safe_text=safe_text))
+
+
+def table_writer(df: pl.DataFrame, path: str | Path, *, safe_text: bool = True):
+    """A function writing ``df`` as :func:`write_table` does, in the format ``path``'s
+    extension names, to the file it is given (the caller handles atomicity)."""
+    suffix = Path(path).suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise UsageError(f"{path}: output must end in .csv or .parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
-    try:
-        # The contract stores list columns as one ';'-joined string in both formats.
-        lists = [n for n, t in df.schema.items() if isinstance(t, pl.List)]
-        out = df.with_columns(pl.col(n).list.join(LIST_SEPARATOR) for n in lists)
-        if suffix == ".parquet":
-            out.write_parquet(tmp)
-        else:
-            out.write_csv(tmp, date_format="%Y-%m-%d")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # The contract stores list columns as one ';'-joined string in both formats.
+    lists = [n for n, t in df.schema.items() if isinstance(t, pl.List)]
+    out = df.with_columns(pl.col(n).list.join(LIST_SEPARATOR) for n in lists)
+    if suffix == ".parquet":
+        return lambda target: out.write_parquet(target)
+    if safe_text:
+        text = [n for n, t in out.schema.items() if t == pl.String]
+        out = out.with_columns(neutralise_text(pl.col(n)).alias(n) for n in text)
+    return lambda target: out.write_csv(target, date_format="%Y-%m-%d")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 
@@ -9,8 +11,48 @@ from features.registry import FEATURES, flag_expression, render_reason
 from features.rules import RULES, render_rule_reason
 
 _RULES = {r.name: r for r in RULES}
-# The feature columns each rule tests: a feature a hit rule already states is not restated.
-_RULE_FEATURES = {r.name: set(r.condition.meta.root_names()) for r in RULES}
+
+
+# The fact each feature and rule states. A reason list states a fact once: "paid from
+# HK" (a feature) and "paid from HK for a party in another country" (a rule) are one
+# fact, and the fuller text — the mechanism's, else the rule's — is kept.
+FACT_OF: dict[str, str] = {
+    **dict.fromkeys(("payer_country_mismatch", "payer_in_d5_hk_or_mo", "china_payer",
+                     "payer_is_other_party"), "payer"),
+    **dict.fromkeys(("unusual_payment_method", "unusual_payment"), "payment_method"),
+    **dict.fromkeys(("later_reexported_to_d5_hk_mo", "reexported_unit_share_90d",
+                     "later_reexport", "days_until_reexport"), "reexport"),
+    **dict.fromkeys(("transit_via_hk_or_mo", "transit_hk_mo"), "route"),
+    **dict.fromkeys(("destination_is_hub", "hub_destination_controlled"), "hub"),
+    **dict.fromkeys(("ultimate_parent_in_d5_or_macau", "d5_ultimate_parent"), "ownership"),
+    **dict.fromkeys(("screening_match_score", "screening_match"), "screening"),
+    **dict.fromkeys(("consignee_age_days", "new_company_controlled"), "age"),
+    **dict.fromkeys(("lessee_age_days", "new_lessee"), "lessee_age"),
+    "consignee_employees": "employees",
+    **dict.fromkeys(("consignee_address_shared_by", "shared_address"), "address"),
+    **dict.fromkeys(("consignee_industry_misfit", "industry_misfit"), "industry"),
+    # declared uncontrolled, no licence stated, needs a licence: one fact about the licence
+    **dict.fromkeys(("misdeclared_to_licence_destination", "misdeclared_classification",
+                     "no_licence_for_licence_destination", "no_licence_stated",
+                     "licence_required_for_item"), "licence"),
+    **dict.fromkeys(("controlled_declared_low_eccn", "controlled_under_low_eccn"), "low_eccn"),
+    **dict.fromkeys(("parts_hs_for_gpu_priced_item", "gpu_as_parts"), "parts"),
+    **dict.fromkeys(("unit_value_to_market_low", "undervalued"), "value"),
+    "unit_value_to_learned_median": "value_median",
+    "weight_to_catalogue": "weight",
+    **dict.fromkeys(("vague_description",), "vague"),
+    **dict.fromkeys(("linked_small_shipments_14d", "splitting"), "splitting"),
+    **dict.fromkeys(("first_shipment_to_consignee", "first_large_order"), "first"),
+    **dict.fromkeys(("bare_metal_access", "bare_metal_d5_lessee"), "bare_metal"),
+    **dict.fromkeys(("gpus_per_lessee_employee", "capacity_beyond_size"), "capacity"),
+    "lessee_in_d5_or_macau": "lessee_country",
+    "datacenter_in_hub": "datacenter",
+    **dict.fromkeys(("consignee_is_logistics", "logistics_consignee"), "logistics"),
+}
+
+
+def fact_of(name: str) -> str:
+    return FACT_OF.get(name, name)
 
 
 def rule_reasons(row: dict) -> list[str]:
@@ -25,12 +67,48 @@ def rule_labels(hits: pl.Expr) -> pl.Expr:
         .list.join("; ").fill_null("")
 
 
-def _unusual(row: dict) -> str | None:
+def _unusual(row: dict, unsupervised=None) -> str | None:
+    """What makes a record unusual to the anomaly detectors: its most extreme values
+    against the fitted population (median and 5-95% spread), or the percentile alone
+    when the detectors' statistics are not at hand."""
     value = row.get("unsupervised_score")
     if value is None or value < 0.9:
         return None
+    extremes = unusual_values(row, unsupervised) if unsupervised is not None else []
+    if extremes:
+        return "unusual values: " + ", ".join(extremes)
     return (f"unusual combination of values: more unusual than {value:.0%} of the records "
             "the anomaly detectors were fitted on")
+
+
+def _plain(value: float) -> str:
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:,.3g}" if value != int(value) else f"{int(value):,}"
+
+
+def unusual_values(row: dict, unsupervised, limit: int = 3, min_spread: float = 1.0
+                   ) -> list[str]:
+    """The record's values furthest from the detectors' population, as "name value
+    (typical median)": only features with a value (never a null) and not category
+    codes, at least ``min_spread`` 5-95% spreads from the median."""
+    center = getattr(unsupervised, "center_", None)
+    scale = getattr(unsupervised, "scale_", None)
+    if center is None or scale is None:
+        return []
+    found = []
+    for i, name in enumerate(unsupervised.features):
+        value = row.get(name)
+        if value is None or isinstance(value, bool) or name.endswith("_code"):
+            continue
+        if isinstance(value, float) and math.isnan(value):
+            continue
+        z = (float(value) - center[i]) / scale[i]
+        if abs(z) >= min_spread:
+            found.append((-abs(z), name, float(value), float(center[i])))
+    found.sort()
+    return [f"{name.replace('_', ' ')} {_plain(v)} (typical {_plain(c)})"
+            for _, name, v, c in found[:limit]]
 
 
 def _flags(head: pl.DataFrame) -> list[dict[str, bool]]:
@@ -41,17 +119,83 @@ def _flags(head: pl.DataFrame) -> list[dict[str, bool]]:
     return list(head.select(exprs).iter_rows(named=True)) if exprs else [{}] * head.height
 
 
-def feature_reason(name: str, row: dict) -> str | None:
+def feature_reason(name: str, row: dict, unsupervised=None) -> str | None:
     if name.startswith("unsupervised_"):
-        return _unusual(row)
+        return _unusual(row, unsupervised)
     if name in FEATURES:
         return render_reason(name, row)
     return None
 
 
+class _ReasonList:
+    """Reasons in order, one statement per fact; a later fuller text for a fact already
+    listed (``preferred``) replaces the earlier one in place."""
+
+    def __init__(self, preferred: dict[str, str]):
+        self.preferred = preferred
+        self.facts: list[str] = []
+        self.texts: dict[str, str] = {}
+
+    def add(self, fact: str, text: str | None) -> None:
+        if text is None or fact in self.texts or text in self.texts.values():
+            return
+        self.facts.append(fact)
+        self.texts[fact] = self.preferred.get(fact, text)
+
+    def out(self) -> list[str]:
+        return [self.texts[f] for f in self.facts]
+
+
+def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str],
+                    flags: dict[str, bool], unsupervised=None,
+                    max_feature_reasons: int = 4) -> list[str]:
+    """One record's reasons: the mechanism of its likely scheme with its values first,
+    then the red-flag features by contribution, then the rule hits; each fact once, and
+    never a feature without a value. A record whose largest contribution is the
+    anomaly layer (or, without a model, with no rule hit) says which values are
+    unusual."""
+    from detector.mechanisms import mechanism
+
+    rule_texts = {}
+    for hit in row.get("rule_hits") or []:
+        text = render_rule_reason(hit, row)
+        if text is not None:
+            rule_texts.setdefault(fact_of(hit), text)
+    found = mechanism(row.get("likely_scheme"), row)
+    preferred = dict(rule_texts)
+    reasons = _ReasonList(preferred)
+    if found is not None:
+        text, facts = found
+        reasons.add("mechanism", text)
+        for fact in facts:  # stated by the mechanism: not again
+            reasons.texts.setdefault(fact, text)
+    if contributions is not None:
+        order = np.argsort(-contributions[:-1], kind="stable")
+        top = names[order[0]] if len(order) and contributions[order[0]] > 0 else None
+        if top is not None and top.startswith("unsupervised_"):
+            reasons.add("unusual", _unusual(row, unsupervised))
+        added = 0
+        for j in order:
+            if contributions[j] <= 0 or added >= max_feature_reasons:
+                break
+            name = names[j]
+            if not flags.get(name, name.startswith("unsupervised_")):
+                continue
+            fact = "unusual" if name.startswith("unsupervised_") else fact_of(name)
+            before = len(reasons.facts)
+            reasons.add(fact, feature_reason(name, row, unsupervised))
+            added += len(reasons.facts) > before
+    elif not row.get("rule_hits") or found is None:
+        reasons.add("unusual", _unusual(row, unsupervised))
+    for hit in row.get("rule_hits") or []:
+        reasons.add(fact_of(hit), render_rule_reason(hit, row))
+    # facts the mechanism stated were registered without a position: drop them
+    return [t for t in reasons.out()]
+
+
 def full_reasons(head: pl.DataFrame, scorer, fallback: bool,
                  max_feature_reasons: int = 4) -> list[str]:
-    """Reasons for the rows shown to a person: top contributions, then rule hits."""
+    """Reasons for the rows shown to a person (see `reasons_for_row`), `; `-joined."""
     if head.height == 0:
         return []
     rows = list(head.iter_rows(named=True))
@@ -61,28 +205,10 @@ def full_reasons(head: pl.DataFrame, scorer, fallback: bool,
     else:
         contributions = scorer.contributions(head)
         names = scorer.supervised_.features
-    out = []
-    for i, row in enumerate(rows):
-        reasons: list[str] = []
-        stated = set().union(*(_RULE_FEATURES.get(h, set()) for h in row.get("rule_hits") or []))
-        if contributions is not None:
-            order = np.argsort(-contributions[i, :-1], kind="stable")
-            for j in order:
-                if contributions[i, j] <= 0 or len(reasons) >= max_feature_reasons:
-                    break
-                if names[j] in stated or not flags[i].get(names[j],
-                                                          names[j].startswith("unsupervised_")):
-                    continue
-                text = feature_reason(names[j], row)
-                if text and text not in reasons:
-                    reasons.append(text)
-        elif (text := _unusual(row)) is not None:
-            reasons.append(text)
-        for text in rule_reasons(row):
-            if text not in reasons:
-                reasons.append(text)
-        out.append("; ".join(reasons))
-    return out
+    unsupervised = getattr(scorer, "unsupervised_", None)
+    return ["; ".join(reasons_for_row(
+        row, None if contributions is None else contributions[i], names, flags[i],
+        unsupervised, max_feature_reasons)) for i, row in enumerate(rows)]
 
 
 def explain_record(row: pl.DataFrame, scored, model) -> dict:

@@ -20,9 +20,7 @@ Definitions used throughout (they are also printed on the page):
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from detector import charts
+from detector.contract import BIDI_CONTROLS
 from features import names as features_names
 from detector.errors import EnvironmentFailure, InputError, UsageError
 from detector.queue import check_explore, mark_queue, parse_capacity
@@ -47,6 +46,8 @@ TOP_GROUPS = 6
 TOP_PARTIES = 10
 MAX_NETWORK_NODES = 8
 MAX_TRAIL_ROWS = 15
+# parties at one address, re-export counterparties: listed up to this, the rest counted
+MAX_LISTED = 50
 METRIC_LABELS = {
     "pr_auc": "PR-AUC",
     "precision_at_1pct": "precision at 1%",
@@ -153,7 +154,8 @@ def _scored_records(dataset: Dataset, scores: pl.DataFrame) -> pl.DataFrame:
         pl.col("record_kind").cast(pl.String), pl.col("record_id").cast(pl.String),
         pl.col("risk_score").cast(pl.Float64), pl.col("reasons").cast(pl.String),
         pl.col("model").cast(pl.String),
-        *([pl.col("queue_reason").cast(pl.String)] if "queue_reason" in scores.columns else []))
+        *[(pl.col(c) if c in scores.columns else pl.lit(None)).cast(SCORES.schema[c]).alias(c)
+          for c in ("likely_scheme", "scheme_confidence", "queue_reason")])
     duplicated = scores.filter(pl.len().over("record_kind", "record_id") > 1)
     if duplicated.height:
         raise InputError(f"scores: {duplicated.height} rows repeat a (record_kind, record_id); "
@@ -260,31 +262,42 @@ def _party_view(party: dict | None) -> dict | None:
 
 
 def _shared_address(registry: _Registry, party: dict | None, address: str | None,
-                    exclude: set[str]) -> list[dict]:
+                    exclude: set[str]) -> tuple[list[dict], int]:
+    """The first MAX_LISTED parties at the same address, and how many more there are
+    (an address can hold thousands: a card lists a few and counts the rest)."""
     keys = {normalise_address(address)} | ({normalise_address(party.get("address"))}
                                            if party else set())
-    found = []
+    found, more = [], 0
     for key in sorted(k for k in keys if k):
         for party_id in registry.by_address.get(key, []):
             if party_id not in exclude:
                 exclude.add(party_id)
-                found.append(registry.parties[party_id])
-    return found
+                if len(found) < MAX_LISTED:
+                    found.append(registry.parties[party_id])
+                else:
+                    more += 1
+    return found, more
 
 
 def _reexport_trail(registry: _Registry, name: str, country: str, after: date,
-                    record_id: str) -> list[dict]:
-    """Later shipments whose exporter is this consignee, from its country."""
+                    record_id: str) -> tuple[list[dict], int, list[dict], int]:
+    """Later shipments whose exporter is this consignee, from its country: the first
+    MAX_TRAIL_ROWS and their total, the first MAX_LISTED distinct counterparties and
+    theirs."""
     norm = normalise_name(name)
     if not norm:
-        return []
+        return [], 0, [], 0
     trail = registry.shipments.filter(
         (pl.col("exporter_norm") == norm)
         & (pl.col("exporter_country").str.to_uppercase() == (country or "").upper())
         & (pl.col("export_date") >= after) & (pl.col("shipment_id") != record_id))
-    return trail.select("shipment_id", "export_date", "consignee_name", "consignee_country",
-                        "destination_country", "quantity", "value_usd",
-                        "description").to_dicts()
+    counterparties = trail.select("consignee_name", "consignee_country").unique(
+        maintain_order=True)
+    rows = trail.head(MAX_TRAIL_ROWS).select(
+        "shipment_id", "export_date", "consignee_name", "consignee_country",
+        "destination_country", "quantity", "value_usd", "description").to_dicts()
+    return (rows, trail.height, counterparties.head(MAX_LISTED).to_dicts(),
+            counterparties.height)
 
 
 def _network(centre_name: str, centre_role: str, centre_country: str,
@@ -303,9 +316,11 @@ def _shipment_card(row: dict, record: dict, registry: _Registry) -> dict:
                                         row["consignee_country"])
     chain = registry.chain(party)
     exclude = {p["party_id"] for p in [party, *chain] if p}
-    shared = _shared_address(registry, party, row.get("consignee_address"), exclude)
-    trail = _reexport_trail(registry, row["consignee_name"], row["consignee_country"],
-                            row["export_date"], row["shipment_id"])
+    shared, shared_more = _shared_address(registry, party, row.get("consignee_address"),
+                                          exclude)
+    trail, trail_total, counterparties, n_counterparties = _reexport_trail(
+        registry, row["consignee_name"], row["consignee_country"], row["export_date"],
+        row["shipment_id"])
 
     related: list[tuple[str, str, str, int, str]] = []
     for i, parent in enumerate(chain):
@@ -316,15 +331,12 @@ def _shipment_card(row: dict, record: dict, registry: _Registry) -> dict:
                         f"paid ({row.get('payment_method') or 'unknown'})"))
     for other in shared:
         related.append((other["name"], "shared address", other["country"], 0, "same address"))
-    seen_counterparties = set()
-    for leg in trail:
-        key = (leg["consignee_name"], leg["consignee_country"])
-        if key not in seen_counterparties:
-            seen_counterparties.add(key)
-            related.append((leg["consignee_name"], "re-export", leg["consignee_country"], 0,
-                            "re-exported to"))
+    for leg in counterparties:
+        related.append((leg["consignee_name"], "re-export", leg["consignee_country"], 0,
+                        "re-exported to"))
     network, hidden = _network(row["consignee_name"], "consignee", row["consignee_country"],
                                related, f"Entities linked to shipment {row['shipment_id']}")
+    hidden += shared_more + n_counterparties - len(counterparties)  # counted, not listed
 
     route = [("exporter", row["exporter_name"], row["exporter_country"])]
     route += [("transit", None, c) for c in (row.get("transit_countries") or [])]
@@ -338,7 +350,7 @@ def _shipment_card(row: dict, record: dict, registry: _Registry) -> dict:
     return record | {
         "row": row, "route": route, "party": _party_view(party), "matched_how": matched_how,
         "chain": [_party_view(p) for p in chain], "shared": [_party_view(p) for p in shared],
-        "trail": trail[:MAX_TRAIL_ROWS], "trail_more": max(0, len(trail) - MAX_TRAIL_ROWS),
+        "trail": trail, "trail_more": trail_total - len(trail), "shared_more": shared_more,
         "payer_mismatch": payer_mismatch, "network": network, "network_hidden": hidden,
     }
 
@@ -348,7 +360,7 @@ def _lease_card(row: dict, record: dict, registry: _Registry) -> dict:
                                         row["lessee_country"])
     chain = registry.chain(party)
     exclude = {p["party_id"] for p in [party, *chain] if p}
-    shared = _shared_address(registry, party, None, exclude)
+    shared, shared_more = _shared_address(registry, party, None, exclude)
     provider, _ = registry.party(row.get("provider_party_id"), row["provider_name"],
                                  row["datacenter_country"])
     if provider is None:  # providers often run data centres outside their home country
@@ -365,12 +377,14 @@ def _lease_card(row: dict, record: dict, registry: _Registry) -> dict:
         related.append((other["name"], "shared address", other["country"], 0, "same address"))
     network, hidden = _network(row["lessee_name"], "lessee", row["lessee_country"], related,
                                f"Entities linked to lease {row['lease_id']}")
+    hidden += shared_more  # counted, not listed
     payer_mismatch = bool(row.get("payer_country") and row["payer_country"]
                           != row["lessee_country"])
     return record | {
         "row": row, "party": _party_view(party), "matched_how": matched_how,
         "provider": _party_view(provider),
         "chain": [_party_view(p) for p in chain], "shared": [_party_view(p) for p in shared],
+        "shared_more": shared_more,
         "payer_mismatch": payer_mismatch, "network": network, "network_hidden": hidden,
     }
 
@@ -465,12 +479,22 @@ def _typologies(dataset: Dataset, history: Sequence[Dataset], period_ids: pl.Dat
 
 # ----------------------------------------------------------------------------- build
 
+# Bidirectional controls reorder how text is shown (a name can display as another): every
+# value a page shows has them as visible escapes, as the CSV writer does.
+_BIDI_TABLE = {ord(c): f"\\u{ord(c):04x}" for c in BIDI_CONTROLS}
+
+
+def _visible_bidi(value: Any) -> Any:
+    return value.translate(_BIDI_TABLE) if isinstance(value, str) else value
+
+
 def _environment():
     import jinja2
 
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("detector", "templates"),
         autoescape=True,  # every value from the data is text, never markup
+        finalize=_visible_bidi,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
     )
@@ -601,23 +625,16 @@ def write_report(html: str, out: Path) -> Path:
         raise UsageError(f"--out {out}: expected a file name ending in .html or .pdf")
     if suffix == ".pdf":
         weasyprint = _import_weasyprint()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    from detector.files import atomic_write
+
+    def write(tmp: Path) -> None:
         if suffix == ".pdf":
             # base_url: relative references (there are none) would resolve locally only.
             weasyprint.HTML(string=html, base_url=str(out.parent)).write_pdf(tmp)
         else:
-            Path(tmp).write_text(html, encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise EnvironmentFailure(f"{out}: could not write the report: {exc}") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            tmp.write_text(html, encoding="utf-8")
+
+    atomic_write(out, write)  # the user's umask decides the mode, as for every output
     return out
 
 
@@ -651,7 +668,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     """`detector report`: score the dataset, build the page, write HTML or PDF atomically."""
     from detector.batch import load_batch
     from detector.reasons import full_reasons
-    from detector.scoring import load_model, score_batch
+    from detector.scoring import load_model, score_batch, scores_columns
 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".pdf"):
@@ -679,8 +696,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     frame = frame.join(review.select("_pos", "queue_reason").with_columns(
         _full=pl.Series(reasons, dtype=pl.String)),
                        on="_pos", how="left").sort("_pos")
-    scores = frame.with_columns(reasons=pl.coalesce("_full", "reasons")).select(
-        "record_kind", "record_id", "risk_score", "rank", "reasons", "model", "queue_reason")
+    scores = scores_columns(frame.with_columns(reasons=pl.coalesce("_full", "reasons")))
     model_info = None
     if not model.fallback:
         from detector import tracking

@@ -8,7 +8,6 @@ unsupervised detectors fitted on the batch itself, and says so.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,17 @@ from pathlib import Path
 import polars as pl
 
 from detector.batch import Batch, feature_frame, load_batch
-from detector.contract import SCORES, write_quarantine, write_table
+from detector.contract import SCORES, write_quarantine
 from detector.errors import InputError, UsageError
-from detector.queue import (DEFAULT_CAPACITY, DEFAULT_EXPLORE, check_explore, mark_queue,
-                            parse_capacity, queue_summary)
+from detector.files import check_output_path, temporary_directory
+from detector.queue import (
+    DEFAULT_CAPACITY,
+    DEFAULT_EXPLORE,
+    check_explore,
+    mark_queue,
+    parse_capacity,
+    queue_summary,
+)
 
 FALLBACK_LABEL = "rules+unsupervised"
 
@@ -74,10 +80,32 @@ class Scored:
 
 
 def scores_columns(frame: pl.DataFrame) -> pl.DataFrame:
-    """The contract's scores columns of ``frame``, in order; v2 columns the frame does not
-    carry (yet) are null."""
-    return frame.select(pl.col(c) if c in frame.columns else pl.lit(None, t).alias(c)
+    """The contract's scores columns of ``frame``, in order and type; v2 columns the frame
+    does not carry (yet: `queue_reason` until a review queue fills it) are null."""
+    return frame.select(pl.col(c).cast(t) if c in frame.columns else pl.lit(None, t).alias(c)
                         for c, t in SCORES.schema.items())
+
+
+def with_scheme_and_context(layered: pl.DataFrame, model: LoadedModel) -> pl.DataFrame:
+    """The scores table's v2 columns for a feature frame (same rows, same order): the
+    likely scheme (detector.schemes: the bundle's scheme model, else the rule families)
+    and the context a reader needs (date, counterparty, destination, goods, quantity,
+    value)."""
+    from detector.schemes import scheme_columns
+
+    if "likely_scheme" not in layered.columns:
+        scheme_model = None if model.fallback else getattr(model.bundle, "scheme_model", None)
+        layered = layered.hstack(scheme_columns(layered, scheme_model))
+    return layered.with_columns(
+        pl.col("counterparty_name").alias("counterparty"),
+        pl.coalesce(pl.col("destination_country"), pl.col("lessee_country"))
+        .alias("destination"),
+        pl.col("declared_quantity").cast(pl.Int64).alias("quantity"))
+
+
+# What the scores table keeps of each record besides its key, risk and rule hits.
+CONTEXT_COLUMNS = ("likely_scheme", "scheme_confidence", "record_date", "counterparty",
+                   "destination", "goods", "quantity", "value_usd")
 
 
 def _layers_and_risk(frame: pl.DataFrame, model: LoadedModel, scorer=None
@@ -117,7 +145,7 @@ def rank_with_reasons(layered: pl.DataFrame, scorer, model: LoadedModel, top: in
     """
     from detector.reasons import full_reasons, rule_labels
 
-    ranked = rank(layered)
+    ranked = rank(with_scheme_and_context(layered, model))
     head, tail = ranked[:top], ranked[top:]
     head = head.with_columns(reasons=pl.Series(full_reasons(head, scorer, model.fallback),
                                                dtype=pl.String))
@@ -231,8 +259,9 @@ def score_records(batch: Batch, model: LoadedModel, top: int = 1000, *,
         frame = features(part) if frame is None else frame
         layered, _ = _layers_and_risk(frame, model, scorer)
         del frame
+        layered = with_scheme_and_context(layered, model)
         kept.append(layered.select("record_kind", "record_id", "risk_score",
-                                   "unsupervised_score", rule_mask()))
+                                   "unsupervised_score", rule_mask(), *CONTEXT_COLUMNS))
         # gathered, not sliced: a slice would keep the whole part's buffers alive
         order = rank(layered.with_row_index("__i"))["__i"].head(top)
         heads.append(layered[order])
@@ -305,20 +334,24 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
     parse_capacity(capacity, 1)
     check_explore(explore)
+    check_output_path(out)
+    check_output_path(out.with_name(out.name + ".provenance.json"), "--out's provenance file")
+    if quarantine is not None and Path(quarantine).exists() and not Path(quarantine).is_dir():
+        raise InputError(f"--quarantine {quarantine}: is a file; give a directory")
     batch = load_batch(dataset_dir, history_dirs, screening_list,
                        allow_errors=quarantine is not None)
     model = load_model(model_uri, log)
     log(f"scoring {batch.dataset.shipments.height} shipments and "
         f"{batch.dataset.leases.height} leases with {model.label}")
     # a large batch's shipments wait on disk while scoring (score_records, spill_dir)
-    with tempfile.TemporaryDirectory(prefix="detector-score-") as spill:
+    with temporary_directory("score") as spill:
         if engine == "dask":
             from detector.distributed import score_batch_dask
 
             scored = score_batch_dask(batch, model, top, scheduler=scheduler, log=log)
         else:
             scored = score_records(batch, model, top, chunk_rows=chunk_rows,
-                                   spill_dir=Path(spill), log=log)
+                                   spill_dir=spill, log=log)
         scored.frame = mark_queue(scored.frame, capacity, explore,
                                   supervised=not model.fallback)
         log(queue_summary(scored.frame))
@@ -338,14 +371,22 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
 
 
 def write_scores(table: pl.DataFrame, out: Path, provenance: dict) -> None:
-    """The scores table, and beside it ``<out>.provenance.json`` tracing it to its inputs."""
+    """The scores table, and beside it ``<out>.provenance.json`` tracing it to its inputs.
+
+    Both are written in full before either replaces anything: a failure leaves the
+    previous pair as it was.
+    """
+    from detector.contract import table_writer
+    from detector.files import atomic_write_many
+
     sidecar = out.with_name(out.name + ".provenance.json")
-    write_table(table, out)
-    try:
-        sidecar.write_text(json.dumps(provenance, indent=2, default=str))
-    except OSError:
-        out.unlink(missing_ok=True)  # no scores file without its provenance
-        raise
+    write_scores_file = table_writer(table, out)
+
+    def write(tmps: list[Path]) -> None:
+        write_scores_file(tmps[0])
+        tmps[1].write_text(json.dumps(provenance, indent=2, default=str))
+
+    atomic_write_many([out, sidecar], write)
 
 
 def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
@@ -375,8 +416,7 @@ def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
 def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.DataFrame:
     """Score a bare frame of contract shipment columns with a bundle (the MLflow pyfunc)."""
     from detector.contract import LEASES, PARTIES, SHIPMENTS
-    from detector.reference import default_screening_list_path, load_reference, \
-        read_screening_list
+    from detector.reference import default_screening_list_path, load_reference, read_screening_list
     from features.build import build_features
     from features.stats import FeatureStats
 
@@ -396,13 +436,36 @@ def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.Dat
     return scores_columns(score_frame(frame, model, top))
 
 
-def top_table(scored: Scored, n: int) -> str:
-    """The top-N table printed on stdout."""
-    head = scored.frame.head(n)
-    lines = [f"{'rank':>5}  {'kind':<8}  {'record_id':<22}  {'risk':>6}  reasons"]
-    for r in head.iter_rows(named=True):
-        reasons = r["reasons"] or ""
-        lines.append(f"{r['rank']:>5}  {r['record_kind']:<8}  {r['record_id']:<22}  "
-                     f"{r['risk_score']:6.3f}  {reasons}")
-    return "\n".join(lines)
+def _cut(text, width: int) -> str:
+    text = "" if text is None else " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
+
+def _money(value) -> str:
+    if value is None:
+        return "-"
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"${value / size:,.1f}{unit}"
+    return f"${value:,.0f}"
+
+
+def top_table(scored: Scored, n: int) -> str:
+    """The top-N table printed on stdout: rank, risk, likely scheme, the record in a
+    reader's terms (date, counterparty, destination, goods, quantity, value), reasons."""
+    head = scored.frame.head(n)
+    lines = [f"{'rank':>5}  {'kind':<8}  {'record_id':<16}  {'risk':>5}  {'likely scheme':<22}  "
+             f"{'date':<10}  {'counterparty':<28}  {'dest':<4}  {'goods':<26}  {'qty':>5}  "
+             f"{'value':>8}  reasons"]
+    for r in head.iter_rows(named=True):
+        scheme = r.get("likely_scheme") or ""
+        if r.get("scheme_confidence") is not None:
+            scheme += f" {r['scheme_confidence']:.2f}"
+        quantity = "" if r.get("quantity") is None else f"{r['quantity']:,}"
+        lines.append(
+            f"{r['rank']:>5}  {r['record_kind']:<8}  {r['record_id']:<16}  "
+            f"{r['risk_score']:5.3f}  {_cut(scheme, 22):<22}  "
+            f"{str(r.get('record_date') or ''):<10}  {_cut(r.get('counterparty'), 28):<28}  "
+            f"{r.get('destination') or '':<4}  {_cut(r.get('goods'), 26):<26}  {quantity:>5}  "
+            f"{_money(r.get('value_usd')):>8}  {r['reasons'] or ''}")
+    return "\n".join(lines)

@@ -25,6 +25,7 @@ import polars as pl
 
 from detector.contract import LABELS, LEASES, PARTIES, SCREENING_LIST, SHIPMENTS, write_table
 from detector.errors import UsageError
+from detector.files import os_failure
 from detector.simulation import names
 from detector.simulation.catalogue import (
     CONSUMER_CONTROLLED,
@@ -208,7 +209,10 @@ def simulate(out_dir: str | Path, seed: int = 0, shipments: int = 10000,
     screening_df = world.screening_frame()
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_failure(exc, out, "create the output directory") from None
     say(f"writing {out}")
     files = [
         write_table(shipments_df.select(SHIPMENTS.column_names).sort("shipment_id"),
@@ -592,19 +596,22 @@ class World:
             ok = self.high_end
         return int(ok[rng.integers(ok.size)])
 
-    def _scheme_window(self, rng, length: int) -> int:
-        hi = max(1, self.cal.n_days - length)
-        if self._window_floor:  # a late scheme: its first day no earlier than the floor
-            lo = min(self._window_floor, self.cal.n_days - 1)
-            return int(self.cal.sample(rng, 1, lo, max(hi, lo + 1))[0])
-        return int(self.cal.sample(rng, 1, 0, hi)[0])
+    def _scheme_window(self, rng) -> int:
+        """A scheme's first day, drawn by trading intensity over the whole period (a late
+        scheme: no earlier than its floor). Schemes started late run past the period's end
+        (rows after the last day are not written, as they have not happened yet), so
+        diversion goes on at a steady rate to the last day."""
+        lo = min(self._window_floor, self.cal.n_days - 1)
+        return int(self.cal.sample(rng, 1, lo, self.cal.n_days)[0])
 
     def _row(self, typology: str, scheme: int, day: int, cons: int, exp: int, prod: int,
              qty: int, *, price_factor: float = 1.0, misdeclared: bool = False, payer: int = -1,
              inter: int = -1, transit: str | None = None, license_mode: int = 1,
              shady: float = 0.6, related: bool = False) -> None:
+        if day >= self.cal.n_days:  # after the simulated period: not (yet) in the data
+            return
         r = self.div_rows
-        for key, value in (("day", min(day, self.cal.n_days - 1)), ("cons", cons), ("exp", exp),
+        for key, value in (("day", day), ("cons", cons), ("exp", exp),
                            ("prod", prod), ("qty", max(1, int(qty))),
                            ("price_factor", price_factor), ("misdeclared", misdeclared),
                            ("payer", payer), ("inter", inter), ("transit", transit),
@@ -655,7 +662,7 @@ class World:
 
     def _scheme_transshipment(self, rng, scheme):
         span = int(rng.integers(30, 180))
-        day0 = self._scheme_window(rng, span + 60)
+        day0 = self._scheme_window(rng)
         roll = rng.random()
         if roll < 0.45:
             cons = self._shell(rng, day0)
@@ -674,7 +681,7 @@ class World:
 
     def _scheme_shell_company(self, rng, scheme):
         span = int(rng.integers(20, 150))
-        day0 = self._scheme_window(rng, span + 60)
+        day0 = self._scheme_window(rng)
         cons = self._shell(rng, day0)
         self._inbound(rng, "shell_company", scheme, cons, int(rng.integers(1, 7)), day0, span,
                       misdeclare_p=0.3, payer_p=0.75, reexport_p=0.35, shady=0.75)
@@ -695,7 +702,7 @@ class World:
 
     def _scheme_restricted_parent(self, rng, scheme):
         span = int(rng.integers(30, 240))
-        day0 = self._scheme_window(rng, span + 60)
+        day0 = self._scheme_window(rng)
         cons = self._cn_sub(rng, day0)
         payer = self.book.cols["parent"][cons]
         k = int(rng.integers(1, 9))
@@ -710,7 +717,7 @@ class World:
 
     def _scheme_misdeclaration(self, rng, scheme):
         span = int(rng.integers(10, 120))
-        day0 = self._scheme_window(rng, span + 60)
+        day0 = self._scheme_window(rng)
         roll = rng.random()
         if roll < 0.4:
             cons = self._shell(rng, day0)
@@ -724,7 +731,7 @@ class World:
 
     def _scheme_splitting(self, rng, scheme):
         span = int(rng.integers(3, 22))
-        day0 = self._scheme_window(rng, span + 5)
+        day0 = self._scheme_window(rng)
         cons = self._shell(rng, day0) if rng.random() < 0.6 else self._new_receiver(rng)
         threshold = [2500.0, 5000.0, 10000.0][rng.integers(3)]
         prod = self._controlled_product(rng, day0, servers_ok=False)
@@ -741,7 +748,7 @@ class World:
 
     def _scheme_screening_evasion(self, rng, scheme):
         span = int(rng.integers(10, 150))
-        day0 = self._scheme_window(rng, span + 60)
+        day0 = self._scheme_window(rng)
         entry = self.listed[rng.integers(len(self.listed))]
         country = entry["country"] or "HK"
         if country not in ("HK", "CN", "MO") or rng.random() < 0.4:
@@ -758,7 +765,7 @@ class World:
                       misdeclare_p=0.25, payer_p=0.5, reexport_p=0.2, shady=0.5)
 
     def _scheme_cloud_lease(self, rng, scheme):
-        day0 = self._scheme_window(rng, 200)
+        day0 = self._scheme_window(rng)
         roll = rng.random()
         if roll < 0.25:
             lessee = self._new_receiver(rng)
@@ -770,9 +777,11 @@ class World:
         provider = self._provider_in(rng, dc_country, day0)
         payer_country = _pick(rng, {"HK": 3, "CN": 2}) if rng.random() < 0.65 else None
         for day in np.sort(day0 + rng.integers(0, 180, size=int(rng.integers(1, 5)))):
+            if day >= self.cal.n_days:  # after the simulated period
+                continue
             prod = self._controlled_product(rng, int(day))
             d = self.div_leases
-            for key, value in (("day", min(int(day), self.cal.n_days - 1)), ("lessee", lessee),
+            for key, value in (("day", int(day)), ("lessee", lessee),
                                ("provider", provider), ("dc_country", dc_country), ("prod", prod),
                                ("gpu_count", 8 * int(rng.integers(32, 513))),
                                ("term", int(rng.choice([6, 12, 12, 24, 36]))),

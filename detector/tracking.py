@@ -22,6 +22,7 @@ import polars as pl
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from detector.contract import write_table
 from detector.errors import EnvironmentFailure, InputError
 
 DEFAULT_MODEL_NAME = "chip-diversion"
@@ -149,7 +150,7 @@ def log_training_run(*, experiment: str, model_name: str, bundle_dir: Path, para
             with tempfile.TemporaryDirectory() as tmp:
                 for name, table in tables.items():
                     p = Path(tmp) / f"{name}.csv"
-                    table.write_csv(p)
+                    write_table(table, p)  # formula-safe, like every CSV we write
                     mlflow.log_artifact(str(p), artifact_path="evaluation")
             logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the pickling notice
             info = mlflow.pyfunc.log_model(

@@ -142,6 +142,10 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
     probability = model.decision_function(test)
     metrics = evaluate(y, probability, test["typology"].to_list())
     metrics["best_iteration"] = float(model.supervised_.best_iteration_)
+    scheme_model, scheme_metrics = fit_scheme_model(
+        pl.concat([slices["fit"], slices["calibrate"]], how="vertical_relaxed"), test,
+        features, log)
+    metrics.update(scheme_metrics)
     reliability = reliability_table(y, probability)
     evaluation_table = test.select("record_kind", "record_id", "record_date", "label",
                                    "typology").with_columns(risk_score=probability)
@@ -153,7 +157,7 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
                   for name, part in slices.items()}
     provenance = {**batch.provenance, "config": config.source, "slices": slice_info}
     bundle = ModelBundle(model, features, stats.to_dict(), batch.reference_version,
-                         config.as_params(), metrics, provenance)
+                         config.as_params(), metrics, provenance, scheme_model)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundle_dir = bundle.save(tmp / "bundle")
@@ -176,6 +180,35 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
         )
     return TrainResult(run.run_id, run.name, run.version, run.champion, run.experiment,
                        metrics, reliability, slice_info)
+
+
+def fit_scheme_model(train: pl.DataFrame, test: pl.DataFrame, features: list[str],
+                     log: Callable[[str], None] = lambda _: None):
+    """The scheme model from the confirmed diversions of ``train`` whose typology maps to
+    a scheme (None when fewer than two schemes can be told apart: scoring then uses the
+    rule families), and its accuracy on those of ``test``: the share whose likely scheme
+    is one of the schemes their typology names."""
+    from detector.models.scheme import SchemeModel
+    from detector.schemes import scheme_columns, schemes_of
+
+    positives = train.filter(pl.col("label") == 1)
+    schemes = [schemes_of(t) for t in positives["typology"].to_list()]
+    keep = [i for i, s in enumerate(schemes) if s]
+    if not SchemeModel.trainable([schemes[i] for i in keep]):
+        log("likely schemes will come from the rule families: the labelled typologies name "
+            "fewer than two schemes with enough examples")
+        return None, {}
+    model = SchemeModel(features).fit(positives[keep], [schemes[i] for i in keep])
+    log(f"scheme model: {len(keep)} labelled diversions, schemes "
+        + ", ".join(f"{s} {n}" for s, n in model.class_counts_.items()))
+    held = test.filter(pl.col("label") == 1)
+    truth = [schemes_of(t) for t in held["typology"].to_list()]
+    rows = [i for i, s in enumerate(truth) if s]
+    if not rows:
+        return model, {}
+    predicted = scheme_columns(held[rows], model)["likely_scheme"].to_list()
+    hits = sum(p in truth[i] for p, i in zip(predicted, rows))
+    return model, {"likely_scheme_accuracy": hits / len(rows)}
 
 
 def _plots(importance: pl.DataFrame, y: np.ndarray, probability: np.ndarray,

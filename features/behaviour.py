@@ -153,10 +153,11 @@ def reexport(base: pl.LazyFrame, reexports: pl.LazyFrame) -> pl.LazyFrame:
     cum = cumulative_at(base, events.select("consignee_key", "__event_date", "chip_units"),
                         "consignee_key", ["chip_units"],
                         {"window_end": REEXPORT_WINDOW_DAYS, "window_start": -1})
+    units = pl.col("window_end_chip_units") - pl.col("window_start_chip_units")
     share = cum.join(base.select("record_id", "chip_units"), on="record_id", how="left").select(
         "record_id",
-        ((pl.col("window_end_chip_units") - pl.col("window_start_chip_units"))
-         / pl.when(pl.col("chip_units") > 0).then(pl.col("chip_units")))
-        .alias("reexported_unit_share_90d"))
+        (units / pl.when(pl.col("chip_units") > 0).then(pl.col("chip_units")))
+        .alias("reexported_unit_share_90d"),
+        units.alias("reexported_units_90d"))
     return first.join(share, on="record_id", how="left").with_columns(
         pl.col("days_until_reexport").is_not_null().alias("later_reexported_to_d5_hk_mo"))

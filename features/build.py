@@ -158,7 +158,10 @@ def _shipment_records(ctx: _Context, shipments: pl.DataFrame, first_row: int) ->
     lf = shipments.lazy().with_row_index("__row", offset=first_row).with_columns(
         pl.lit("shipment").alias("record_kind"),
         pl.col("shipment_id").alias("record_id"),
-        pl.col("export_date").alias("record_date"))
+        pl.col("export_date").alias("record_date"),
+        pl.col("consignee_name").alias("counterparty_name"),
+        pl.col("description").alias("goods"),
+        pl.col("quantity").alias("declared_quantity"))
     lf = _join_text(lf, ctx.names.rename({"name_norm": "__consignee_norm"}), "consignee_name", "")
     lf = _join_text(lf, ctx.names.rename({"name_norm": "__exporter_norm"}), "exporter_name", "")
     lf = _join_text(lf, ctx.names.rename({"name_norm": "__payer_norm"}), "payer_name", "")
@@ -275,7 +278,10 @@ def _lease_frame(ctx: _Context, leases: pl.DataFrame) -> pl.LazyFrame:
     lf = leases.lazy().with_columns(
         pl.lit("lease").alias("record_kind"),
         pl.col("lease_id").alias("record_id"),
-        pl.col("start_date").alias("record_date"))
+        pl.col("start_date").alias("record_date"),
+        pl.col("lessee_name").alias("counterparty_name"),
+        pl.col("gpu_model").alias("goods"),
+        pl.col("gpu_count").alias("declared_quantity"))
     lf = _join_text(lf, ctx.names.rename({"name_norm": "__lessee_norm"}), "lessee_name", "")
     lf = ctx.resolve(lf, "__lessee_norm", "lessee_country", "lessee_party_id", "lessee")
     lf = product.recognise_chips(lf, "gpu_model", ref)

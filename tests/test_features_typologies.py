@@ -26,7 +26,10 @@ DEFINING = {
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
-    simulate(out, seed=3, shipments=20_000)
+    # a world with at least 10 records of every typology (schemes are drawn at random, and
+    # some seeds give one typology a single short scheme: seed 3 gave screening evasion
+    # one record); seed 1 gives 25-115 of each
+    simulate(out, seed=1, shipments=20_000)
     ds = read_dataset(out)
     frame = build_features(ds.shipments, ds.leases, ds.parties, ds.screening_list,
                            load_reference())
@@ -37,7 +40,7 @@ def world(tmp_path_factory):
 @pytest.mark.parametrize("typology", sorted(DEFINING))
 def test_typology_features_are_elevated(world, typology):
     rows = world.filter(pl.col("typology") == typology)
-    assert rows.height > 0, f"the simulated world has no {typology} records"
+    assert rows.height >= 10, f"the simulated world has {rows.height} {typology} records"
     kinds = rows["record_kind"].unique().to_list()
     legit = world.filter((pl.col("label").fill_null(0) == 0) & pl.col("typology").is_null()
                          & pl.col("record_kind").is_in(kinds))

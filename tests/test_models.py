@@ -288,3 +288,86 @@ def test_model_bundle_refuses_different_features(fitted_bundle, tmp_path):
 def test_model_bundle_refuses_a_directory_without_a_bundle(tmp_path):
     with pytest.raises(InputError, match="not a detector model bundle"):
         ModelBundle.load(tmp_path)
+
+
+# ------------------------------------------------------------------ no code from a bundle
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: proof that code from the file ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _plant_pickle(directory: Path, marker: Path) -> None:
+    import pickle
+
+    (directory / "layers.pkl").write_bytes(pickle.dumps({"rules": _Payload(marker)}))
+    # the payload is live: unpickling it here does create the marker
+    probe = marker.with_name("probe")
+    pickle.loads(pickle.dumps(_Payload(probe)))
+    assert probe.exists()
+
+
+def test_a_bundle_holds_no_pickle(fitted_bundle, tmp_path):
+    directory = fitted_bundle.save(tmp_path / "bundle")
+    names = sorted(p.name for p in directory.iterdir())
+    assert names == ["booster.txt", "bundle.json", "detectors.skops", "unsupervised.npz"]
+    for p in directory.iterdir():
+        assert b"\x80\x04\x95" not in p.read_bytes()[:64]  # no pickle protocol header
+
+
+def test_a_pickle_planted_in_a_bundle_is_never_unpickled(fitted_bundle, labelled_frame,
+                                                         tmp_path):
+    directory = fitted_bundle.save(tmp_path / "bundle")
+    marker = tmp_path / "code-ran"
+    _plant_pickle(directory, marker)
+    loaded = ModelBundle.load(directory, expected_features=model_feature_names())
+    assert not marker.exists()
+    assert np.array_equal(loaded.model.decision_function(labelled_frame.head(50)),
+                          fitted_bundle.model.decision_function(labelled_frame.head(50)))
+
+
+def test_an_old_pickled_bundle_is_refused_without_unpickling(fitted_bundle, tmp_path):
+    import json
+
+    directory = fitted_bundle.save(tmp_path / "bundle")
+    meta = json.loads((directory / "bundle.json").read_text())
+    meta["bundle_format"] = 1
+    (directory / "bundle.json").write_text(json.dumps(meta))
+    marker = tmp_path / "code-ran"
+    _plant_pickle(directory, marker)
+    with pytest.raises(InputError, match="format 1 stored its layers as a pickle"):
+        ModelBundle.load(directory, expected_features=model_feature_names())
+    assert not marker.exists()
+
+
+def test_a_replaced_detector_file_is_refused(fitted_bundle, tmp_path):
+    directory = fitted_bundle.save(tmp_path / "bundle")
+    (directory / "detectors.skops").write_bytes(b"PK\x03\x04 not the saved file")
+    with pytest.raises(InputError, match="does not match the SHA-256"):
+        ModelBundle.load(directory, expected_features=model_feature_names())
+
+
+def test_a_detector_file_with_foreign_types_is_refused_even_with_a_matching_hash(
+        fitted_bundle, tmp_path):
+    """An attacker can rewrite bundle.json too: the hash is integrity, the type list is
+    the safety. skops builds only the listed classes."""
+    import hashlib
+    import json
+    from collections import Counter
+
+    import skops.io
+
+    directory = fitted_bundle.save(tmp_path / "bundle")
+    data = skops.io.dumps({"iforest": Counter("abc"), "hbos": Counter()})
+    (directory / "detectors.skops").write_bytes(data)
+    meta = json.loads((directory / "bundle.json").read_text())
+    meta["files"]["detectors.skops"] = hashlib.sha256(data).hexdigest()
+    (directory / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="holds types a detector bundle never contains"):
+        ModelBundle.load(directory, expected_features=model_feature_names())

@@ -176,6 +176,44 @@ def test_score_ranks_confirmed_diversions_high(scores_csv, truth):
     assert top_share["label"].mean() > 5 * base_rate
 
 
+def test_score_table_carries_the_likely_scheme_and_the_records_context(scores_csv, world):
+    out, stdout = scores_csv
+    scores = pl.read_csv(out, schema=SCORES.schema)
+    assert SCORES.column_names[6:] == ["likely_scheme", "scheme_confidence", "queue_reason",
+                                       "record_date", "counterparty", "destination", "goods",
+                                       "quantity", "value_usd"]
+    allowed = {*SCORES.column("likely_scheme").values}
+    assert scores["likely_scheme"].null_count() == 0
+    assert set(scores["likely_scheme"]) <= allowed and len(set(scores["likely_scheme"])) >= 3
+    known = scores.filter(pl.col("likely_scheme") != "unclear")["scheme_confidence"]
+    assert known.null_count() == 0 and known.min() >= 0.4 and known.max() <= 1
+    assert set(scores["queue_reason"].drop_nulls()) <= {"risk", "explore"}  # detector.queue
+
+    shipments = pl.read_csv(world / "shipments.csv", schema_overrides={"hs_code": pl.String},
+                            try_parse_dates=True)
+    leases = pl.read_csv(world / "leases.csv", try_parse_dates=True)
+    expected = pl.concat([
+        shipments.select(pl.lit("shipment").alias("record_kind"),
+                         pl.col("shipment_id").alias("record_id"),
+                         pl.col("export_date").alias("record_date"),
+                         pl.col("consignee_name").alias("counterparty"),
+                         pl.col("destination_country").str.to_uppercase().alias("destination"),
+                         pl.col("description").alias("goods"), "quantity", "value_usd"),
+        leases.select(pl.lit("lease").alias("record_kind"), pl.col("lease_id").alias("record_id"),
+                      pl.col("start_date").alias("record_date"),
+                      pl.col("lessee_name").alias("counterparty"),
+                      pl.col("lessee_country").str.to_uppercase().alias("destination"),
+                      pl.col("gpu_model").alias("goods"), pl.col("gpu_count").alias("quantity"),
+                      "value_usd")])
+    got = scores.select(expected.columns).sort("record_kind", "record_id")
+    want = expected.sort("record_kind", "record_id").cast(got.schema)
+    assert got.drop("value_usd").equals(want.drop("value_usd"))
+    assert np.allclose(got["value_usd"].fill_null(-1).to_numpy(),
+                       want["value_usd"].fill_null(-1).to_numpy())
+    first = scores.row(0, named=True)
+    assert first["likely_scheme"] in stdout.splitlines()[1] and str(first["record_date"]) in stdout
+
+
 def test_score_prints_the_top_n(scores_csv):
     out, stdout = scores_csv
     rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]

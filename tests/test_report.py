@@ -145,7 +145,8 @@ def make_dataset(tmp: Path, months: tuple[str, ...] = ("2024-05", "2024-06"),
                           descending=[True, False, False])
               .with_row_index("rank", offset=1)
               .with_columns(pl.col("rank").cast(pl.Int64), pl.lit("chip-diversion/3").alias("model"))
-              .select(c.name for c in SCORES.columns if c.required))
+              # a v1-shaped table (no likely_scheme or context): the report accepts it
+              .select([c.name for c in SCORES.columns if c.required]))
     return dataset, scores
 
 

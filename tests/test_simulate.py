@@ -236,6 +236,32 @@ def test_diversion_dates_are_spread_over_the_period(world):
     assert months(ship.filter(pl.col("label") == 1)) >= 15
 
 
+def _monthly_diversion_rate(out) -> list[float]:
+    truth = pl.read_parquet(out / "truth.parquet").filter(pl.col("record_kind") == "shipment")
+    dates = pl.read_csv(out / "shipments.csv", columns=["shipment_id", "export_date"])
+    joined = truth.join(dates.rename({"shipment_id": "record_id"}), on="record_id")
+    return joined.group_by(pl.col("export_date").str.slice(0, 7).alias("month")).agg(
+        pl.col("label").mean()).sort("month")["label"].to_list()
+
+
+def test_schemes_go_on_to_the_last_month(world, tmp_path):
+    """Diversion does not stop because the data ends (issue #12: the demo's latest month
+    had none): every month after the first has diversions, and over several worlds the
+    last two months run at the rate of the middle of the period. One world is lumpy (a
+    scheme is 1-20 records), so the rate is averaged over seeds."""
+    ship = world["ship"].with_columns(month=pl.col("export_date").dt.strftime("%Y-%m"))
+    per_month = ship.group_by("month").agg(pl.col("label").sum()).sort("month")
+    assert per_month.height == 24 and min(per_month["label"][1:]) >= 1, per_month
+    ratios = []
+    for seed in range(8):
+        simulate(tmp_path / str(seed), seed=seed, shipments=8000)
+        rates = _monthly_diversion_rate(tmp_path / str(seed))
+        ratios.append((rates[-1] + rates[-2]) / 2 / (sum(rates[6:18]) / 12))
+    assert sum(ratios) / len(ratios) >= 0.7, ratios
+    leases = world["leases"].filter(pl.col("label") == 1)
+    assert leases["start_date"].max() >= date(2025, 11, 1)
+
+
 def test_ids_do_not_encode_the_class(world):
     ship = world["ship"]
     assert ship["shipment_id"].str.contains("^SHP-[0-9A-Z]{12}$").all()

@@ -11,7 +11,6 @@ parameters — saved to a directory and refused when the features differ.
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +20,12 @@ import polars as pl
 from detector.errors import InputError
 from detector.models.base import RiskModel
 from detector.models.rules import RuleModel
+from detector.models.scheme import SchemeModel
 from detector.models.supervised import SupervisedModel
 from detector.models.unsupervised import DETECTORS, UnsupervisedEnsemble
 
-BUNDLE_FORMAT = 1
+# 2: no pickle (booster text, NPZ arrays, skops detectors; see ModelBundle)
+BUNDLE_FORMAT = 2
 
 
 def layer_columns(detectors: tuple[str, ...]) -> list[str]:
@@ -140,7 +141,18 @@ class DiversionModel(RiskModel):
 
 @dataclass
 class ModelBundle:
-    """A fitted model with its features, learned statistics and provenance."""
+    """A fitted model with its features, learned statistics and provenance.
+
+    On disk (format 2) a bundle holds no pickle and nothing that runs code when read:
+    ``bundle.json`` (parameters, features, statistics, provenance; an extensible JSON
+    document), ``booster.txt`` (LightGBM's own text model), ``unsupervised.npz`` (the
+    scaling arrays and training-score references, read with ``allow_pickle=False``) and
+    ``detectors.skops`` (the fitted pyod detectors in skops' data-only format, loaded
+    with an explicit list of the few classes it may build), and with a scheme model
+    ``scheme_booster.txt`` (its LightGBM text; classes in ``bundle.json``). A ``.pkl`` file in the
+    directory is never opened. ``bundle.json`` records each file's SHA-256, checked
+    before anything is parsed, so a truncated or swapped file is refused.
+    """
 
     model: DiversionModel
     feature_names: list[str]
@@ -149,28 +161,44 @@ class ModelBundle:
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    scheme_model: SchemeModel | None = None  # None: likely schemes from the rule families
 
     def save(self, directory: str | Path) -> Path:
+        import skops.io
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state, booster_text = self.model.supervised_.to_state()
-        (directory / "booster.txt").write_text(booster_text)
-        with open(directory / "layers.pkl", "wb") as fh:
-            pickle.dump({"rules": self.model.rules_, "unsupervised": self.model.unsupervised_,
-                         "params": {k: getattr(self.model, k) for k in (
-                             "features", "lightgbm_params", "num_boost_round",
-                             "early_stopping_rounds", "unsupervised_detectors",
-                             "max_fit_rows", "random_state")}}, fh)
+        unsupervised = self.model.unsupervised_
+        (directory / BOOSTER_FILE).write_text(booster_text)
+        arrays = {"fill_values": unsupervised.fill_values_, "center": unsupervised.center_,
+                  "scale": unsupervised.scale_,
+                  **{f"train_scores_{k}": v for k, v in unsupervised.train_scores_.items()}}
+        with open(directory / ARRAYS_FILE, "wb") as fh:
+            np.savez(fh, **arrays)
+        (directory / DETECTORS_FILE).write_bytes(skops.io.dumps(dict(unsupervised.detectors_)))
+        params = {k: getattr(self.model, k) for k in (
+            "features", "lightgbm_params", "num_boost_round", "early_stopping_rounds",
+            "unsupervised_detectors", "max_fit_rows", "random_state")}
+        params["unsupervised_detectors"] = list(params["unsupervised_detectors"])
         meta = {
             "bundle_format": BUNDLE_FORMAT,
             "feature_names": self.feature_names,
             "feature_stats": self.feature_stats,
             "reference_version": self.reference_version,
             "supervised": state,
+            "layers": {"params": params, "rules": list(self.model.rules_.rule_names_),
+                       "detectors": list(unsupervised.detectors_)},
+            "files": {name: _sha256(directory / name)
+                      for name in (BOOSTER_FILE, ARRAYS_FILE, DETECTORS_FILE)},
             "config": self.config,
             "metrics": self.metrics,
             "provenance": self.provenance,
         }
+        if self.scheme_model is not None:
+            meta["scheme"], scheme_text = self.scheme_model.to_state()
+            (directory / SCHEME_FILE).write_text(scheme_text)
+            meta["files"][SCHEME_FILE] = _sha256(directory / SCHEME_FILE)
         (directory / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
         return directory
 
@@ -178,17 +206,25 @@ class ModelBundle:
     def load(cls, directory: str | Path, expected_features: list[str] | None = None):
         """Load a bundle; refuse it when its features differ from ``expected_features``.
 
-        Only load bundles from the project's own registry or directories: the layers
-        are pickled.
+        Reading a bundle runs no code from it (see the class notes), so a directory from
+        anywhere can be loaded safely; whether its model scores well is another matter.
         """
         directory = Path(directory)
         meta_path = directory / "bundle.json"
-        if not meta_path.exists():
+        if not meta_path.is_file():
             raise InputError(f"{directory}: not a detector model bundle (no bundle.json)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("bundle_format") != BUNDLE_FORMAT:
-            raise InputError(f"{directory}: bundle format {meta.get('bundle_format')!r}, "
-                             f"this detector reads format {BUNDLE_FORMAT}")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{meta_path}: not a readable bundle description: {exc}") from None
+        if not isinstance(meta, dict):
+            raise InputError(f"{meta_path}: not a detector bundle description (not an object)")
+        found = meta.get("bundle_format")
+        if found != BUNDLE_FORMAT:
+            hint = (" (format 1 stored its layers as a pickle, which this detector never "
+                    "loads: retrain with `detector train`)" if found == 1 else "")
+            raise InputError(f"{directory}: bundle format {found!r}, this detector reads "
+                             f"format {BUNDLE_FORMAT}{hint}")
         names = meta["feature_names"]
         if expected_features is not None and names != expected_features:
             missing = [f for f in expected_features if f not in names]
@@ -197,12 +233,93 @@ class ModelBundle:
                 f"{directory}: the model was trained on different features than this detector "
                 f"builds (model lacks {missing[:6]}, model has extra {extra[:6]}); retrain it "
                 "with `detector train` or use the detector version it was trained with")
-        with open(directory / "layers.pkl", "rb") as fh:
-            layers = pickle.load(fh)
-        model = DiversionModel(**layers["params"])
-        model.rules_ = layers["rules"]
-        model.unsupervised_ = layers["unsupervised"]
-        model.supervised_ = SupervisedModel.from_state(meta["supervised"],
-                                                       (directory / "booster.txt").read_text())
+        try:
+            model = _load_layers(directory, meta)
+            scheme = None
+            if meta.get("scheme") is not None:
+                scheme = SchemeModel.from_state(meta["scheme"], _checked_bytes(
+                    directory, SCHEME_FILE, meta.get("files") or {}).decode("utf-8"))
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged file: name the bundle, no traceback
+            raise InputError(f"{directory}: the model bundle cannot be read: "
+                             f"{type(exc).__name__}: {str(exc)[:300]}") from None
         return cls(model, names, meta["feature_stats"], meta["reference_version"],
-                   meta.get("config", {}), meta.get("metrics", {}), meta.get("provenance", {}))
+                   meta.get("config", {}), meta.get("metrics", {}), meta.get("provenance", {}),
+                   scheme)
+
+
+BOOSTER_FILE = "booster.txt"
+SCHEME_FILE = "scheme_booster.txt"  # the scheme model (detector.models.scheme), when trained
+ARRAYS_FILE = "unsupervised.npz"
+DETECTORS_FILE = "detectors.skops"
+
+# The only classes a bundle's detectors.skops may build beyond skops' own defaults
+# (numpy arrays, builtins, scikit-learn's estimators). Anything else is refused before
+# any object is made.
+TRUSTED_DETECTOR_TYPES = [
+    "pyod.models.iforest.IForest",
+    "pyod.models.hbos.HBOS",
+    "pyod.models.loda.LODA",
+    "sklearn.tree._tree.Tree",
+]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checked_bytes(directory: Path, name: str, expected: dict) -> bytes:
+    path = directory / name
+    if not path.is_file():
+        raise InputError(f"{directory}: model bundle is missing {name}")
+    data = path.read_bytes()
+    import hashlib
+
+    if expected.get(name) != hashlib.sha256(data).hexdigest():
+        raise InputError(f"{path}: does not match the SHA-256 recorded in bundle.json "
+                         "(damaged or replaced); refusing to load it")
+    return data
+
+
+def _load_layers(directory: Path, meta: dict) -> DiversionModel:
+    import io
+
+    import skops.io
+
+    files = meta.get("files") or {}
+    layers = meta["layers"]
+    params = dict(layers["params"])
+    params["unsupervised_detectors"] = tuple(params["unsupervised_detectors"])
+    model = DiversionModel(**params)
+    rules = RuleModel().fit(pl.DataFrame())  # nothing learned: the names are provenance
+    model.rules_ = rules
+    booster_text = _checked_bytes(directory, BOOSTER_FILE, files).decode("utf-8")
+    with np.load(io.BytesIO(_checked_bytes(directory, ARRAYS_FILE, files)),
+                 allow_pickle=False) as arrays:
+        unsupervised = UnsupervisedEnsemble(params["features"], params["unsupervised_detectors"],
+                                            params["max_fit_rows"], params["random_state"])
+        unsupervised.fill_values_ = arrays["fill_values"]
+        unsupervised.center_ = arrays["center"]
+        unsupervised.scale_ = arrays["scale"]
+        unsupervised.train_scores_ = {k: arrays[f"train_scores_{k}"] for k in layers["detectors"]}
+    data = _checked_bytes(directory, DETECTORS_FILE, files)
+    untrusted = [t for t in skops.io.get_untrusted_types(data=data)
+                 if t not in TRUSTED_DETECTOR_TYPES]
+    if untrusted:
+        raise InputError(f"{directory / DETECTORS_FILE}: holds types a detector bundle never "
+                         f"contains ({untrusted[:5]}); refusing to load it")
+    detectors = skops.io.loads(data, trusted=TRUSTED_DETECTOR_TYPES)
+    if not isinstance(detectors, dict) or list(detectors) != list(layers["detectors"]):
+        raise InputError(f"{directory / DETECTORS_FILE}: does not hold the detectors "
+                         f"bundle.json names ({layers['detectors']})")
+    unsupervised.detectors_ = detectors
+    model.unsupervised_ = unsupervised
+    model.supervised_ = SupervisedModel.from_state(meta["supervised"], booster_text)
+    return model

@@ -1,0 +1,215 @@
+"""Likely scheme (issue #12): typology mapping, rule families, the scheme model, and
+reasons that lead with the scheme's mechanism, state each fact once and never a null."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from pipeline_fixtures import labelled_frame, world  # noqa: F401  (session fixtures)
+
+from detector.errors import InputError
+from detector.models.scheme import SchemeModel
+from detector.reasons import reasons_for_row, unusual_values
+from detector.schemes import (
+    SCHEMES,
+    UNCLEAR,
+    rule_family_schemes,
+    scheme_columns,
+    schemes_of,
+    typology_patterns,
+)
+from features.registry import model_feature_names
+
+# ------------------------------------------------------------------ typology mapping
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("transshipment", ["transshipment"]),
+    ("Re-exported via Hong Kong", ["transshipment"]),
+    ("front company", ["shell_company"]),
+    ("shell company; goods re-exported to HK", ["transshipment", "shell_company"]),
+    ("Subsidiary of a D:5 parent", ["restricted_parent"]),
+    ("remote access through a cloud lease", ["cloud_lease"]),
+    ("undervalued, described as adapters", ["misdeclaration"]),
+    ("structuring below the $2,500 threshold", ["splitting"]),
+    ("Entity List name variant", ["screening_evasion"]),
+    ("release of goods delayed", []),  # 'lease' inside a word is not a cloud lease
+    ("", []),
+    (None, []),
+])
+def test_free_text_typologies_map_to_canonical_schemes(text, expected):
+    assert schemes_of(text) == expected
+
+
+def test_every_canonical_code_maps_to_itself():
+    for scheme in SCHEMES:
+        assert schemes_of(scheme) == [scheme]
+        assert schemes_of(scheme.upper()) == [scheme]
+
+
+def test_a_bad_mapping_file_names_file_line_and_column(tmp_path):
+    path = tmp_path / "typologies.csv"
+    path.write_text("pattern,scheme,note\nshell,shell_company,ok\nsmurf,structuring,bad\n")
+    with pytest.raises(InputError, match=r"line 3, column 'scheme': 'structuring'"):
+        typology_patterns(str(path))
+    path.write_text("pattern,scheme,note\n(unclosed,splitting,bad\n")
+    with pytest.raises(InputError, match=r"line 2, column 'pattern'"):
+        typology_patterns(str(path))
+
+
+# ------------------------------------------------------------------ rule families
+
+
+def test_rule_families_name_a_scheme_only_with_a_family_signal(labelled_frame):  # noqa: F811
+    from detector.models.rules import RuleModel
+    from detector.schemes import RULE_FAMILIES
+
+    names, confidence = rule_family_schemes(labelled_frame)
+    hits = RuleModel().fit(labelled_frame).hits(labelled_frame)["rule_hits"].to_list()
+    leg = labelled_frame.select(
+        (pl.col("exporter_country") != "US") & pl.col("destination_country").is_in(
+            ["CN", "HK", "MO"]))["exporter_country"].to_list()
+    kinds = labelled_frame["record_kind"].to_list()
+    assert UNCLEAR in names and len(set(names) - {UNCLEAR}) >= 4
+    for name, conf, hit, is_leg, kind in zip(names, confidence, hits, leg, kinds):
+        family_hits = {s for s, rules in RULE_FAMILIES.items() if set(hit or []) & set(rules)}
+        if name == UNCLEAR:
+            assert np.isnan(conf) and not family_hits
+        elif kind == "lease":
+            assert name == "cloud_lease" and conf == 1.0
+        else:
+            assert name in family_hits or (name == "transshipment" and is_leg)
+            assert 0 < conf <= 1
+
+
+def test_rule_families_find_most_simulated_schemes(labelled_frame):  # noqa: F811
+    positives = labelled_frame.filter(pl.col("label") == 1)
+    names, _ = rule_family_schemes(positives)
+    accuracy = np.mean([n == t for n, t in zip(names, positives["typology"].to_list())])
+    # measured 0.53 on this world (0.67 on a 20k one); always guessing the commonest
+    # scheme (transshipment) gets about 0.35
+    assert accuracy >= 0.5, accuracy
+
+
+# ------------------------------------------------------------------ scheme model
+
+
+def _split(frame):
+    """Confirmed diversions, every third one held out (this small world's schemes cluster
+    in time, so a cut by date would hold out schemes never seen in training)."""
+    positives = frame.filter(pl.col("label") == 1).with_row_index("__i")
+    held = (pl.col("__i") % 3) == 0
+    return positives.filter(~held).drop("__i"), positives.filter(held).drop("__i")
+
+
+def test_scheme_model_learns_typologies_and_round_trips_without_pickle(labelled_frame, tmp_path):  # noqa: F811
+    train, test = _split(labelled_frame)
+    model = SchemeModel(model_feature_names()).fit(
+        train, [schemes_of(t) for t in train["typology"]])
+    predicted = scheme_columns(test, model)
+    assert predicted.height == test.height
+    accuracy = np.mean([p == t for p, t in zip(predicted["likely_scheme"],
+                                               test["typology"].to_list())])
+    # a small world (about 60 training examples): well above naming the commonest scheme
+    # every time; the benchmark measures it on larger worlds
+    commonest = test["typology"].value_counts()["count"].max() / test.height
+    assert accuracy >= commonest + 0.15, (accuracy, commonest)
+    assert predicted["scheme_confidence"].min() > 0
+    assert predicted["scheme_confidence"].max() <= 1
+
+    state, text = model.to_state()
+    import json
+
+    restored = SchemeModel.from_state(json.loads(json.dumps(state)), text)
+    np.testing.assert_allclose(restored.predict_proba(test), model.predict_proba(test))
+
+
+def test_a_combined_typology_counts_for_each_of_its_schemes(labelled_frame):  # noqa: F811
+    train, _ = _split(labelled_frame)
+    schemes = [schemes_of(t) for t in train["typology"]]
+    plain = SchemeModel(model_feature_names(), num_boost_round=5).fit(train, schemes)
+    combined = [s + ["splitting"] if s == ["shell_company"] else s for s in schemes]
+    both = SchemeModel(model_feature_names(), num_boost_round=5).fit(train, combined)
+    added = sum(s == ["shell_company"] for s in schemes)
+    assert both.class_counts_["splitting"] == plain.class_counts_["splitting"] + added
+    assert added and both.class_counts_["shell_company"] == plain.class_counts_["shell_company"]
+
+
+def test_one_scheme_alone_is_not_trainable_so_rule_families_decide(labelled_frame):  # noqa: F811
+    from detector.training import fit_scheme_model
+
+    only = labelled_frame.with_columns(typology=pl.lit("transshipment"))
+    model, metrics = fit_scheme_model(only, only, model_feature_names())
+    assert model is None and metrics == {}
+    assert not SchemeModel.trainable([["splitting"]] * 50)
+    assert SchemeModel.trainable([["splitting"]] * 3 + [["cloud_lease"]] * 3)
+
+
+def test_bundle_saves_the_scheme_model_as_text(labelled_frame, tmp_path):  # noqa: F811
+    from detector.models.ensemble import DiversionModel, ModelBundle
+
+    train, test = _split(labelled_frame)
+    features = model_feature_names()
+    model = DiversionModel(features, {"num_threads": 1}, num_boost_round=20).fit(
+        labelled_frame, labelled_frame["label"].to_numpy())
+    scheme = SchemeModel(features).fit(train, [schemes_of(t) for t in train["typology"]])
+    ModelBundle(model, features, {}, "ref", scheme_model=scheme).save(tmp_path / "b")
+    assert (tmp_path / "b" / "scheme_booster.txt").read_text().startswith("tree")
+    loaded = ModelBundle.load(tmp_path / "b", expected_features=features)
+    np.testing.assert_allclose(loaded.scheme_model.predict_proba(test),
+                               scheme.predict_proba(test))
+    assert loaded.scheme_model.classes_ == scheme.classes_
+
+
+# ------------------------------------------------------------------ reasons
+
+
+def _row(**kw) -> dict:
+    base = {"record_kind": "shipment", "record_id": "S1", "rule_hits": [],
+            "chip_model": "H100 SXM", "destination_country": "SG", "consignee_country": "SG",
+            "exporter_country": "US"}
+    base.update(kw)
+    return base
+
+
+def test_reasons_lead_with_the_transshipment_mechanism_and_its_values():
+    row = _row(likely_scheme="transshipment", later_reexported_to_d5_hk_mo=True,
+               days_until_reexport=26, reexported_units_90d=8.0, reexport_destination="HK",
+               payer_country="HK", payer_country_mismatch=True, payer_in_d5_hk_or_mo=True,
+               rule_hits=["china_payer", "later_reexport"])
+    names = ["payer_in_d5_hk_or_mo", "later_reexported_to_d5_hk_mo"]
+    reasons = reasons_for_row(row, np.array([0.9, 0.5, 0.0]), names,
+                              {"payer_in_d5_hk_or_mo": True,
+                               "later_reexported_to_d5_hk_mo": True})
+    assert reasons[0] == "consignee re-exported 8 H100 SXM to HK 26 days later"
+    assert sum("paid from HK" in r for r in reasons) == 1, reasons  # one fact once
+    assert "paid from HK for a party in another country" in reasons  # the fuller text
+    assert sum("re-exported" in r for r in reasons) == 1, reasons
+
+
+def test_splitting_mechanism_states_the_burst():
+    row = _row(likely_scheme="splitting", linked_small_shipments_14d=5,
+               linked_small_value_14d_usd=212_400.0, rule_hits=["splitting"])
+    reasons = reasons_for_row(row, None, [], {})
+    assert reasons[0] == ("5 small shipments of H100 SXM to linked consignees within 14 days, "
+                          "each under $50,000 ($212,400 in all)")
+    assert len(reasons) == 1  # the splitting rule states the same fact
+
+
+def test_a_null_feature_is_never_a_reason_and_unusual_values_name_real_values():
+    class Unsupervised:
+        features = ["ownership_depth", "value_usd", "chip_units", "destination_country_code"]
+        center_ = np.array([1.0, 50_000.0, 8.0, 3.0])
+        scale_ = np.array([1.0, 100_000.0, 20.0, 5.0])
+
+    row = _row(likely_scheme=UNCLEAR, ownership_depth=None, value_usd=4_200_000.0,
+               chip_units=512.0, destination_country_code=90, unsupervised_score=0.97)
+    names = ["ownership_depth", "unsupervised_score", "value_usd"]
+    reasons = reasons_for_row(row, np.array([2.0, 1.0, 0.5, 0.0]), names,
+                              {"ownership_depth": True}, Unsupervised())
+    assert reasons[0] == ("unusual values: value usd 4,200,000 (typical 50,000), "
+                          "chip units 512 (typical 8)")
+    assert not any("ownership" in r for r in reasons)
+    assert unusual_values(row, Unsupervised()) == [
+        "value usd 4,200,000 (typical 50,000)", "chip units 512 (typical 8)"]
