@@ -132,12 +132,18 @@ def train(
                + f"; run {result.run_id} in experiment {result.experiment!r}")
     typer.echo(f"test slice ({int(m['records'])} labelled records, {int(m['positives'])} "
                f"confirmed, {result.slices['test']['from']} to {result.slices['test']['to']}): "
-               f"PR-AUC {m['pr_auc']:.3f}, precision@1% {m['precision_at_1pct']:.3f}, "
-               f"recall@5% {m['recall_at_5pct']:.3f}, Brier {m['brier']:.4f}")
+               f"PR-AUC {m['pr_auc']:.3f}, precision@1% {m['precision_at_1pct']:.3f}"
+               f"{_ceiling(m, 'precision_at_1pct')}, recall@5% {m['recall_at_5pct']:.3f}"
+               f"{_ceiling(m, 'recall_at_5pct')}, Brier {m['brier']:.4f}")
     typer.echo("reliability (test slice):")
     for r in result.reliability.iter_rows(named=True):
         typer.echo(f"  {r['band_low']:.1f}-{r['band_high']:.1f}: {r['records']:>6} records, "
                    f"predicted {r['mean_predicted']:.3f}, observed {r['observed_rate']:.3f}")
+
+
+def _ceiling(metrics: dict, key: str) -> str:
+    value = metrics.get(f"{key}.ceiling")
+    return f" (ceiling {value:.3f})" if value is not None and value < 1 else ""
 
 
 @app.command()
@@ -145,25 +151,97 @@ def promote(
     name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
     version: Annotated[Optional[int], typer.Option(help="Version to make champion.")] = None,
     run: Annotated[Optional[str], typer.Option(help="Run whose version to make champion.")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        help="Labelled dataset to compare on. Default: the dataset the version was trained "
+             "on (its latest, held-out labels).")] = None,
+    history: HistoryOpt = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Promote without comparing (recorded in MLflow).")] = False,
+    reason: Annotated[Optional[str], typer.Option(
+        help="Why (recorded with the promotion).")] = None,
+    rollback: Annotated[bool, typer.Option(
+        "--rollback", help="Point champion back at the previous champion.")] = False,
+    capacity: Annotated[str, typer.Option(
+        help="Review capacity for the comparison: a count or a share of the compared "
+             "records.")] = "5%",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    screening_list: ScreeningOpt = None,
 ) -> None:
-    """Point the `champion` alias at a version (also to roll back)."""
-    from detector.tracking import promote as do_promote
+    """Point the `champion` alias at a version, after comparing it with the champion.
 
-    if (version is None) == (run is None):
-        typer.echo("error: give exactly one of --version N or --run RUN_ID", err=True)
+    The challenger and the current champion score the same labelled records (those
+    neither learned from; `detector compare`). A challenger worse beyond noise is refused
+    (exit 1) with the figures; `--force` promotes without comparing and is recorded.
+    Roll back with `detector promote --rollback` (or `--version N` of the earlier one).
+    """
+    from detector.compare import promote as do_promote
+
+    if (version is not None or run is not None) if rollback else (version is None) == (run is None):
+        typer.echo("error: give exactly one of --version N or --run RUN_ID (or --rollback "
+                   "alone)", err=True)
         raise typer.Exit(2)
     try:
-        number = do_promote(name, version=version, run_id=run)
+        result = do_promote(name, version, run, data=data, history_dirs=history or [],
+                            force=force, reason=reason, rollback=rollback, capacity=capacity,
+                            n_boot=bootstrap, screening_list=screening_list, log=_progress)
     except DetectorError as exc:
         _fail(exc)
-    typer.echo(f"{name}@champion -> version {number}")
+    if result.comparison is not None:
+        typer.echo(result.comparison.text())
+        typer.echo("")
+    if result.note:
+        typer.echo(result.note, err=True)
+    typer.echo(f"{name}@champion -> version {result.version}"
+               + (f" (was {result.previous}; {result.how})" if result.previous is not None
+                  and result.previous != result.version else ""))
+
+
+@app.command()
+def compare(
+    dataset_dir: Annotated[Path, typer.Argument(help="Labelled dataset to compare on.")],
+    models: Annotated[tuple[str, str], typer.Option(
+        "--models", help="Two models A B: version numbers, aliases (champion), run ids, "
+                         "models:/ or runs:/ URIs, or bundle directories.")],
+    history: HistoryOpt = None,
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
+    capacity: Annotated[str, typer.Option(
+        help="Review capacity: a count, or a share of the compared records.")] = "5%",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    all_labels: Annotated[bool, typer.Option(
+        "--all-labels", help="Use every labelled record, not only those neither model "
+                             "learned from.")] = False,
+    screening_list: ScreeningOpt = None,
+) -> None:
+    """Two models on the same labelled records: PR-AUC, precision and recall at the
+    capacity and per scheme, with bootstrap 90% intervals, and the records they disagree
+    on most. Logged to MLflow (experiment NAME-comparisons).
+
+    By default only the labelled records neither model learned from are used (dated or
+    decided after both models' training cut-off, which each model stores). The verdict
+    says when there are too few to decide (fewer than 30 confirmed diversions) or no
+    difference beyond noise. Exit 0 whatever the verdict.
+    """
+    from detector.compare import compare_models
+
+    try:
+        result = compare_models(dataset_dir, models[0], models[1], history or [], name=name,
+                                capacity=capacity, n_boot=bootstrap, all_labels=all_labels,
+                                screening_list=screening_list, log=_progress)
+    except DetectorError as exc:
+        _fail(exc)
+    typer.echo(result.text())
 
 
 @app.command()
 def models(
     name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
 ) -> None:
-    """List registered versions with their key metrics and which one is `champion`."""
+    """List registered versions with their key metrics and which one is `champion`.
+
+    test / pos: labelled records and confirmed diversions in the held-out test slice the
+    metrics come from; R@5%max: the highest recall@5% that slice allows (5% of its records
+    divided by its positives, at most 1).
+    """
     from detector.tracking import model_versions
 
     try:
@@ -173,17 +251,24 @@ def models(
     if not rows:
         typer.echo(f"no versions of {name!r} registered yet (train one with `detector train`)")
         return
-    typer.echo(f"{'version':>7}  {'champion':<8}  {'PR-AUC':>6}  {'P@1%':>6}  {'R@5%':>6}  "
-               f"{'Brier':>6}  {'config':<28} run")
+    typer.echo(f"{'version':>7}  {'champion':<8}  {'test':>6}  {'pos':>5}  {'PR-AUC':>6}  "
+               f"{'P@1%':>6}  {'R@5%':>6}  {'R@5%max':>7}  {'Brier':>6}  {'config':<28} run")
     for r in rows:
         m = r["metrics"]
 
-        def fmt(key):
+        def fmt(key, width=6):
             v = m.get(key)
-            return f"{v:6.3f}" if v is not None else "     -"
-        typer.echo(f"{r['version']:>7}  {'*' if r['champion'] else '':<8}  {fmt('pr_auc')}  "
-                   f"{fmt('precision_at_1pct')}  {fmt('recall_at_5pct')}  {fmt('brier')}  "
+            return f"{v:{width}.3f}" if v is not None else " " * (width - 1) + "-"
+
+        def count(key, width):
+            v = m.get(key)  # MLflow stores every metric as a float: counts print as integers
+            return f"{int(v):>{width}d}" if v is not None else " " * (width - 1) + "-"
+        typer.echo(f"{r['version']:>7}  {'*' if r['champion'] else '':<8}  "
+                   f"{count('records', 6)}  {count('positives', 5)}  {fmt('pr_auc')}  "
+                   f"{fmt('precision_at_1pct')}  {fmt('recall_at_5pct')}  "
+                   f"{fmt('recall_at_5pct.ceiling', 7)}  {fmt('brier')}  "
                    f"{r['tags'].get('config', '-')[-28:]:<28} {r['run_id']}")
+
 
 
 @app.command()

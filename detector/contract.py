@@ -955,6 +955,29 @@ def _known_labels(labels: pl.DataFrame, reads: dict[str, TableRead]) -> pl.DataF
     return pl.concat(keep)
 
 
+def read_frame(frame: pl.DataFrame, table: Table, label: str) -> pl.DataFrame:
+    """One table handed over in memory, parsed and checked as if read from a file.
+
+    For callers that hold a frame rather than a file (the MLflow pyfunc): raw text as
+    ``pd.read_csv`` gives it (dates as strings, ``;``-joined lists, numbers that pandas
+    guessed) and already-typed columns alike. Any row that fails raises
+    :class:`FatalInputError` naming ``label``, the column, the rows and the values.
+    """
+    import tempfile
+
+    # A column pandas could not type (all empty) arrives as Null: keep it as text.
+    frame = frame.with_columns(pl.col(n).cast(pl.String) for n, t in frame.schema.items()
+                               if t == pl.Null or t == pl.Object)
+    report = ValidationReport()
+    with tempfile.TemporaryDirectory(prefix="detector-frame-") as tmp:
+        path = Path(tmp) / f"{table.name}.parquet"
+        frame.write_parquet(path)
+        read = read_table(path, table, report, label=label)
+    if report.errors:
+        raise FatalInputError(report)
+    return read.data
+
+
 def write_quarantine(dataset: Dataset, directory: str | Path) -> list[Path]:
     """Write each table's failed rows (original columns + `problem`) as CSV in ``directory``."""
     from detector.files import os_failure

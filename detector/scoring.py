@@ -414,19 +414,18 @@ def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
 
 
 def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.DataFrame:
-    """Score a bare frame of contract shipment columns with a bundle (the MLflow pyfunc)."""
-    from detector.contract import LEASES, PARTIES, SHIPMENTS
-    from detector.reference import default_screening_list_path, load_reference, read_screening_list
+    """Score a bare frame of contract shipment columns with a bundle (the MLflow pyfunc).
+
+    The frame may be raw (as ``pd.read_csv`` of a shipments file gives it) or typed; it
+    is parsed and checked like a shipments file (`contract.read_frame`).
+    """
+    from detector.contract import LEASES, PARTIES, SHIPMENTS, read_frame
+    from detector.reference import default_screening_list_path, load_reference, \
+        read_screening_list
     from features.build import build_features
     from features.stats import FeatureStats
 
-    missing = [c.name for c in SHIPMENTS.columns if c.required and c.name not in shipments.columns]
-    if missing:
-        raise InputError(f"shipments frame: required column(s) missing: {missing}")
-    shipments = shipments.with_columns(
-        pl.lit(None, dtype).alias(name) for name, dtype in SHIPMENTS.schema.items()
-        if name not in shipments.columns
-    ).select(SHIPMENTS.column_names).cast(SHIPMENTS.schema)
+    shipments = read_frame(shipments, SHIPMENTS, "shipments frame")
     frame = build_features(shipments, pl.DataFrame(schema=LEASES.schema),
                            pl.DataFrame(schema=PARTIES.schema),
                            read_screening_list(default_screening_list_path()), load_reference(),

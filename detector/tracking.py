@@ -54,22 +54,69 @@ def _embedded() -> bool:
     return _user_uri() is None
 
 
+# A tracking server that cannot be reached must fail a command within seconds, not after
+# MLflow's defaults (7 retries with exponential backoff, 120 s per request: minutes). Set
+# for the command unless the user set them: one retry, 1 s backoff (0.5 s jitter), 10 s
+# per request. The first request (the reachability check) retries once at once and waits
+# 3 s per try: a refused connection fails in well under a second and a silent server in
+# about 6 s, plus the start-up of the command.
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+PROBE_SETTINGS = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+
+
+def _apply_http_settings() -> None:
+    for key, value in HTTP_SETTINGS.items():
+        os.environ.setdefault(key, value)
+
+
 def _client() -> MlflowClient:
     uri = tracking_uri()
     try:
         if _embedded():
             detector_home().mkdir(parents=True, exist_ok=True)
+        elif uri.startswith(("http://", "https://")):
+            _apply_http_settings()
         global _uri_set_by_us
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         _uri_set_by_us = uri
         client = MlflowClient(uri, uri)
-        client.search_experiments(max_results=1)  # reach the store now, not mid-run
+        _probe(client, uri)  # reach the store now, not mid-run
         return client
     except MlflowException as exc:
         raise EnvironmentFailure(f"tracking store {uri} unusable: {_short(exc)}") from exc
     except OSError as exc:
         raise EnvironmentFailure(f"tracking store {uri} unusable: {exc}") from exc
+
+
+def _probe(client: MlflowClient, uri: str) -> None:
+    """One cheap request; against a server, with the short PROBE_SETTINGS where the
+    settings are ours (restored afterwards)."""
+    ours = {}
+    if uri.startswith(("http://", "https://")):
+        ours = {k: v for k, v in PROBE_SETTINGS.items() if os.environ.get(k) == HTTP_SETTINGS[k]}
+    os.environ.update(ours)
+    try:
+        client.search_experiments(max_results=1)
+    finally:
+        os.environ.update({k: HTTP_SETTINGS[k] for k in ours})
+
+
+def use_store() -> str:
+    """Point MLflow at the store every detector command uses and return its URI.
+
+    ``MLFLOW_TRACKING_URI`` when set, else the embedded SQLite store under
+    ``$DETECTOR_HOME`` (default ``./.detector``). Call it before
+    ``mlflow.pyfunc.load_model("models:/...")`` in your own code: MLflow's own default
+    is ``./mlflow.db`` in the working directory, which it would create empty.
+    """
+    _client()
+    return tracking_uri()
 
 
 _METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]+")
@@ -135,7 +182,7 @@ class RegisteredRun:
 
 def log_training_run(*, experiment: str, model_name: str, bundle_dir: Path, params: dict,
                      metrics: dict, tags: dict, artifacts: dict[str, Path],
-                     tables: dict[str, pl.DataFrame]) -> RegisteredRun:
+                     tables: dict[str, pl.DataFrame], summary: str = "") -> RegisteredRun:
     """Log one training run, register a model version, make the first one champion."""
     client = _client()
     exp_id = _experiment_id(client, experiment)
@@ -162,6 +209,8 @@ def log_training_run(*, experiment: str, model_name: str, bundle_dir: Path, para
             )
             version = mlflow.register_model(info.model_uri, model_name)
         number = int(version.version)
+        client.update_model_version(model_name, str(number),
+                                    description=f"{model_name} version {number}: {summary}")
         champion = False
         try:
             client.get_model_version_by_alias(model_name, CHAMPION)
@@ -257,8 +306,8 @@ def model_versions(name: str = DEFAULT_MODEL_NAME) -> list[dict]:
     return sorted(rows, key=lambda r: -r["version"])
 
 
-def promote(name: str, version: int | None = None, run_id: str | None = None) -> int:
-    """Point the champion alias at a version (given directly or by its run)."""
+def find_version(name: str, version: int | None = None, run_id: str | None = None) -> int:
+    """The registered version number given directly or by the run that registered it."""
     client = _client()
     try:
         versions = client.search_model_versions(f"name='{name}'")
@@ -274,8 +323,135 @@ def promote(name: str, version: int | None = None, run_id: str | None = None) ->
     if version not in {int(mv.version) for mv in versions}:
         known = sorted(int(mv.version) for mv in versions)
         raise InputError(f"{name!r} has no version {version}; versions: {known}")
-    client.set_registered_model_alias(name, CHAMPION, str(version))
     return version
+
+
+def champion_version(name: str) -> int | None:
+    """The version the champion alias points at; None when there is none."""
+    client = _client()
+    try:
+        return int(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+CHAMPION_HISTORY_TAG = "champion_history"  # registered-model tag: JSON list, oldest first
+
+
+def champion_history(name: str) -> list[int]:
+    """Versions that were champion, oldest first (the current one last)."""
+    import json
+
+    client = _client()
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException as exc:
+        raise InputError(f"no registered model named {name!r} in {tracking_uri()}") from exc
+    history = json.loads(tags.get(CHAMPION_HISTORY_TAG, "[]"))
+    current = champion_version(name)
+    if current is not None and (not history or history[-1] != current):
+        history.append(current)  # a champion set before the history was kept
+    return history
+
+
+def promote(name: str, version: int | None = None, run_id: str | None = None, *,
+            record: dict | None = None) -> int:
+    """Point the champion alias at a version (given directly or by its run).
+
+    ``record`` (how it was decided: compared, forced, rolled back, by whom and why) is
+    kept as tags on the version and as a run in the experiment ``NAME-promotions``.
+    """
+    import getpass
+    import json
+    from datetime import datetime, timezone
+
+    version = find_version(name, version, run_id)
+    client = _client()
+    try:
+        history = champion_history(name)
+        previous = history[-1] if history else None
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+        if previous != version:
+            history.append(version)
+        client.set_registered_model_tag(name, CHAMPION_HISTORY_TAG, json.dumps(history[-50:]))
+        note = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "user": getpass.getuser(), "previous_champion": previous,
+                **(record or {})}
+        for key, value in note.items():
+            client.set_model_version_tag(name, str(version), f"promotion.{key}", str(value)[:5000])
+        exp_id = _experiment_id(client, f"{name}-promotions")
+        run = client.create_run(exp_id, run_name=f"{name} v{version} champion",
+                                tags={"model_name": name, "version": str(version),
+                                      **{k: str(v)[:5000] for k, v in note.items()}})
+        client.set_terminated(run.info.run_id)
+    except MlflowException as exc:
+        raise EnvironmentFailure(f"tracking store {tracking_uri()}: {_short(exc)}") from exc
+    return version
+
+
+def resolve_reference(ref: str, name: str = DEFAULT_MODEL_NAME) -> ResolvedModel:
+    """A model named as a version number, an alias, a run id, a URI or a bundle directory."""
+    import re
+
+    if ref.startswith(("models:/", "runs:/")) or Path(ref).is_dir():
+        return resolve_model(ref)
+    if ref.isdigit():
+        return resolve_model(f"models:/{name}/{int(ref)}")
+    if re.fullmatch(r"[0-9a-f]{32}", ref):
+        client = _client()
+        try:
+            match = client.search_model_versions(f"name='{name}' and run_id='{ref}'")
+        except MlflowException:
+            match = []
+        if match:
+            return resolve_model(f"models:/{name}/{match[0].version}")
+        resolved = resolve_model(f"runs:/{ref}/{MODEL_ARTIFACT}")
+        resolved.run_id = ref
+        return resolved
+    return resolve_model(f"models:/{name}@{ref}")
+
+
+def log_comparison(*, experiment: str, params: dict, metrics: dict, tags: dict,
+                   tables: dict[str, pl.DataFrame]) -> str:
+    """One run holding a model comparison; its id."""
+    client = _client()
+    exp_id = _experiment_id(client, experiment)
+    try:
+        with mlflow.start_run(experiment_id=exp_id) as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()
+                                if v is not None and v == v})
+            mlflow.set_tags({k: str(v)[:5000] for k, v in tags.items()})
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, table in tables.items():
+                    path = Path(tmp) / f"{name}.csv"
+                    table.write_csv(path)
+                    mlflow.log_artifact(str(path), artifact_path="comparison")
+        return run.info.run_id
+    except MlflowException as exc:
+        raise EnvironmentFailure(f"tracking store {tracking_uri()}: {_short(exc)}") from exc
+
+
+def log_figures(*, experiment: str, run_name: str, metrics: dict, tags: dict) -> str:
+    """A small run holding figures (drift checks); its id."""
+    client = _client()
+    exp_id = _experiment_id(client, experiment)
+    try:
+        run = client.create_run(exp_id, run_name=run_name,
+                                tags={k: str(v)[:5000] for k, v in tags.items()})
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(metric_key(key), float(v), now, 0) for key, v in metrics.items()
+                 if v is not None and v == v]
+        for start in range(0, len(batch), 900):  # the store takes up to 1000 per call
+            client.log_batch(run.info.run_id, metrics=batch[start:start + 900])
+        client.set_terminated(run.info.run_id)
+        return run.info.run_id
+    except MlflowException as exc:
+        raise EnvironmentFailure(f"tracking store {tracking_uri()}: {_short(exc)}") from exc
 
 
 def run_info(run_id: str) -> dict:

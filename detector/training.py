@@ -19,7 +19,8 @@ import polars as pl
 from detector.batch import feature_frame, load_batch
 from detector.config import load_config
 from detector.errors import InputError
-from detector.evaluation import evaluate, reliability_table
+from detector.evaluation import capacity_ceilings, evaluate, held_out_warnings, \
+    reliability_table
 
 
 @dataclass
@@ -32,11 +33,13 @@ class TrainResult:
     metrics: dict
     reliability: pl.DataFrame
     slices: dict
+    warnings: list = None
 
 
 def _labelled(frame: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
     return (
-        frame.join(labels.select("record_kind", "record_id", "label", "typology"),
+        frame.join(labels.select("record_kind", "record_id", "label", "typology",
+                                 "decided_on"),
                    on=["record_kind", "record_id"], how="inner")
         .sort(["record_date", "record_kind", "record_id"])
     )
@@ -142,6 +145,10 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
     probability = model.decision_function(test)
     metrics = evaluate(y, probability, test["typology"].to_list())
     metrics["best_iteration"] = float(model.supervised_.best_iteration_)
+    metrics.update(capacity_ceilings(int(metrics["records"]), int(metrics["positives"])))
+    warnings = held_out_warnings(metrics, "the test slice")
+    for w in warnings:
+        log(f"warning: {w}")
     scheme_model, scheme_metrics = fit_scheme_model(
         pl.concat([slices["fit"], slices["calibrate"]], how="vertical_relaxed"), test,
         features, log)
@@ -155,7 +162,10 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
                          "from": str(part["record_date"].min()),
                          "to": str(part["record_date"].max())}
                   for name, part in slices.items()}
-    provenance = {**batch.provenance, "config": config.source, "slices": slice_info}
+    learned_through = training_cutoff(pl.concat([slices["fit"], slices["calibrate"]],
+                                                 how="vertical_relaxed"))
+    provenance = {**batch.provenance, "config": config.source, "slices": slice_info,
+                  "training_cutoff": learned_through}
     bundle = ModelBundle(model, features, stats.to_dict(), batch.reference_version,
                          config.as_params(), metrics, provenance, scheme_model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,7 +178,8 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
             params={**config.as_params(),
                     **{f"labels.{k}": v for k, v in label_counts.__dict__.items()},
                     **{f"slice.{k}.{kk}": vv for k, v in slice_info.items()
-                       for kk, vv in v.items()}},
+                       for kk, vv in v.items()},
+                    **{f"cutoff.{k}": v for k, v in learned_through.items()}},
             metrics=metrics,
             tags={"data_fingerprint": batch.fingerprint,
                   "screening_list": batch.screening_source,
@@ -177,9 +188,33 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
             artifacts=plots,
             tables={"feature_importance": importance, "reliability": reliability,
                     "evaluation": evaluation_table},
+            summary=_summary(metrics, slice_info, config.source),
         )
     return TrainResult(run.run_id, run.name, run.version, run.champion, run.experiment,
-                       metrics, reliability, slice_info)
+                       metrics, reliability, slice_info, warnings)
+
+
+def training_cutoff(learned: pl.DataFrame) -> dict:
+    """What the model learned from, as dates: the latest record date and the latest
+    decision date among the labelled records it was fitted and calibrated on.
+
+    A labelled record dated after ``records_through`` or decided after
+    ``decided_through`` was not among them; `detector compare` evaluates on such records.
+    """
+    decided = learned["decided_on"].max() if "decided_on" in learned.columns else None
+    return {"records_through": str(learned["record_date"].max()),
+            "decided_through": None if decided is None else str(decided)}
+
+
+def _summary(metrics: dict, slices: dict, config: str) -> str:
+    """The registry description after "NAME version N: "."""
+    test = slices["test"]
+    return (f"held-out test slice {test['from']} to {test['to']}: {int(metrics['records'])} "
+            f"labelled records, {int(metrics['positives'])} confirmed; PR-AUC "
+            f"{metrics['pr_auc']:.3f}, precision@1% {metrics['precision_at_1pct']:.3f} "
+            f"(ceiling {metrics['precision_at_1pct.ceiling']:.3f}), recall@5% "
+            f"{metrics['recall_at_5pct']:.3f} (ceiling {metrics['recall_at_5pct.ceiling']:.3f}), "
+            f"Brier {metrics['brier']:.4f}; config {config}")
 
 
 def fit_scheme_model(train: pl.DataFrame, test: pl.DataFrame, features: list[str],
