@@ -104,30 +104,39 @@ def empty_chart(chart_id: str, title: str, message: str) -> str:
 def risk_over_time(chart_id: str, months: Sequence[str],
                    panels: Sequence[tuple[str, dict[str, list[int]]]],
                    period: str, y_label: str) -> str:
-    """One line per group (destination, hub), one panel per grouping; period shaded."""
+    """Small multiples: one row per grouping (destination, hub), one small chart per group
+    (its top groups, then 'other'), each alone on a shared scale; the period shaded.
+    Separate charts read at a glance where one chart of crossing lines does not."""
     title = "Flagged records over time"
+    columns = max([len(series) for _, series in panels] + [1])
     with rc_context(SVG_RC):
-        fig = _new_figure(11.0, 3.4)
-        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+        fig = _new_figure(11.0, 1.9 * len(panels) + 0.3)
+        grid = fig.subplots(len(panels), columns, sharey="row", squeeze=False)
+        fig.suptitle(f"{title}: {y_label}", fontsize=10, fontweight="bold", x=0.01,
+                     ha="left")
         x = list(range(len(months)))
-        step = max(1, math.ceil(len(months) / 12))
-        for ax, (panel_title, series) in zip(axes, panels):
-            for i, (name, counts) in enumerate(series.items()):
-                colour = OTHER_COLOUR if name == "other" else PALETTE[i % len(PALETTE)]
-                ax.plot(x, counts, marker="o", markersize=3.5, linewidth=1.6, color=colour,
-                        label=short(name, 18))
-            if period in months:
-                p = months.index(period)
-                ax.axvspan(p - 0.4, p + 0.4, color="#fde9b7", zorder=0)
-            ax.set_title(panel_title)
-            ax.set_xticks(x[::step], [m for m in months[::step]], rotation=45, ha="right")
-            ax.set_xlim(-0.6, len(months) - 0.4)
-            ax.grid(axis="y", color="#e6e6e6")
-            ax.set_ylim(bottom=0)
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-            if series:
-                ax.legend(fontsize=7.5, frameon=False, loc="upper left", ncols=2)
-        axes[0].set_ylabel(y_label)
+        ticks = [0, len(months) - 1] if len(months) > 1 else [0]
+        for row, (panel_title, series) in zip(grid, panels):
+            top = max([max(c) for c in series.values() if c] + [1])
+            for i, ax in enumerate(row):
+                if i >= len(series):
+                    ax.set_axis_off()
+                    continue
+                name, counts = list(series.items())[i]
+                colour = OTHER_COLOUR if name == "other" else PALETTE[0]
+                ax.bar(x, counts, color=colour, width=0.8)
+                if period in months:
+                    p = months.index(period)
+                    ax.axvspan(p - 0.5, p + 0.5, color="#fde9b7", zorder=0)
+                    ax.text(p, counts[p], f"{counts[p]}", ha="center", va="bottom",
+                            fontsize=7.5, color="#333333")
+                ax.set_title(short(name, 18), fontsize=8.5)
+                ax.set_xticks(ticks, [months[t] for t in ticks], fontsize=7)
+                ax.set_xlim(-0.6, len(months) - 0.4)
+                ax.set_ylim(0, top * 1.2)
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=3))
+                ax.grid(axis="y", color="#eeeeee")
+            row[0].set_ylabel(" ".join(panel_title.split()[:2]), fontsize=8.5)
         return figure_to_svg(fig, chart_id, title)
 
 

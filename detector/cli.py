@@ -325,10 +325,20 @@ def explain(
     kind: Annotated[Optional[str], typer.Option(help="shipment or lease.")] = None,
     history: HistoryOpt = None,
     model: ModelOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (every feature).")] = False,
+    show_all: Annotated[bool, typer.Option(
+        "--all", help="List every feature, not only those that drive the score.")] = False,
+    scores: Annotated[Optional[Path], typer.Option(
+        help="The batch's scores table (from `detector score`), to show the record's rank.")
+    ] = None,
     screening_list: ScreeningOpt = None,
 ) -> None:
-    """Why one record scored as it did: feature values, rule hits, contributions."""
+    """Why one record scored as it did: likely scheme, reasons, rule hits, and the features
+    that drive its score (--all: every feature's value and contribution).
+
+    With a model only the records this record's features read are built and scored, so
+    one record takes about a second; its rank in the batch comes from --scores.
+    """
     import json
 
     from detector.reasons import explain_text
@@ -336,13 +346,13 @@ def explain(
 
     try:
         explanation = run_explain(dataset_dir, record_id, kind, history or [], model_uri=model,
-                                  screening_list=screening_list, log=_progress)
+                                  screening_list=screening_list, scores=scores, log=_progress)
     except DetectorError as exc:
         _fail(exc)
     if json_out:
         typer.echo(json.dumps(explanation, indent=2, default=str))
     else:
-        typer.echo(explain_text(explanation))
+        typer.echo(explain_text(explanation, show_all=show_all))
 
 
 @app.command("import")

@@ -148,11 +148,14 @@ class _ReasonList:
 
 def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str],
                     flags: dict[str, bool], unsupervised=None,
-                    max_feature_reasons: int = 4) -> list[str]:
+                    max_feature_reasons: int = 4, other_schemes: list[str] = (),
+                    max_mechanisms: int = 2) -> list[str]:
     """One record's reasons: the mechanism of its likely scheme with its values first,
-    then the red-flag features by contribution, then the rule hits; each fact once, and
-    never a feature without a value. A record whose largest contribution is the
-    anomaly layer (or, without a model, with no rule hit) says which values are
+    then (up to ``max_mechanisms`` in all) the mechanisms of ``other_schemes`` the record
+    also shows (their rule families are hit, strongest first), then the red-flag
+    features by contribution, then the rule hits; each fact once, and never a feature
+    without a value. A record whose largest contribution is the anomaly layer (or,
+    without a model, with neither a mechanism nor a rule hit) says which values are
     unusual."""
     from detector.mechanisms import mechanism
 
@@ -161,14 +164,19 @@ def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str
         text = render_rule_reason(hit, row)
         if text is not None:
             rule_texts.setdefault(fact_of(hit), text)
-    found = mechanism(row.get("likely_scheme"), row)
-    preferred = dict(rule_texts)
-    reasons = _ReasonList(preferred)
-    if found is not None:
+    reasons = _ReasonList(dict(rule_texts))
+    stated = 0
+    for scheme in [row.get("likely_scheme"), *other_schemes]:
+        found = mechanism(scheme, row) if stated < max_mechanisms else None
+        if found is None or found[0] in reasons.texts.values():
+            continue
         text, facts = found
-        reasons.add("mechanism", text)
+        if all(f in reasons.texts for f in facts):
+            continue  # every fact of it already stated
+        reasons.add(f"mechanism:{scheme}", text)
         for fact in facts:  # stated by the mechanism: not again
             reasons.texts.setdefault(fact, text)
+        stated += 1
     if contributions is not None:
         order = np.argsort(-contributions[:-1], kind="stable")
         top = names[order[0]] if len(order) and contributions[order[0]] > 0 else None
@@ -185,12 +193,11 @@ def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str
             before = len(reasons.facts)
             reasons.add(fact, feature_reason(name, row, unsupervised))
             added += len(reasons.facts) > before
-    elif not row.get("rule_hits") or found is None:
+    elif not row.get("rule_hits") and not stated:
         reasons.add("unusual", _unusual(row, unsupervised))
     for hit in row.get("rule_hits") or []:
         reasons.add(fact_of(hit), render_rule_reason(hit, row))
-    # facts the mechanism stated were registered without a position: drop them
-    return [t for t in reasons.out()]
+    return reasons.out()
 
 
 def full_reasons(head: pl.DataFrame, scorer, fallback: bool,
@@ -206,13 +213,43 @@ def full_reasons(head: pl.DataFrame, scorer, fallback: bool,
         contributions = scorer.contributions(head)
         names = scorer.supervised_.features
     unsupervised = getattr(scorer, "unsupervised_", None)
+    others = _other_schemes(head)
     return ["; ".join(reasons_for_row(
         row, None if contributions is None else contributions[i], names, flags[i],
-        unsupervised, max_feature_reasons)) for i, row in enumerate(rows)]
+        unsupervised, max_feature_reasons, others[i])) for i, row in enumerate(rows)]
 
 
-def explain_record(row: pl.DataFrame, scored, model) -> dict:
-    """Everything `detector explain` shows for one record."""
+def _other_schemes(head: pl.DataFrame) -> list[list[str]]:
+    """Per row, the schemes whose rule families it hits, strongest first."""
+    from detector.schemes import SCHEMES, family_shares
+
+    share = family_shares(head)
+    return [[SCHEMES[j] for j in np.argsort(-r, kind="stable") if r[j] > 0] for r in share]
+
+
+DRIVERS_SHOWN = 8
+LAYER_COLUMNS = ("rule_points", "unsupervised_score")
+
+
+def _applies(name: str, record: dict) -> bool:
+    """Whether a feature has a value for this record: not null, and of its kind."""
+    value = record.get(name)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    feature = FEATURES.get(name)
+    return feature is None or record.get("record_kind") in feature.kinds
+
+
+def explain_record(row: pl.DataFrame, scored, model, *, of_records: int | None = None,
+                   rank: int | None = None, drivers: int = DRIVERS_SHOWN) -> dict:
+    """Everything `detector explain` shows for one record.
+
+    ``row``: the record's layered, risk-scored frame (one row). Its rank is the row's
+    `rank` column, else ``rank``; ``of_records`` the batch size (``scored.frame`` when
+    given). `features` lists every model input with its value and contribution;
+    `drivers` the few that matter: the largest contributions of features that have a
+    value for this record (a null or another kind's feature never drives it).
+    """
     from features.registry import model_feature_names
 
     record = row.row(0, named=True)
@@ -222,49 +259,77 @@ def explain_record(row: pl.DataFrame, scored, model) -> dict:
         scorer = model.bundle.model
         contrib = scorer.contributions(row)[0]
         contributions = dict(zip(scorer.supervised_.features, contrib[:-1].tolist()))
-        contributions["(baseline)"] = float(contrib[-1])
+    unsupervised = getattr(model.bundle.model, "unsupervised_", None) if not model.fallback \
+        else None
     for name in model_feature_names():
-        value = record.get(name)
         features.append({
             "feature": name,
-            "value": value,
+            "value": record.get(name),
             "contribution": contributions.get(name),
+            "applies": _applies(name, record),
             "description": FEATURES[name].description,
             "reason": render_reason(name, record),
         })
-    for name in ("rule_points", "unsupervised_score",
-                 *[c for c in record if c.startswith("unsupervised_") and c != "unsupervised_score"]):
+    for name in (*LAYER_COLUMNS,
+                 *[c for c in record if c.startswith("unsupervised_") and c not in LAYER_COLUMNS]):
         if name in record:
             features.append({"feature": name, "value": record[name],
                              "contribution": contributions.get(name),
-                             "description": "layer score", "reason": feature_reason(name, record)})
+                             "applies": record[name] is not None,
+                             "description": "layer score",
+                             "reason": feature_reason(name, record, unsupervised)})
     features.sort(key=lambda f: -(f["contribution"] or 0.0))
+    ranked = sorted((f for f in features if f["applies"]),
+                    key=lambda f: -abs(f["contribution"] or 0.0))
+    if model.fallback:  # no contributions: the red flags that hold, then the layer scores
+        ranked = [f for f in ranked if f["reason"]] + [f for f in ranked
+                                                       if f["feature"] in LAYER_COLUMNS]
     context = {n: record[n] for n, f in FEATURES.items() if not f.model_input and n in record}
+    if scored is not None and of_records is None:
+        of_records = scored.frame.height
     return {
         "record_kind": record["record_kind"],
         "record_id": record["record_id"],
         "record_date": str(record.get("record_date")),
         "risk_score": record["risk_score"],
-        "rank": record["rank"],
-        "of_records": scored.frame.height,
+        "rank": record.get("rank", rank),
+        "of_records": of_records,
         "model": model.label,
         "fallback": model.fallback,
+        "likely_scheme": record.get("likely_scheme"),
+        "scheme_confidence": record.get("scheme_confidence"),
         "rule_hits": [{"rule": h, "points": _RULES[h].points,
                        "reason": render_rule_reason(h, record)}
                       for h in (record.get("rule_hits") or []) if h in _RULES],
         "reasons": full_reasons(row, None if model.fallback else model.bundle.model,
                                 model.fallback)[0],
+        "drivers": [f for f in ranked if f["contribution"] or model.fallback][:drivers],
         "features": features,
         "context": {k: (str(v) if v is not None else None) for k, v in context.items()},
     }
 
 
-def explain_text(explanation: dict) -> str:
-    """`detector explain` as a reader sees it."""
+def _shown(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    return str(value)
+
+
+def explain_text(explanation: dict, show_all: bool = False) -> str:
+    """`detector explain` as a reader sees it: the likely scheme, the reasons, the rule
+    hits and the few features that drive the score (``show_all``: every feature)."""
     e = explanation
+    rank = (f"rank {e['rank']} of {e['of_records']}" if e.get("rank") is not None
+            else "rank in the batch: pass --scores (the batch's scores table) to show it")
+    scheme = e.get("likely_scheme") or "unclear"
+    if e.get("scheme_confidence") is not None:
+        scheme += f" (confidence {e['scheme_confidence']:.2f})"
     lines = [
         f"{e['record_kind']} {e['record_id']} ({e['record_date']}): risk {e['risk_score']:.3f}, "
-        f"rank {e['rank']} of {e['of_records']} (model {e['model']})",
+        f"{rank} (model {e['model']})",
+        f"Likely scheme: {scheme}",
         "",
         "Why: " + (e["reasons"] or "no red flags and no notable contributions"),
         "",
@@ -272,13 +337,15 @@ def explain_text(explanation: dict) -> str:
     ]
     for h in e["rule_hits"]:
         lines.append(f"  +{h['points']:g}  {h['rule']}: {h['reason']}")
-    lines += ["", f"{'feature':<36} {'value':>16} {'contribution':>13}"]
-    for f in e["features"]:
-        value = f["value"]
-        shown = "null" if value is None else (f"{value:,.4g}" if isinstance(value, float)
-                                              else str(value))
+    shown = e["features"] if show_all else e.get("drivers", [])
+    title = ("All features (n/a: no value for this record)" if show_all else
+             "What drives the score (features with a value, by contribution; --all for "
+             "every feature)")
+    lines += ["", title, f"  {'feature':<36} {'value':>16} {'contribution':>13}"]
+    for f in shown:
         contrib = "" if f["contribution"] is None else f"{f['contribution']:+.3f}"
-        lines.append(f"{f['feature']:<36} {shown:>16} {contrib:>13}")
+        value = _shown(f["value"] if f.get("applies", True) else None)
+        lines.append(f"  {f['feature']:<36} {value:>16} {contrib:>13}")
     if e["context"]:
         lines += ["", "Context:"]
         lines += [f"  {k}: {v}" for k, v in e["context"].items() if v is not None]

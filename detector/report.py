@@ -42,7 +42,7 @@ FALLBACK_MODEL = "rules+unsupervised"
 # Hubs named in real diversion cases, then those reported by the press (FACTS.md).
 HUB_COUNTRIES = ("SG", "MY", "TH", "HK", "TW", "JP", "ID", "MO", "AE", "VN", "IN")
 NO_HUB = "no hub"
-TOP_GROUPS = 6
+TOP_GROUPS = 5  # small multiples per grouping: the top groups, then 'other'
 TOP_PARTIES = 10
 MAX_NETWORK_NODES = 8
 MAX_TRAIL_ROWS = 15
@@ -300,9 +300,23 @@ def _reexport_trail(registry: _Registry, name: str, country: str, after: date,
             counterparties.height)
 
 
+def _separate_payer(payer_name: str | None, payer_country: str | None, own_names: list[str],
+                    own_country: str | None) -> bool:
+    """Whether the payer is a party of its own to draw: named and not the consignee (or
+    its owners) under another spelling, or unnamed but paying from another country."""
+    if payer_name:
+        own = {normalise_name(n) for n in own_names if n}
+        return normalise_name(payer_name) not in own
+    return bool(payer_country) and (payer_country or "").upper() != (own_country or "").upper()
+
+
 def _network(centre_name: str, centre_role: str, centre_country: str,
-             related: list[tuple[str, str, str, int, str]], label: str) -> tuple[str, int]:
-    """Draw the case network; ``related`` rows are (name, role, country, link_to, edge)."""
+             related: list[tuple[str, str, str, int, str]], label: str
+             ) -> tuple[str | None, int]:
+    """Draw the case network; ``related`` rows are (name, role, country, link_to, edge).
+    None when nothing is linked: a lone node says nothing."""
+    if not related:
+        return None, 0
     shown = related[:MAX_NETWORK_NODES]
     others = [(n, r, c) for n, r, c, _, _ in shown]
     edges = [(link if link < len(shown) + 1 else 0, i + 1, edge)
@@ -325,7 +339,9 @@ def _shipment_card(row: dict, record: dict, registry: _Registry) -> dict:
     related: list[tuple[str, str, str, int, str]] = []
     for i, parent in enumerate(chain):
         related.append((parent["name"], "parent", parent["country"], i, "owned by"))
-    if row.get("payer_name") or row.get("payer_country"):
+    if _separate_payer(row.get("payer_name"), row.get("payer_country"),
+                       [row["consignee_name"], *(p["name"] for p in [party, *chain] if p)],
+                       row["consignee_country"]):
         related.append((row.get("payer_name") or "(unnamed payer)", "payer",
                         row.get("payer_country") or "", 0,
                         f"paid ({row.get('payment_method') or 'unknown'})"))
@@ -371,7 +387,7 @@ def _lease_card(row: dict, record: dict, registry: _Registry) -> dict:
     for i, parent in enumerate(chain):
         related.append((parent["name"], "parent", parent["country"], 0 if i == 0 else i + 1,
                         "owned by"))
-    if row.get("payer_country"):
+    if _separate_payer(None, row.get("payer_country"), [], row["lessee_country"]):
         related.append(("(payer)", "payer", row["payer_country"], 0, "paid"))
     for other in shared:
         related.append((other["name"], "shared address", other["country"], 0, "same address"))
@@ -436,7 +452,9 @@ def _over_time(scored: pl.DataFrame, threshold: float, column: str,
 
 def _ranked_parties(period_records: pl.DataFrame, column: str, threshold: float,
                     country_column: str | None = None) -> list[tuple[str, float, int]]:
-    """Parties ranked by summed risk (expected diverted records) in the period.
+    """Parties ranked by their highest-risk record in the period, then by how many of
+    their records are at or above the threshold (a sum of scores would rank a busy,
+    clean party above one with a single alarming record).
 
     Spellings of one party ('Acme Pte. Ltd.', 'ACME PTE LTD') are counted together under
     its most frequent spelling; with ``country_column`` the same name in two countries
@@ -450,9 +468,9 @@ def _ranked_parties(period_records: pl.DataFrame, column: str, threshold: float,
     table = (frame.join(lookup, on=column, how="left")
              .group_by(keys)
              .agg(pl.col(column).mode().sort().first().alias("display"),
-                  pl.col("risk_score").sum().alias("risk"),
+                  pl.col("risk_score").max().alias("risk"),
                   (pl.col("risk_score") >= threshold).sum().alias("flagged"))
-             .sort(["risk", *keys], descending=[True] + [False] * len(keys))
+             .sort(["risk", "flagged", *keys], descending=[True, True] + [False] * len(keys))
              .head(TOP_PARTIES))
     rows = []
     for row in table.iter_rows(named=True):
@@ -566,10 +584,12 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
             "chart-dist", in_period["risk_score"].to_list(), threshold, k),
         "consignees": charts.ranked_bars(
             "chart-consignees", "Top consignees and lessees by risk",
-            _ranked_parties(in_period, "party_name", threshold, "party_country"), "summed risk score"),
+            _ranked_parties(in_period, "party_name", threshold, "party_country"),
+            "highest risk score of a record"),
         "forwarders": charts.ranked_bars(
             "chart-forwarders", "Top forwarders by risk",
-            _ranked_parties(in_period, "forwarder_name", threshold), "summed risk score"),
+            _ranked_parties(in_period, "forwarder_name", threshold),
+            "highest risk score of a record"),
     }
     typologies = _typologies(dataset, history, in_period.select("record_kind", "record_id"))
     charts_svg["typology"] = (charts.typology_mix("chart-typology", typologies, period)
@@ -589,9 +609,17 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
             "reason_list": [r.strip() for r in (rec["reasons"] or "").split(";") if r.strip()],
         }
         if rec["record_kind"] == "shipment":
-            cards.append(_shipment_card(shipments_by_id[rec["record_id"]], record, registry))
+            card = _shipment_card(shipments_by_id[rec["record_id"]], record, registry)
+            r = card["row"]
+            card["goods"] = r["description"]
+            card["classification"] = (f"{r.get('eccn') or 'no ECCN'} · HS {r['hs_code']}"
+                                      f" · {r['quantity']:,} units")
         else:
-            cards.append(_lease_card(leases_by_id[rec["record_id"]], record, registry))
+            card = _lease_card(leases_by_id[rec["record_id"]], record, registry)
+            r = card["row"]
+            card["goods"] = f"{r['gpu_count']:,} × {r['gpu_model']}"
+            card["classification"] = f"lease, {r.get('access_type') or 'access unknown'}"
+        cards.append(card)
 
     score_models = scored["model"].unique().sort().to_list()
     fallback = model_info is None or FALLBACK_MODEL in score_models
@@ -611,8 +639,34 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
         model_info=model_info, metrics=metrics, fallback=fallback,
         score_models=score_models, provenance=sorted((provenance or {}).items()),
         history_count=len(history), months=months, hubs=", ".join(HUB_COUNTRIES),
+        review_csv=_review_csv(cards),
     )
     return html
+
+
+def _review_csv(cards: list[dict]) -> str:
+    """The review list as CSV, base64 for a data: link in the page (opens in a
+    spreadsheet; text cells neutralised against formula injection as in every CSV the
+    detector writes)."""
+    import base64
+
+    from detector.contract import neutralise_text
+
+    rows = [{
+        "position": c["position"], "record_kind": c["record_kind"], "record_id": c["record_id"],
+        "record_date": str(c["record_date"]), "risk_score": c["risk_score"],
+        "likely_scheme": c.get("likely_scheme"), "scheme_confidence": c.get("scheme_confidence"),
+        "counterparty": c["party_name"], "counterparty_country": c["party_country"],
+        "destination": c["destination"], "goods": c["goods"],
+        "classification": c["classification"], "value_usd": c["value_usd"],
+        "reasons": c["reasons"],
+    } for c in cards]
+    frame = pl.DataFrame(rows, schema_overrides={"likely_scheme": pl.String,
+                                                 "scheme_confidence": pl.Float64,
+                                                 "reasons": pl.String})
+    text = [n for n, t in frame.schema.items() if t == pl.String]
+    frame = frame.with_columns(neutralise_text(pl.col(n)).alias(n) for n in text)
+    return base64.b64encode(frame.write_csv().encode("utf-8")).decode("ascii")
 
 
 # ----------------------------------------------------------------------------- writing

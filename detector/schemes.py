@@ -5,9 +5,10 @@ text ("front company, re-exported via HK"); `data/typologies.csv` maps them to s
 by case-insensitive patterns, and a typology naming several schemes counts for each.
 
 With a trained scheme model (detector.models.scheme, fitted on the labelled typologies)
-the scheme is its most probable class; without one — no model, or no labelled
+the scheme is the most probable after blending its classes with the rule families
+below (`scheme_probabilities`); without one — no model, or no labelled
 typology to learn from — the rule families below decide: the scheme whose red-flag
-rules weigh the most. `scheme_confidence` is the model's class probability, or
+rules weigh the most. `scheme_confidence` is that blended probability, or
 the family's share of the weights; it says how sure the *scheme* is, given a diversion,
 not how likely the diversion is (that is `risk_score`).
 """
@@ -29,7 +30,7 @@ SCHEMES = ("transshipment", "shell_company", "restricted_parent", "cloud_lease",
            "misdeclaration", "splitting", "screening_evasion")
 UNCLEAR = "unclear"
 # Below this class probability the scheme model's answer is reported as `unclear`.
-MIN_CONFIDENCE = 0.4
+MIN_CONFIDENCE = 0.3
 
 # Rule families: the red-flag rules (features/rules.py) that are the mechanism of each
 # scheme, with how specific each is to it (a listed-name match or a burst of small lines
@@ -120,41 +121,63 @@ def family_points(frame: pl.DataFrame) -> np.ndarray:
     return frame.select(exprs).to_numpy().astype(np.float64)
 
 
+def family_shares(frame: pl.DataFrame) -> np.ndarray:
+    """Each scheme's share of the rule-family weight a row carries (rows, len(SCHEMES));
+    a lease with any family hit is all cloud lease (the only scheme leases carry); a row
+    with no family hit is all zeros."""
+    points = family_points(frame)
+    lease = (frame["record_kind"] == "lease").to_numpy()
+    points[lease] = np.where(points[lease].sum(axis=1, keepdims=True) > 0,
+                             np.eye(len(SCHEMES))[SCHEMES.index("cloud_lease")], 0.0)
+    total = points.sum(axis=1, keepdims=True)
+    return np.where(total > 0, points / np.where(total > 0, total, 1.0), 0.0)
+
+
 def rule_family_schemes(frame: pl.DataFrame) -> tuple[list[str], np.ndarray]:
     """(likely_scheme, scheme_confidence) from the rule families: the family with the most
     weight, its share of the family weights as confidence; `unclear` (confidence null)
-    when no family rule is hit. A lease with any family hit is a cloud lease (the only
-    scheme leases carry)."""
+    when no family rule is hit."""
     if frame.height == 0:
         return [], np.zeros(0)
-    points = family_points(frame)
-    lease = (frame["record_kind"] == "lease").to_numpy()
-    lease_col = SCHEMES.index("cloud_lease")
-    total = points.sum(axis=1)
-    best = np.argmax(points, axis=1)
-    best = np.where(lease & (total > 0), lease_col, best)
-    confidence = np.where(total > 0, points[np.arange(len(best)), best] / np.where(
-        total > 0, total, 1.0), np.nan)
-    confidence = np.where(lease & (total > 0), 1.0, confidence)
-    names = [SCHEMES[b] if t > 0 else UNCLEAR for b, t in zip(best, total)]
-    return names, confidence
+    share = family_shares(frame)
+    best = np.argmax(share, axis=1)
+    confidence = share[np.arange(len(best)), best]
+    hit = share.sum(axis=1) > 0
+    names = [SCHEMES[b] if h else UNCLEAR for b, h in zip(best, hit)]
+    return names, np.where(hit, confidence, np.nan)
+
+
+def scheme_probabilities(frame: pl.DataFrame, scheme_model) -> np.ndarray:
+    """Per row, a probability for each of SCHEMES: the mean of the scheme model's class
+    probabilities and the rule families' shares (the model alone where no family rule is
+    hit). The labelled typologies are few — a few dozen schemes — and a model learned
+    from them alone generalises poorly to new schemes; the families carry what every
+    scheme of a kind shows, and find schemes no label has named yet (measured:
+    benchmarks/bench_trust.py)."""
+    model = np.zeros((frame.height, len(SCHEMES)))
+    proba = scheme_model.predict_proba(frame)
+    for i, scheme in enumerate(scheme_model.classes_):
+        model[:, SCHEMES.index(scheme)] = proba[:, i]
+    share = family_shares(frame)
+    hit = share.sum(axis=1, keepdims=True) > 0
+    return np.where(hit, (model + share) / 2, model)
 
 
 def scheme_columns(frame: pl.DataFrame, scheme_model=None) -> pl.DataFrame:
     """`likely_scheme` and `scheme_confidence` for every row of a feature frame (same
-    order): the scheme model's answer when there is one, else the rule families."""
+    order): the scheme model blended with the rule families when there is a model
+    (`scheme_probabilities`), else the rule families alone; `unclear` below
+    MIN_CONFIDENCE."""
     if scheme_model is None:
         names, confidence = rule_family_schemes(frame)
+    elif frame.height == 0:
+        names, confidence = [], np.zeros(0)
     else:
-        proba = scheme_model.predict_proba(frame)
-        classes = list(scheme_model.classes_)
-        if len(proba):
-            best = np.argmax(proba, axis=1)
-            confidence = proba[np.arange(len(best)), best]
-            names = [classes[b] if c >= MIN_CONFIDENCE else UNCLEAR
-                     for b, c in zip(best, confidence)]
-        else:
-            names, confidence = [], np.zeros(0)
+        proba = scheme_probabilities(frame, scheme_model)
+        best = np.argmax(proba, axis=1)
+        confidence = proba[np.arange(len(best)), best]
+        names = [SCHEMES[b] if c >= MIN_CONFIDENCE else UNCLEAR
+                 for b, c in zip(best, confidence)]
     return pl.DataFrame({
         "likely_scheme": pl.Series(names, dtype=pl.String),
         "scheme_confidence": pl.Series(confidence, dtype=pl.Float64, nan_to_null=True),

@@ -389,16 +389,34 @@ def write_scores(table: pl.DataFrame, out: Path, provenance: dict) -> None:
     atomic_write_many([out, sidecar], write)
 
 
-def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
-            history_dirs: list[str | Path] = (), *, model_uri: str | None = None,
-            screening_list: str | Path | None = None,
-            log: Callable[[str], None] = lambda _: None) -> dict:
-    """Why one record scored as it did: feature values, rule hits, contributions."""
-    from detector.reasons import explain_record
+def record_frame(batch: Batch, model: LoadedModel, kind: str, record_id: str) -> pl.DataFrame:
+    """One record's feature frame, layer scores, risk and likely scheme, built from only
+    the records its features read (features.neighbourhood), not the whole batch: what
+    `detector explain` needs in about a second. A model is required (the fallback's
+    detectors are fitted on the whole batch)."""
+    from detector.reference import load_reference
+    from features.build import FeatureBuilder
+    from features.neighbourhood import shipments_around
+    from features.stats import FeatureStats
 
+    stats = FeatureStats.from_dict(model.bundle.feature_stats)
+    if kind == "shipment":
+        shipments = shipments_around(batch.shipments, batch.parties, record_id)
+        leases = batch.leases.clear()
+    else:
+        shipments = batch.shipments.clear()
+        leases = batch.leases.filter(pl.col("lease_id") == record_id)
+    builder = FeatureBuilder([shipments], leases, batch.parties, batch.screening_list,
+                             load_reference(), stats)
+    frame = builder.shipment_features(0) if kind == "shipment" else builder.lease_features()
+    frame = frame.filter(pl.col("record_id") == record_id)
+    layered, _ = _layers_and_risk(frame, model)
+    return with_scheme_and_context(layered, model)
+
+
+def _record_key(batch: Batch, dataset_dir, record_id: str, kind: str | None) -> str:
     if kind not in (None, "shipment", "lease"):
         raise UsageError(f"--kind {kind}: expected shipment or lease")
-    batch = load_batch(dataset_dir, history_dirs, screening_list)
     keys = batch.batch_keys().filter(pl.col("record_id") == record_id)
     if kind:
         keys = keys.filter(pl.col("record_kind") == kind)
@@ -406,11 +424,52 @@ def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
         raise InputError(f"{dataset_dir}: no {kind or 'shipment or lease'} with id {record_id!r}")
     if keys.height > 1:
         raise UsageError(f"{record_id!r} is both a shipment and a lease id: add --kind")
+    return keys["record_kind"][0]
+
+
+def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
+            history_dirs: list[str | Path] = (), *, model_uri: str | None = None,
+            screening_list: str | Path | None = None, scores: str | Path | None = None,
+            log: Callable[[str], None] = lambda _: None) -> dict:
+    """Why one record scored as it did: feature values, rule hits, contributions.
+
+    With a model, only the records the record's features read are built and scored
+    (`record_frame`); its rank in the batch then comes from ``scores`` (a scores table
+    of this batch) when given, else it is not known. Without a model the fallback's
+    detectors are fitted on the whole batch, which is scored to rank the record.
+    """
+    from detector.reasons import explain_record
+
+    if kind not in (None, "shipment", "lease"):
+        raise UsageError(f"--kind {kind}: expected shipment or lease")
+    batch = load_batch(dataset_dir, history_dirs, screening_list)
+    kind = _record_key(batch, dataset_dir, record_id, kind)
     model = load_model(model_uri, log)
-    scored = score_batch(batch, model, top=0)
-    row = scored.frame.filter((pl.col("record_kind") == keys["record_kind"][0])
-                              & (pl.col("record_id") == record_id))
-    return explain_record(row, scored, model)
+    if model.fallback:
+        scored = score_batch(batch, model, top=0)
+        row = scored.frame.filter((pl.col("record_kind") == kind)
+                                  & (pl.col("record_id") == record_id))
+        return explain_record(row, scored, model)
+    row = record_frame(batch, model, kind, record_id)
+    rank = of = None
+    if scores is not None:
+        rank, of = _rank_in(scores, kind, record_id)
+    return explain_record(row, None, model, of_records=of, rank=rank)
+
+
+def _rank_in(scores: str | Path, kind: str, record_id: str) -> tuple[int | None, int]:
+    path = Path(scores)
+    if not path.is_file():
+        raise InputError(f"--scores {path}: no such file")
+    table = (pl.scan_parquet(path) if path.suffix.lower() == ".parquet"
+             else pl.scan_csv(path, infer_schema=False))
+    found = table.select(
+        pl.len().alias("of"),
+        pl.col("rank").filter((pl.col("record_kind") == kind)
+                              & (pl.col("record_id") == record_id)).first().alias("rank")
+    ).collect()
+    rank = found["rank"][0]
+    return (None if rank is None else int(rank)), int(found["of"][0])
 
 
 def score_shipments_frame(shipments: pl.DataFrame, bundle, label: str) -> pl.DataFrame:

@@ -262,8 +262,9 @@ def test_charts_are_inline_svg_and_nothing_is_fetched(built):
     assert page.tags.count("svg") >= 5 + html.count('<article class="card"')
     assert "img" not in page.tags and "script" not in page.tags and "link" not in page.tags
     assert not page.srcs
-    assert all(h.startswith("#") for h in page.hrefs), [h for h in page.hrefs
-                                                        if not h.startswith("#")][:5]
+    # in-page anchors, and the review list's CSV embedded as a data: link (nothing fetched)
+    assert all(h.startswith(("#", "data:text/csv;charset=utf-8;base64,")) for h in page.hrefs), \
+        [h for h in page.hrefs if not h.startswith("#")][:5]
     lowered = html.lower()
     for forbidden in ("<script src", "<link href=http", "url(http", "url(//", "@import",
                       'src="http', "src='http", 'href="http', 'href="//'):
@@ -429,3 +430,32 @@ def test_renders_in_a_real_browser(built, tmp_path):
     assert colours is not None and len(colours) > 200  # text, charts, KPI boxes, not blank
     dominant = max(colours)[0] / (1280 * 2000)
     assert dominant < 0.95
+
+
+def test_review_list_csv_is_embedded_and_matches_the_list(built):
+    import base64
+    import io
+
+    _, _, html = built
+    encoded = re.search(r'href="data:text/csv;charset=utf-8;base64,([A-Za-z0-9+/=]+)"', html)
+    assert encoded and 'download="review-list-' in html
+    table = pl.read_csv(io.BytesIO(base64.b64decode(encoded.group(1))))
+    cards = re.findall(r'<article class="card" id="case-(shipment|lease)-', html)
+    assert table.height == len(cards) > 0
+    assert table["position"].to_list() == list(range(1, table.height + 1))
+    for column in ("record_id", "likely_scheme", "goods", "classification", "value_usd",
+                   "reasons"):
+        assert column in table.columns
+    assert table["goods"].null_count() == 0
+    text = table.select(pl.col(pl.String)).to_numpy().ravel()
+    assert not any(str(v).startswith(("=", "+", "-", "@")) for v in text if v is not None)
+
+
+def test_payer_is_drawn_only_when_it_is_another_party():
+    from detector.report import _network, _separate_payer
+
+    assert not _separate_payer("ACME PTE LTD", "SG", ["Acme Pte. Ltd."], "SG")  # itself
+    assert not _separate_payer("Acme Holdings", "CN", ["Acme Pte. Ltd.", "Acme Holdings"], "SG")
+    assert _separate_payer("Golden Bridge Trading", "HK", ["Acme Pte. Ltd."], "SG")
+    assert _separate_payer(None, "HK", [], "SG") and not _separate_payer(None, "SG", [], "SG")
+    assert _network("Acme", "consignee", "SG", [], "nothing linked") == (None, 0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from pipeline_fixtures import labelled_frame, world  # noqa: F401  (session fixtures)
 
 from detector.errors import InputError
 from detector.models.scheme import SchemeModel
@@ -61,7 +60,7 @@ def test_a_bad_mapping_file_names_file_line_and_column(tmp_path):
 # ------------------------------------------------------------------ rule families
 
 
-def test_rule_families_name_a_scheme_only_with_a_family_signal(labelled_frame):  # noqa: F811
+def test_rule_families_name_a_scheme_only_with_a_family_signal(labelled_frame):
     from detector.models.rules import RuleModel
     from detector.schemes import RULE_FAMILIES
 
@@ -83,7 +82,7 @@ def test_rule_families_name_a_scheme_only_with_a_family_signal(labelled_frame): 
             assert 0 < conf <= 1
 
 
-def test_rule_families_find_most_simulated_schemes(labelled_frame):  # noqa: F811
+def test_rule_families_find_most_simulated_schemes(labelled_frame):
     positives = labelled_frame.filter(pl.col("label") == 1)
     names, _ = rule_family_schemes(positives)
     accuracy = np.mean([n == t for n, t in zip(names, positives["typology"].to_list())])
@@ -103,7 +102,7 @@ def _split(frame):
     return positives.filter(~held).drop("__i"), positives.filter(held).drop("__i")
 
 
-def test_scheme_model_learns_typologies_and_round_trips_without_pickle(labelled_frame, tmp_path):  # noqa: F811
+def test_scheme_model_learns_typologies_and_round_trips_without_pickle(labelled_frame, tmp_path):
     train, test = _split(labelled_frame)
     model = SchemeModel(model_feature_names()).fit(
         train, [schemes_of(t) for t in train["typology"]])
@@ -125,7 +124,7 @@ def test_scheme_model_learns_typologies_and_round_trips_without_pickle(labelled_
     np.testing.assert_allclose(restored.predict_proba(test), model.predict_proba(test))
 
 
-def test_a_combined_typology_counts_for_each_of_its_schemes(labelled_frame):  # noqa: F811
+def test_a_combined_typology_counts_for_each_of_its_schemes(labelled_frame):
     train, _ = _split(labelled_frame)
     schemes = [schemes_of(t) for t in train["typology"]]
     plain = SchemeModel(model_feature_names(), num_boost_round=5).fit(train, schemes)
@@ -136,7 +135,7 @@ def test_a_combined_typology_counts_for_each_of_its_schemes(labelled_frame):  # 
     assert added and both.class_counts_["shell_company"] == plain.class_counts_["shell_company"]
 
 
-def test_one_scheme_alone_is_not_trainable_so_rule_families_decide(labelled_frame):  # noqa: F811
+def test_one_scheme_alone_is_not_trainable_so_rule_families_decide(labelled_frame):
     from detector.training import fit_scheme_model
 
     only = labelled_frame.with_columns(typology=pl.lit("transshipment"))
@@ -146,7 +145,7 @@ def test_one_scheme_alone_is_not_trainable_so_rule_families_decide(labelled_fram
     assert SchemeModel.trainable([["splitting"]] * 3 + [["cloud_lease"]] * 3)
 
 
-def test_bundle_saves_the_scheme_model_as_text(labelled_frame, tmp_path):  # noqa: F811
+def test_bundle_saves_the_scheme_model_as_text(labelled_frame, tmp_path):
     from detector.models.ensemble import DiversionModel, ModelBundle
 
     train, test = _split(labelled_frame)
@@ -213,3 +212,18 @@ def test_a_null_feature_is_never_a_reason_and_unusual_values_name_real_values():
     assert not any("ownership" in r for r in reasons)
     assert unusual_values(row, Unsupervised()) == [
         "value usd 4,200,000 (typical 50,000)", "chip units 512 (typical 8)"]
+
+
+def test_a_second_scheme_the_record_also_shows_comes_next():
+    row = _row(likely_scheme="transshipment", transit_via_hk_or_mo=True,
+               transit_countries=["HK"], linked_small_shipments_14d=4,
+               linked_small_value_14d_usd=150_000.0, screening_match_score=60.0,
+               rule_hits=["transit_hk_mo", "splitting"])
+    reasons = reasons_for_row(row, None, [], {}, other_schemes=["splitting", "transshipment"])
+    assert reasons[0] == "H100 SXM routed through HK on the way to SG"
+    assert reasons[1].startswith("4 small shipments of H100 SXM to linked consignees")
+    assert len(reasons) == 2  # both rule hits state facts the mechanisms stated
+    only_one = reasons_for_row(row, None, [], {}, other_schemes=["splitting"],
+                               max_mechanisms=1)
+    assert only_one[0].startswith("H100 SXM routed")
+    assert only_one[1].startswith("4 small GPU shipments")  # the rule's text instead

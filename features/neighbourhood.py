@@ -1,0 +1,91 @@
+"""The records one shipment's features read: what `detector explain` builds, not the batch.
+
+A shipment's own features need only its row, the parties and the screening list; its
+cross-record features (features/behaviour.py) read the shipments that share one of its
+keys: the same consignee (resolved party, else normalised name and country), the same
+owner group or declared address (splitting), and the shipments its consignee later
+exported (re-export linkage). `shipments_around` returns a superset of those, cheaply:
+every shipment whose consignee could resolve to a party of the record's group (exact
+id, or a name within the resolution cutoff of one of the group's names in the same
+country), with the record's normalised name, or at its declared address, and every
+shipment exported under the consignee's name. Features built over that subset equal
+the batch's for the record (tests/test_explain.py checks it on a simulated world).
+No I/O.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from features.names import best_matches, normalise_address, normalise_name
+from features.parties import RESOLVE_SCORE_CUTOFF, resolve_names, unique_parties
+
+
+def _ultimate_parents(parties: pl.DataFrame) -> dict[str, str]:
+    """party_id -> top of its ownership chain (itself without a parent; cycles cut)."""
+    parent = dict(zip(parties["party_id"].to_list(), parties["parent_party_id"].to_list()))
+    out = {}
+    for pid in parent:
+        top, seen = pid, {pid}
+        while parent.get(top) is not None and parent[top] in parent and parent[top] not in seen:
+            top = parent[top]
+            seen.add(top)
+        out[pid] = top
+    return out
+
+
+def shipments_around(shipments: pl.DataFrame, parties: pl.DataFrame, shipment_id: str
+                     ) -> pl.DataFrame:
+    """The shipments (contract columns, any order) that the features of ``shipment_id``
+    read, itself included; a superset, never fewer."""
+    target = shipments.filter(pl.col("shipment_id") == shipment_id)
+    if target.height == 0:
+        return target
+    row = target.row(0, named=True)
+    country = (row["consignee_country"] or "").upper()
+    name_norm = target.select(normalise_name(pl.col("consignee_name"))).item() or ""
+    address_norm = target.select(normalise_address(pl.col("consignee_address"))).item() or ""
+
+    parties = unique_parties(parties)
+    ids = set(parties["party_id"].to_list())
+    party = row.get("consignee_party_id") if row.get("consignee_party_id") in ids else None
+    if party is None and name_norm:
+        found = resolve_names(pl.DataFrame({"name_norm": [name_norm], "country": [country]}),
+                              parties)
+        party = found["resolved_party_id"][0] if found.height else None
+    group: set[str] = set()
+    if party is not None:
+        tops = _ultimate_parents(parties)
+        group = {p for p, top in tops.items() if top == tops[party]} | {party}
+
+    # consignee names (normalised, with country) that could resolve into the group
+    members = parties.filter(pl.col("party_id").is_in(list(group))).select(
+        pl.col("country").str.to_uppercase(),
+        pl.concat_list(pl.col("name"), pl.col("aliases").fill_null([])).alias("names")
+    ).explode("names").select("country", normalise_name(pl.col("names")).alias("name_norm"))
+    keys = shipments.select(
+        "shipment_id", pl.col("consignee_country").str.to_uppercase().alias("country"),
+        normalise_name(pl.col("consignee_name")).alias("name_norm"),
+        normalise_name(pl.col("exporter_name")).alias("exporter_norm"),
+        pl.col("exporter_country").str.to_uppercase().alias("exporter_country"),
+        normalise_address(pl.col("consignee_address")).alias("address_norm"),
+        pl.col("consignee_party_id"))
+    wanted = [(name_norm, country)]
+    distinct = keys.select("name_norm", "country").unique().drop_nulls()
+    for (member_country,), block in members.group_by("country"):
+        names = distinct.filter(pl.col("country") == member_country)["name_norm"].to_list()
+        scores, _ = best_matches(names, block["name_norm"].drop_nulls().to_list(),
+                                 score_cutoff=RESOLVE_SCORE_CUTOFF)
+        wanted += [(n, member_country) for n, s in zip(names, scores) if s > 0]
+    wanted_frame = pl.DataFrame(wanted, schema={"name_norm": pl.String, "country": pl.String},
+                                orient="row").unique()
+    near = (
+        keys.join(wanted_frame, on=["name_norm", "country"], how="semi")["shipment_id"]
+        .append(keys.filter(pl.col("consignee_party_id").is_in(list(group)))["shipment_id"])
+        .append(keys.filter((pl.col("exporter_norm") == name_norm)
+                            & (pl.col("exporter_country") == country))["shipment_id"])
+    )
+    if address_norm:
+        near = near.append(keys.filter(pl.col("address_norm") == address_norm)["shipment_id"])
+    return shipments.filter(pl.col("shipment_id").is_in(near.append(
+        pl.Series([shipment_id])).unique().implode()))
