@@ -524,8 +524,9 @@ AnalystOpt = Annotated[Optional[str], typer.Option(
 def review(
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset to review.")],
     scores: Annotated[Optional[Path], typer.Option(
-        help="Scores file from `detector score` (its queue and scores are shown as written). "
-             "Default: score the dataset when the page starts.")] = None,
+        help="Scores file from `detector score`: its scores and queue are shown as written "
+             "(--capacity and --explore apply only to a file without a queue). Default: "
+             "score the dataset when the page starts.")] = None,
     history: HistoryOpt = None,
     model: ModelOpt = None,
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
