@@ -386,6 +386,14 @@ FAMILIES: dict[str, list[str]] = {
 }
 
 
+def unsupervised_feature_names(features: list[str]) -> list[str]:
+    """The inputs of the unsupervised layer: ``features`` less the case memory. Earlier
+    decisions are no property of the record, and their counts grow with the store, so
+    the detectors would call every later record unusual."""
+    memory = set(FAMILIES["case_memory"])
+    return [f for f in features if f not in memory]
+
+
 def model_feature_names(without: tuple[str, ...] | list[str] = ()) -> list[str]:
     """Numeric / boolean model inputs, in registry order (less the families ``without``)."""
     unknown = [f for f in without if f not in FAMILIES]
