@@ -140,17 +140,22 @@ def _build(cls, values: dict, where: str):
     return cls(**kwargs)
 
 
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML settings file (``what``: "config file", "mapping file"), or one clear error."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path | None) -> TrainingConfig:
     """Read and validate a training config; None gives the built-in defaults."""
     if path is None:
         return TrainingConfig()
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, "config file")
     top = {k: v for k, v in raw.items() if k not in _SECTIONS}
     allowed_top = {"name", "description", "seed"}
     unknown = sorted(set(top) - allowed_top)
