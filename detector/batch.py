@@ -121,13 +121,26 @@ def read_batch(progress: Progress, dataset_dir: str | Path,
     return batch
 
 
-def feature_frame(batch: Batch, stats=None) -> pl.DataFrame:
-    """The feature frame of the batch's own records (history is context only)."""
+def history_labels(batch: Batch) -> pl.DataFrame | None:
+    """The labels of the --history datasets: the case memory's decisions at scoring,
+    beside those stored with the model (the scored dataset's own are not used)."""
+    frames = [h.labels for h in batch.history if h.labels.height]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+
+def feature_frame(batch: Batch, stats=None, *, labels: pl.DataFrame | None = None,
+                  memory_out: dict | None = None) -> pl.DataFrame:
+    """The feature frame of the batch's own records (history is context only).
+
+    ``labels`` feed the case memory (training: every label known); None: the history's
+    labels (scoring)."""
     from detector.reference import load_reference
     from features.build import build_features
 
     frame = build_features(batch.shipments, batch.leases, batch.parties, batch.screening_list,
-                           load_reference(), stats)
+                           load_reference(), stats,
+                           labels=history_labels(batch) if labels is None else labels,
+                           memory_out=memory_out)
     return frame.join(batch.batch_keys(), on=["record_kind", "record_id"], how="semi") \
         .sort(["record_kind", "record_id"])
 
@@ -173,4 +186,5 @@ def _records(batch: Batch, chunk_rows: int | None, spill_dir: Path | None):
     context = [p for ds in batch.history for p in _parts(ds.shipments, chunk_rows)]
     return Records([*own, *context], batch.leases, batch.parties, batch.screening_list,
                    load_reference(), scored_parts=len(own),
-                   scored_lease_ids=batch.dataset.leases["lease_id"])
+                   scored_lease_ids=batch.dataset.leases["lease_id"],
+                   labels=history_labels(batch))

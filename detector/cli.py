@@ -320,12 +320,16 @@ def models(
     metrics come from; R@5%max: the highest recall@5% that slice allows (5% of its records
     divided by its positives, at most 1).
     """
-    from detector.tracking import model_versions
+    from detector.tracking import interrupted_run_rows, model_versions
 
     try:
         rows = model_versions(name)
+        interrupted = interrupted_run_rows()
     except DetectorError as exc:
         _fail(exc)
+    for run in interrupted:  # RUNNING in MLflow, but the process that ran it is gone
+        typer.echo(f"failed   run {run['run_id']} started {run['started']}: interrupted (its "
+                   "process was killed); the next `detector train` closes it as FAILED")
     if not rows:
         typer.echo(f"no versions of {name!r} registered yet (train one with `detector train`)")
         return
@@ -548,8 +552,9 @@ AnalystOpt = Annotated[Optional[str], typer.Option(
 def review(
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset to review.")],
     scores: Annotated[Optional[Path], typer.Option(
-        help="Scores file from `detector score` (its queue and scores are shown as written). "
-             "Default: score the dataset when the page starts.")] = None,
+        help="Scores file from `detector score`: its scores and queue are shown as written "
+             "(--capacity and --explore apply only to a file without a queue). Default: "
+             "score the dataset when the page starts.")] = None,
     history: HistoryOpt = None,
     model: ModelOpt = None,
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
@@ -645,9 +650,11 @@ def main() -> None:
     except DetectorError as exc:  # a library error that escaped a command
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except OSError as exc:  # the machine failed where no command expected it: one line
-        from detector.files import os_failure
+    except Exception as exc:  # the machine failed where no command expected it: one line
+        from detector.files import is_os_failure, os_failure
 
-        failure = os_failure(exc, exc.filename or "detector", "complete")
+        if not is_os_failure(exc):
+            raise
+        failure = os_failure(exc, getattr(exc, "filename", None) or "detector", "complete")
         print(f"error: {failure}", file=sys.stderr)
         sys.exit(failure.exit_code)

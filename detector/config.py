@@ -29,9 +29,24 @@ class LightGBMSettings:
     num_leaves: int = 15
     min_data_in_leaf: int = 10
     feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
     lambda_l2: float = 1.0
+    # weight of a positive row; 0 = automatic (negatives / positives, at most 50), for
+    # labels where confirmed cases are rare
+    scale_pos_weight: float = 0.0
     num_boost_round: int = 250
     early_stopping_rounds: int = 30
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    # shipment columns (extra columns of an imported export, or contract columns) taken
+    # as model inputs: categorical ones coded by the values seen in training (unseen =
+    # missing), numeric ones cast to float (text that is no number = missing)
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    # feature families left out (features.registry.FAMILIES), e.g. for an ablation
+    without: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,7 @@ class TrainingConfig:
     split: SplitSettings = field(default_factory=SplitSettings)
     unsupervised: UnsupervisedSettings = field(default_factory=UnsupervisedSettings)
     lightgbm: LightGBMSettings = field(default_factory=LightGBMSettings)
+    inputs: InputSettings = field(default_factory=InputSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
     source: str = "built-in defaults"
 
@@ -80,7 +96,8 @@ class TrainingConfig:
         flat = {}
         for key, value in asdict(self).items():
             if isinstance(value, dict):
-                flat.update({f"{key}.{k}": v for k, v in value.items()})
+                flat.update({f"{key}.{k}": (",".join(v) if isinstance(v, tuple) else v)
+                             for k, v in value.items()})
             else:
                 flat[key] = value
         return flat
@@ -89,11 +106,14 @@ class TrainingConfig:
         lgb = asdict(self.lightgbm)
         lgb.pop("num_boost_round")
         lgb.pop("early_stopping_rounds")
+        if lgb["scale_pos_weight"] <= 0:  # automatic: SupervisedModel.training_params
+            lgb.pop("scale_pos_weight")
         return {**lgb, "seed": self.seed}
 
 
 _SECTIONS = {"split": SplitSettings, "unsupervised": UnsupervisedSettings,
-             "lightgbm": LightGBMSettings, "drift": DriftSettings}
+             "lightgbm": LightGBMSettings, "inputs": InputSettings,
+             "drift": DriftSettings}
 
 
 def _build(cls, values: dict, where: str):
@@ -105,8 +125,11 @@ def _build(cls, values: dict, where: str):
     for key, value in values.items():
         default = getattr(cls(), key)
         if isinstance(default, tuple):
-            if not isinstance(value, list):
-                raise InputError(f"{where}.{key}: expected a list, got {value!r}")
+            if not isinstance(value, list) or (cls is InputSettings and not all(
+                    isinstance(v, str) for v in value)):
+                raise InputError(f"{where}.{key}: expected a list"
+                                 + (" of column names" if cls is InputSettings else "")
+                                 + f", got {value!r}")
             value = tuple(value)
         # bool is an int to Python, not to a reader of the config: `num_leaves = true` is wrong
         elif isinstance(value, bool) != isinstance(default, bool) or not isinstance(
@@ -117,17 +140,22 @@ def _build(cls, values: dict, where: str):
     return cls(**kwargs)
 
 
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML settings file (``what``: "config file", "mapping file"), or one clear error."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path | None) -> TrainingConfig:
     """Read and validate a training config; None gives the built-in defaults."""
     if path is None:
         return TrainingConfig()
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, "config file")
     top = {k: v for k, v in raw.items() if k not in _SECTIONS}
     allowed_top = {"name", "description", "seed"}
     unknown = sorted(set(top) - allowed_top)
@@ -145,6 +173,15 @@ def load_config(path: str | Path | None) -> TrainingConfig:
     if bad:
         raise InputError(f"{path} [unsupervised].detectors: unknown {bad}; "
                          f"expected some of {list(KNOWN_DETECTORS)}")
+    from features.registry import FAMILIES
+
+    bad = [f for f in config.inputs.without if f not in FAMILIES]
+    if bad:
+        raise InputError(f"{path} [inputs].without: unknown feature families {bad}; expected "
+                         f"some of {sorted(FAMILIES)}")
+    both = sorted(set(config.inputs.categorical) & set(config.inputs.numeric))
+    if both:
+        raise InputError(f"{path} [inputs]: {both} named both categorical and numeric")
     if not (0 < config.split.fit < 1 and 0 < config.split.calibrate < 1
             and config.split.fit + config.split.calibrate < 1):
         raise InputError(f"{path} [split]: fit and calibrate must be shares in (0, 1) that "

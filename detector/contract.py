@@ -48,6 +48,19 @@ UNKNOWN = "unknown"
 LIST_SEPARATOR = ";"
 MAX_ROWS_SHOWN = 5
 MAX_VALUES_SHOWN = 5
+
+
+def rows_and_values(rows: list, count: int, values: list) -> str:
+    """" (rows 2, 7 and 3 more; 5 in all); values: 'x'" — the tail of a problem message
+    (validation and import say rows and values the same way)."""
+    text = ""
+    if count:
+        shown = ", ".join(str(r) for r in rows[:MAX_ROWS_SHOWN])
+        more = f" and {count - MAX_ROWS_SHOWN} more" if count > MAX_ROWS_SHOWN else ""
+        text += f" (rows {shown}{more}; {count} in all)"
+    if values:
+        text += "; values: " + ", ".join(repr(v) for v in values[:MAX_VALUES_SHOWN])
+    return text
 # Rows validated at once: the text copies kept for error messages cost several times the
 # typed data, so longer files are checked slice by slice (see read_table).
 READ_CHUNK_ROWS = 500_000
@@ -249,14 +262,8 @@ class Issue:
         where = self.file + (f", column '{self.column}'" if self.column else "")
         text = f"{self.severity.upper()} {where}: {self.message}"
         if self.count and not self.rows:  # cross-table checks count rows without numbering them
-            text += f" ({self.count} rows)"
-        elif self.count:
-            shown = ", ".join(str(r) for r in self.rows[:MAX_ROWS_SHOWN])
-            more = f" and {self.count - MAX_ROWS_SHOWN} more" if self.count > MAX_ROWS_SHOWN else ""
-            text += f" (rows {shown}{more}; {self.count} in all)"
-        if self.values:
-            text += "; values: " + ", ".join(repr(v) for v in self.values[:MAX_VALUES_SHOWN])
-        return text
+            return text + f" ({self.count} rows)" + rows_and_values([], 0, self.values)
+        return text + rows_and_values(self.rows if self.count else [], self.count, self.values)
 
 
 @dataclass
@@ -363,9 +370,9 @@ def _parse(column: Column, raw: pl.Expr, source: pl.DataType) -> tuple[pl.Expr, 
             "one of " + ", ".join(column.values),
         )
     if kind in (COUNTRY_LIST, STRING_LIST):
-        items = text.str.split(LIST_SEPARATOR).list.eval(
-            pl.element().str.strip_chars().filter(pl.element().str.len_chars() > 0)
-        )
+        # strip first, then drop empty items: "HK; ;SG" is HK and SG
+        items = text.str.split(LIST_SEPARATOR).list.eval(pl.element().str.strip_chars()) \
+            .list.eval(pl.element().filter(pl.element().str.len_chars() > 0))
         if kind == STRING_LIST:
             return items, pl.lit(False), "a ';'-separated list"
         items = items.list.eval(pl.element().str.to_uppercase())

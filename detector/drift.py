@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from features.registry import FAMILIES
+
 PROFILE_KEY = "training_profile"
 PROFILE_FORMAT = 1
 SKETCH_ROWS = 50_000  # training records sampled for the quantile sketches
@@ -41,7 +43,9 @@ _DECILES = np.linspace(0.1, 0.9, 9)
 # shipment, ages): a later batch shifts them by construction, so their PSI is shown but
 # raises no alert.
 ACCUMULATING = frozenset({"days_since_first_shipment", "consignee_prior_shipments",
-                          "consignee_age_days", "lessee_age_days"})
+                          "consignee_age_days", "lessee_age_days",
+                          # earlier decisions: the store only grows
+                          *FAMILIES["case_memory"]})
 
 
 # ----------------------------------------------------------------------------- sketches

@@ -278,6 +278,8 @@ class Records:
     reference: object
     scored_parts: int | None = None
     scored_lease_ids: pl.Series | None = None
+    # decisions the case memory may count besides the model's own (--history labels)
+    labels: pl.DataFrame | None = None
 
 
 def feature_parts(records: Records, stats) -> list[Part]:
@@ -286,7 +288,8 @@ def feature_parts(records: Records, stats) -> list[Part]:
     from features.build import FeatureBuilder
 
     builder = FeatureBuilder(records.shipment_parts, records.leases, records.parties,
-                             records.screening_list, records.reference, stats)
+                             records.screening_list, records.reference, stats,
+                             records.labels)
     scored = len(records.shipment_parts) if records.scored_parts is None \
         else records.scored_parts
 
@@ -333,7 +336,8 @@ def score_record(records: Records, model: LoadedModel, kind: str, record_id: str
         raise ValueError("score_record: expected a trained model; the fallback is fitted "
                          "on the whole batch (score it with score_records)")
     builder = FeatureBuilder(records.shipment_parts, records.leases, records.parties,
-                             records.screening_list, records.reference, model.feature_stats())
+                             records.screening_list, records.reference, model.feature_stats(),
+                             records.labels)
     only = keep_record(kind, record_id)
 
     def part() -> pl.DataFrame:

@@ -58,7 +58,7 @@ def _umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,6 +66,18 @@ def _pid_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, ValueError):
         return True
     return True
+
+
+KILL_POINT_VARIABLE = "DETECTOR_KILL_AT"
+
+
+def checkpoint(name: str) -> None:
+    """A named point where tests kill the process (``DETECTOR_KILL_AT=name``) to prove a
+    crash there leaves no partial output and a usable store. Does nothing otherwise."""
+    if os.environ.get(KILL_POINT_VARIABLE) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _temp_prefix(target: Path) -> str:
@@ -81,7 +93,7 @@ def remove_stale_temp_files(target: Path) -> None:
         return
     for entry in entries:
         found = pattern.match(entry.name)
-        if found and not _pid_alive(int(found.group(1))):
+        if found and not pid_alive(int(found.group(1))):
             try:
                 entry.unlink()
             except OSError:
@@ -133,6 +145,7 @@ def atomic_write_many(paths: Sequence[str | Path],
             tmps.append(Path(tmp))
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
         write(tmps)
+        checkpoint("write:before-rename")
         for tmp, path in reversed(list(zip(tmps, paths))):
             os.replace(tmp, path)
     except BaseException as exc:
@@ -159,7 +172,7 @@ def temporary_directory(purpose: str) -> Iterator[Path]:
     try:
         for entry in base.iterdir():
             found = pattern.match(entry.name)
-            if found and entry.is_dir() and not _pid_alive(int(found.group(1))):
+            if found and entry.is_dir() and not pid_alive(int(found.group(1))):
                 shutil.rmtree(entry, ignore_errors=True)
     except OSError:
         pass

@@ -38,7 +38,6 @@ import os
 import re
 import shutil
 import tempfile
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,12 +53,14 @@ from detector.contract import (
     LEASES,
     MAX_ROWS_SHOWN,
     MAX_VALUES_SHOWN,
+    rows_and_values,
     SHIPMENTS,
     FatalInputError,
     Table,
     read_dataset,
     write_table,
 )
+from detector.config import read_toml
 from detector.errors import InputError
 
 RECORD_TABLES = {"shipments": SHIPMENTS, "leases": LEASES}
@@ -90,14 +91,8 @@ class Problem:
             where.append(self.file)
         if self.column:
             where.append(f"column {self.column!r}")
-        text = ", ".join(where) + f": {self.message}"
-        if self.count:
-            shown = ", ".join(str(r) for r in self.rows[:MAX_ROWS_SHOWN])
-            more = f" and {self.count - MAX_ROWS_SHOWN} more" if self.count > MAX_ROWS_SHOWN else ""
-            text += f" (rows {shown}{more}; {self.count} in all)"
-        if self.values:
-            text += "; values: " + ", ".join(repr(v) for v in self.values[:MAX_VALUES_SHOWN])
-        return text
+        return (", ".join(where) + f": {self.message}"
+                + rows_and_values(self.rows, self.count, self.values))
 
 
 class MappingError(InputError):
@@ -195,12 +190,7 @@ def _spec(key: str, raw, problems: list[Problem]) -> Spec | None:
 def load_mapping(path: str | Path) -> Mapping:
     """Read and check a mapping file (keys only; the source columns are checked per file)."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: mapping file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, "mapping file")
     problems: list[Problem] = []
     known = {"source", "labels", "extra", *RECORD_TABLES}
     for key in sorted(set(raw) - known):

@@ -259,15 +259,21 @@ def explain_record(row: pl.DataFrame, of_records: int | None, model, *,
         scorer = model.bundle.model
         contrib = scorer.contributions(row)[0]
         contributions = dict(zip(scorer.supervised_.features, contrib[:-1].tolist()))
+    from features.learned import INPUT_PREFIX
+
     unsupervised = getattr(model.bundle.model, "unsupervised_", None) if not model.fallback \
         else None
-    for name in model_feature_names():
+    inputs = [] if model.fallback else [n for n in model.bundle.model.supervised_.features
+                                        if n.startswith(INPUT_PREFIX)]
+    for name in [*model_feature_names(), *inputs]:
         features.append({
             "feature": name,
             "value": record.get(name),
             "contribution": contributions.get(name),
             "applies": _applies(name, record),
-            "description": FEATURES[name].description,
+            "description": (FEATURES[name].description if name in FEATURES else
+                            f"column {name[len(INPUT_PREFIX):]!r} as a model input "
+                            "(training config [inputs])"),
             "reason": render_reason(name, record),
         })
     for name in (*LAYER_COLUMNS,

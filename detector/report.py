@@ -47,6 +47,9 @@ MAX_NETWORK_NODES = 8
 MAX_TRAIL_ROWS = 15
 # parties at one address, re-export counterparties: listed up to this, the rest counted
 MAX_LISTED = 50
+# metrics that count things (MLflow stores every metric as a float): shown as integers
+COUNT_METRICS = frozenset({"records", "positives", "best_iteration"})
+
 METRIC_LABELS = {
     "pr_auc": "PR-AUC",
     "precision_at_1pct": "precision at 1%",
@@ -678,7 +681,8 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
 
     score_models = scored["model"].unique().sort().to_list()
     fallback = model_info is None or FALLBACK_MODEL in score_models
-    metrics = [(METRIC_LABELS.get(k, k), v) for k, v in sorted(
+    metrics = [(METRIC_LABELS.get(k, k), int(v) if k in COUNT_METRICS and v is not None else v)
+               for k, v in sorted(
         ((model_info or {}).get("metrics") or {}).items(),
         key=lambda kv: (list(METRIC_LABELS).index(kv[0]) if kv[0] in METRIC_LABELS else 99,
                         kv[0]))]

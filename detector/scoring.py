@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from detector import engine as score_engine
-from detector.batch import Batch, load_batch, read_batch
+from detector.batch import Batch, history_labels, load_batch, read_batch
 from detector.contract import write_quarantine
 from detector.engine import (  # noqa: F401 (the API)
     FALLBACK_LABEL,
@@ -282,7 +282,7 @@ def record_frame(batch: Batch, model: LoadedModel, kind: str, record_id: str) ->
         shipments = batch.shipments.clear()
         leases = batch.leases.filter(pl.col("lease_id") == record_id)
     records = score_engine.Records([shipments], leases, batch.parties, batch.screening_list,
-                                   load_reference())
+                                   load_reference(), labels=history_labels(batch))
     return score_engine.score_record(records, model, kind, record_id)
 
 

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from detector.contract import write_table
 from detector.errors import EnvironmentFailure, InputError
+from detector.files import checkpoint
 from detector.modelref import BUNDLE_ARTIFACT, bundle_in, is_registry_uri, local_bundle
 from detector.settings import (
     CHAMPION,
@@ -54,6 +55,23 @@ def _embedded() -> bool:
     return _user_uri() is None
 
 
+# How long a command waits for another process that is creating or migrating the
+# embedded store before it gives up with "locked" (exit 3).
+STORE_LOCK_TIMEOUT_S = 300
+
+
+def _store_lock():
+    """A file lock beside the embedded store: its first use (MLflow creates and migrates
+    the schema then) is one process at a time; a shared server needs none."""
+    from contextlib import nullcontext
+
+    from filelock import FileLock
+
+    if not _embedded():
+        return nullcontext()
+    return FileLock(str(detector_home() / ".store.lock"), timeout=STORE_LOCK_TIMEOUT_S)
+
+
 # A tracking server that cannot be reached must fail a command within seconds, not after
 # MLflow's defaults (7 retries with exponential backoff, 120 s per request: minutes). Set
 # for the command unless the user set them: one retry, 1 s backoff (0.5 s jitter), 10 s
@@ -75,6 +93,8 @@ def _apply_http_settings() -> None:
 
 
 def _client() -> MlflowClient:
+    from filelock import Timeout
+
     uri = tracking_uri()
     try:
         if _embedded():
@@ -89,9 +109,14 @@ def _client() -> MlflowClient:
         # mlflow, must still read as the user's on the next call (or it would fall back
         # to the embedded store)
         _uri_set_by_us = uri if embedded else None
-        client = MlflowClient(uri, uri)
-        _probe(client, uri)  # reach the store now, not mid-run
+        with _store_lock():
+            client = MlflowClient(uri, uri)
+            _probe(client, uri)  # reach the store now, not mid-run
         return client
+    except Timeout:
+        raise EnvironmentFailure(f"tracking store {uri} is locked: another detector process "
+                                 f"has held {detector_home() / '.store.lock'} for "
+                                 f"{STORE_LOCK_TIMEOUT_S} s") from None
     except MlflowException as exc:
         raise EnvironmentFailure(f"tracking store {uri} unusable: {_short(exc)}") from exc
     except OSError as exc:
@@ -197,11 +222,22 @@ class RegisteredRun:
 def log_training_run(*, experiment: str, model_name: str, bundle_dir: Path, params: dict,
                      metrics: dict, tags: dict, artifacts: dict[str, Path],
                      tables: dict[str, pl.DataFrame], summary: str = "") -> RegisteredRun:
-    """Log one training run, register a model version, make the first one champion."""
+    """Log one training run, register a model version, make the first one champion.
+
+    Each step can be interrupted (a killed process) without leaving the registry wrong:
+    a run left RUNNING is closed as FAILED by the next training (and shown as failed by
+    `detector models`); the version is registered only after its run finished; and a
+    name whose versions have no champion (the alias step never ran) gets its first
+    version as champion here, as if that step had finished.
+    """
+    from filelock import Timeout
+
     client = _client()
-    exp_id = _experiment_id(client, experiment)
     try:
-        with mlflow.start_run(experiment_id=exp_id) as run:
+        with _store_lock():  # two first trainings must not both create the experiment
+            exp_id = _experiment_id(client, experiment)
+        close_interrupted_runs(client)
+        with mlflow.start_run(experiment_id=exp_id, tags=_process_tags()) as run:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()
                                 if v is not None and v == v})
@@ -221,19 +257,89 @@ def log_training_run(*, experiment: str, model_name: str, bundle_dir: Path, para
                 model_config={"model_name": model_name, "run_id": run.info.run_id},
                 pip_requirements=["detector"],
             )
+            checkpoint("train:logged")
+        with _store_lock():  # versions and the alias: one process at a time
             version = mlflow.register_model(info.model_uri, model_name)
-        number = int(version.version)
-        client.update_model_version(model_name, str(number),
-                                    description=f"{model_name} version {number}: {summary}")
-        champion = False
-        try:
-            client.get_model_version_by_alias(model_name, CHAMPION)
-        except MlflowException:
-            client.set_registered_model_alias(model_name, CHAMPION, str(number))
-            champion = True
+            number = int(version.version)
+            client.update_model_version(model_name, str(number),
+                                        description=f"{model_name} version {number}: {summary}")
+            checkpoint("train:registered")
+            champion = _ensure_champion(client, model_name) == number
         return RegisteredRun(run.info.run_id, model_name, number, champion, experiment)
+    except Timeout:
+        raise EnvironmentFailure(f"tracking store {tracking_uri()} is locked by another "
+                                 "detector process") from None
     except MlflowException as exc:
         raise EnvironmentFailure(f"tracking store {tracking_uri()}: {_short(exc)}") from exc
+
+
+def _ensure_champion(client: MlflowClient, name: str) -> int:
+    """The champion version of ``name``; where none is set, its first version becomes it."""
+    try:
+        return int(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        first = min(int(mv.version) for mv in client.search_model_versions(f"name='{name}'"))
+        client.set_registered_model_alias(name, CHAMPION, str(first))
+        return first
+
+
+_PID_TAG = "detector.pid"
+_HOST_TAG = "detector.host"
+
+
+def _process_tags() -> dict[str, str]:
+    import socket
+
+    return {_PID_TAG: str(os.getpid()), _HOST_TAG: socket.gethostname()}
+
+
+def _process_gone(run) -> bool:
+    """A RUNNING run started by a detector process on this machine that no longer exists."""
+    import socket
+
+    from detector.files import pid_alive
+
+    tags = run.data.tags
+    if tags.get(_HOST_TAG) != socket.gethostname() or not tags.get(_PID_TAG, "").isdigit():
+        return False
+    return not pid_alive(int(tags[_PID_TAG]))
+
+
+def interrupted_runs(client: MlflowClient | None = None) -> list:
+    """Runs still RUNNING whose detector process is gone (killed): failed in fact."""
+    client = client or _client()
+    try:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        if not experiments:
+            return []
+        running = client.search_runs(experiments, "attributes.status = 'RUNNING'",
+                                     max_results=1000)
+    except MlflowException as exc:
+        raise EnvironmentFailure(f"tracking store {tracking_uri()}: {_short(exc)}") from exc
+    return [r for r in running if _process_gone(r)]
+
+
+def interrupted_run_rows() -> list[dict]:
+    """`interrupted_runs` as rows for `detector models`: run id and start time (UTC)."""
+    from datetime import datetime, timezone
+
+    return [{"run_id": r.info.run_id,
+             "started": datetime.fromtimestamp(r.info.start_time / 1000, timezone.utc)
+             .strftime("%Y-%m-%d %H:%M:%S UTC")} for r in interrupted_runs()]
+
+
+def close_interrupted_runs(client: MlflowClient) -> list[str]:
+    """Mark runs of killed processes FAILED (they never finished); their ids."""
+    closed = []
+    for run in interrupted_runs(client):
+        try:
+            client.set_tag(run.info.run_id, "detector.interrupted", "process gone; closed as "
+                           "FAILED by a later training")
+            client.set_terminated(run.info.run_id, "FAILED")
+            closed.append(run.info.run_id)
+        except MlflowException:
+            pass  # another process closed it first
+    return closed
 
 
 @dataclass

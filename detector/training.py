@@ -8,6 +8,7 @@ only shape the unsupervised layer (those dated inside the fitting period).
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
         raise UsageError(f"--engine {engine}: expected local or dask")
     from detector.models.ensemble import DiversionModel, ModelBundle
     from features.build import fit_feature_stats
+    from features.learned import input_names
     from features.registry import model_feature_names
 
     progress = progress or Progress.silent()
@@ -106,12 +108,20 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
 
     with progress.phase("feature statistics") as phase:
         stats = fit_feature_stats(batch.shipments, batch.leases, batch.parties,
-                                  load_reference())
+                                  load_reference(),
+                                  categorical=list(config.inputs.categorical),
+                                  numeric=list(config.inputs.numeric))
         phase.finish(f"from {stats.fitted_rows:,} records")
+    # case memory: every label known (the dataset's and the history's), each row seeing
+    # only decisions dated before it (features.case_memory)
+    known_labels = pl.concat([batch.dataset.labels, *[h.labels for h in batch.history]],
+                             how="diagonal_relaxed")
+    memory: dict = {}
     with progress.phase("features") as phase:
-        frame = feature_frame(batch, stats)
+        frame = feature_frame(batch, stats, labels=known_labels, memory_out=memory)
         phase.finish(f"{frame.height:,} records x {frame.width} columns")
-    features = model_feature_names()
+    stats = dataclasses.replace(stats, case_memory=memory["case_memory"])
+    features = [*model_feature_names(config.inputs.without), *input_names(stats.inputs)]
 
     labelled = _labelled(frame, labels)
     slices = split_by_time(labelled, config.split.fit, config.split.calibrate)
@@ -171,13 +181,17 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
                          "from": str(part["record_date"].min()),
                          "to": str(part["record_date"].max())}
                   for name, part in slices.items()}
+    case = stats.case_memory
+    case_info = {"cutoff": case.get("cutoff"), "decisions": case.get("decisions", 0),
+                 "confirmed": case.get("confirmed", 0)}
     learned_through = training_cutoff(pl.concat([slices["fit"], slices["calibrate"]],
                                                  how="vertical_relaxed"))
     log("storing the training distributions (drift checks)")
     provenance = {**batch.provenance, "config": config.source, "slices": slice_info,
-                  "training_cutoff": learned_through,
+                  "training_cutoff": learned_through, "case_memory": case_info,
+                  "model_inputs": features,
                   "training_profile": _training_profile(model, frame, batch, config.seed)}
-    bundle = ModelBundle(model, features, stats.to_dict(), batch.reference_version,
+    bundle = ModelBundle(model, model_feature_names(), stats.to_dict(), batch.reference_version,
                          config.as_params(), metrics, provenance, scheme_model)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -191,7 +205,8 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
                         **{f"labels.{k}": v for k, v in label_counts.__dict__.items()},
                         **{f"slice.{k}.{kk}": vv for k, v in slice_info.items()
                            for kk, vv in v.items()},
-                        **{f"cutoff.{k}": v for k, v in learned_through.items()}},
+                        **{f"cutoff.{k}": v for k, v in learned_through.items()},
+                        **{f"case_memory.{k}": v for k, v in case_info.items()}},
                 metrics=metrics,
                 tags={"data_fingerprint": batch.fingerprint,
                       "screening_list": batch.screening_source,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import polars as pl
 
 from detector.contract import LEASES, PARTIES, SCREENING_LIST, SHIPMENTS
-from features import behaviour, product, route
+from features import behaviour, case_memory, learned, product, route
 from features import parties as party_features
 from features.names import normalise_address, normalise_name
 from features.refview import RefView, view
@@ -221,6 +221,21 @@ def _shipment_records(ctx: _Context, shipments: pl.DataFrame, first_row: int) ->
          & (pl.col("value_usd") < stats.small_shipment_value_usd)).alias("is_small"),
         pl.coalesce(pl.col("chip_units"), pl.col("quantity").cast(pl.Float64))
         .alias("__units_or_quantity"),
+        # keys of the learned inputs and the case memory
+        pl.col("forwarder_name").str.to_uppercase().str.replace_all(r"\s+", " ")
+        .str.strip_chars().alias("__forwarder_key"),
+        pl.when(learned.hs_digits(pl.col("hs_code"), 4).str.len_chars() == 4)
+        .then(learned.hs_digits(pl.col("hs_code"), 4)).alias("__hs4"),
+        pl.when(learned.hs_digits(pl.col("hs_code"), 6).str.len_chars() == 6)
+        .then(learned.hs_digits(pl.col("hs_code"), 6)).alias("__hs6"),
+        pl.col("exporter_country").alias("__origin"),
+        pl.when(learned.hs_digits(pl.col("hs_code"), 6).str.len_chars() == 6)
+        .then(learned.hs_digits(pl.col("hs_code"), 6)).alias("hs_heading"),
+        pl.concat_str("exporter_country", "destination_country", separator=">")
+        .alias("__route"),
+        learned.log_unit_value_per_kg().alias("__luv_kg"),
+        *learned.peer_columns(stats.unit_value_peers),
+        *learned.input_columns(stats.inputs or {}),
     )
     return lf
 
@@ -228,13 +243,15 @@ def _shipment_records(ctx: _Context, shipments: pl.DataFrame, first_row: int) ->
 # Columns the cross-record features read, per shipment. String keys become categoricals
 # (same equality, 4 bytes a row) so this frame stays small for every record at once.
 _KEY_COLUMNS = ("consignee_key", "group_key", "address_key", "__consignee_name_key",
-                "exporter_key", "destination_country")
+                "exporter_key", "destination_country", "__forwarder_key", "__hs4", "__hs6",
+                "__origin", "__route")
 
 
 def _window_inputs(records: pl.LazyFrame, ref: RefView) -> pl.LazyFrame:
     """The narrow per-shipment frame the behaviour windows and re-export linkage need."""
     return records.select(
-        pl.col("__row").alias("record_id"), "record_date", "value_usd", "is_small",
+        pl.col("__row").alias("record_id"), "shipment_id", "record_date", "value_usd",
+        "is_small", "__luv_kg",
         pl.col("__units_or_quantity").alias("chip_units"),
         *[pl.col(c).cast(pl.Categorical) for c in _KEY_COLUMNS],
         (pl.col("destination_country").is_in(ref.d5_hk_mo)
@@ -244,7 +261,8 @@ def _window_inputs(records: pl.LazyFrame, ref: RefView) -> pl.LazyFrame:
     )
 
 
-def _cross_record(inputs: pl.DataFrame) -> pl.DataFrame:
+def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
+                  prior: float | None = None) -> pl.DataFrame:
     """Behaviour windows, splitting and re-export linkage for every shipment at once.
 
     ``inputs``: `_window_inputs` of every shipment (dataset and history). Keyed by the
@@ -262,9 +280,15 @@ def _cross_record(inputs: pl.DataFrame) -> pl.DataFrame:
     linkage = behaviour.reexport(
         base.drop("consignee_key").rename({"__consignee_name_key": "consignee_key"}),
         reexports.with_columns(pl.col("exporter_key").cast(pl.Categorical)))
+    keyed = lf.select("record_id", "record_date", "__luv_kg",
+                      *[pl.col(c).cast(pl.String) for c in _KEY_COLUMNS])
+    own = learned.own_history(keyed)
+    new = learned.novelty(keyed)
+    memory = case_memory.case_memory(keyed, case_memory.empty_events() if events is None
+                                     else events, prior)
     # collected one at a time: one plan over every shipment held all three at its peak
     out = inputs.select("record_id")
-    for piece in (history, split, linkage):
+    for piece in (history, split, linkage, own, new, memory):
         piece = piece.sort("record_id").collect(engine="in-memory")
         if piece["record_id"].equals(out["record_id"]):  # each piece has every row once
             out = out.hstack(piece.drop("record_id"))
@@ -304,10 +328,11 @@ def _lease_frame(ctx: _Context, leases: pl.DataFrame) -> pl.LazyFrame:
     return ctx.screening(lf, "__lessee_norm", None)
 
 
-def _select(lf: pl.LazyFrame, carry: list[str]) -> pl.LazyFrame:
-    """The registry's columns (nulls for features of the other kind), in registry order."""
+def _select(lf: pl.LazyFrame, carry: list[str], inputs: list[str] = ()) -> pl.LazyFrame:
+    """The registry's columns (nulls for features of the other kind), in registry order,
+    then the configured inputs (`features.learned`)."""
     have = set(lf.collect_schema().names())
-    cols = [pl.col(n) if n in have else pl.lit(None).alias(n) for n in FEATURES]
+    cols = [pl.col(n) if n in have else pl.lit(None).alias(n) for n in [*FEATURES, *inputs]]
     extra = [pl.col(c) if c in have else pl.lit(None).alias(c) for c in carry]
     return lf.select(*KEY, "record_date", *cols, *extra)
 
@@ -326,7 +351,7 @@ class FeatureBuilder:
 
     def __init__(self, shipment_parts: list, leases, parties,
                  screening_list: pl.DataFrame | None, reference,
-                 stats: FeatureStats | None = None):
+                 stats: FeatureStats | None = None, labels: pl.DataFrame | None = None):
         self.parts = shipment_parts or [pl.DataFrame(schema=SHIPMENTS.schema)]
         self.leases = _frame(leases, LEASES)
         party = _frame(parties, PARTIES)
@@ -334,6 +359,11 @@ class FeatureBuilder:
         texts = _merge_text_inputs([_text_inputs(self._part(i), self.leases)
                                     for i in range(len(self.parts))])
         self.ctx = _Context(texts, party, screen, reference, stats)
+        inputs_config = self.ctx.stats.inputs or {}
+        self.input_names = learned.input_names(inputs_config)
+        for i in range(len(self.parts)):
+            learned.check_inputs(self._part(i).columns, list(inputs_config.get("categorical", {})),
+                                 inputs_config.get("numeric", []), "the shipments")
         self.first_rows = []
         inputs, row = [], 0
         for i in range(len(self.parts)):
@@ -342,7 +372,14 @@ class FeatureBuilder:
             inputs.append(_window_inputs(_shipment_records(self.ctx, part, row), self.ctx.ref)
                           .collect(engine="in-memory"))
             row += part.height
-        self.cross = _cross_record(pl.concat(inputs))
+        inputs = pl.concat(inputs)
+        # case memory: the decisions stored with the model, then those of ``labels``
+        stored, stored_prior = case_memory.events_from_dict(self.ctx.stats.case_memory)
+        given = case_memory.empty_events() if labels is None or labels.height == 0 else \
+            case_memory.case_events(inputs.lazy(), labels.lazy())
+        self.events = case_memory.merge_events(given, stored)
+        self.prior = case_memory.prior_rate(self.events) if given.height else stored_prior
+        self.cross = _cross_record(inputs, self.events, self.prior)
         del inputs
         self._schema = None
 
@@ -354,10 +391,15 @@ class FeatureBuilder:
         records = _shipment_records(self.ctx, part, self.first_rows[i])
         cross = self.cross.lazy().filter(pl.col("__row").is_between(
             self.first_rows[i], self.first_rows[i] + part.height - 1))
-        return _select(records.join(cross, on="__row", how="left"), list(carry))
+        return _select(records.join(cross, on="__row", how="left"), list(carry),
+                       self.input_names)
 
     def lease_lazy(self, carry: list[str] = ()) -> pl.LazyFrame:
-        return _select(_lease_frame(self.ctx, self.leases), list(carry))
+        return _select(_lease_frame(self.ctx, self.leases), list(carry), self.input_names)
+
+    def case_memory_state(self) -> dict:
+        """The decisions this builder's case memory used, JSON-able (stored in a bundle)."""
+        return case_memory.events_to_dict(self.events, self.prior)
 
     def schema(self) -> dict[str, pl.DataType]:
         """The column types of `build_features`' frame (both kinds together), so every
@@ -394,7 +436,8 @@ def _finish(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def build_features(shipments, leases, parties, screening_list: pl.DataFrame | None, reference,
-                   stats: FeatureStats | None = None, *, scored: pl.Expr | None = None
+                   stats: FeatureStats | None = None, *, scored: pl.Expr | None = None,
+                   labels: pl.DataFrame | None = None, memory_out: dict | None = None
                    ) -> pl.DataFrame:
     """One feature frame for every shipment and lease, sorted by (record_kind, record_id).
 
@@ -402,9 +445,14 @@ def build_features(shipments, leases, parties, screening_list: pl.DataFrame | No
     is a boolean expression over the output columns (or over input columns of the
     shipments/leases tables, which are carried for the test and then dropped): only the
     rows where it is true are returned, while every row still informs the time windows
-    and re-export linkage of the others.
+    and re-export linkage of the others. ``labels`` (the contract's labels table) feed
+    the case memory besides the decisions stored in ``stats``; ``memory_out``, when
+    given, receives the case memory's state under "case_memory" (for the bundle).
     """
-    builder = FeatureBuilder([shipments], leases, parties, screening_list, reference, stats)
+    builder = FeatureBuilder([shipments], leases, parties, screening_list, reference, stats,
+                             labels)
+    if memory_out is not None:
+        memory_out["case_memory"] = builder.case_memory_state()
     carry: list[str] = []
     if scored is not None:
         inputs = set(builder._part(0).columns) | set(builder.leases.columns)
@@ -423,17 +471,23 @@ def _output_types(frame: pl.DataFrame) -> dict[str, pl.DataType]:
     for name, dtype in frame.schema.items():
         if dtype == pl.Null:
             feature = FEATURES.get(name)
-            out[name] = pl.Float64 if feature is not None and feature.model_input else pl.String
+            model_input = (feature is not None and feature.model_input) or name.startswith(
+                learned.INPUT_PREFIX)
+            out[name] = pl.Float64 if model_input else pl.String
     return out
 
 
-def fit_feature_stats(shipments, leases, parties, reference) -> FeatureStats:
+def fit_feature_stats(shipments, leases, parties, reference, *,
+                      categorical: list[str] = (), numeric: list[str] = ()) -> FeatureStats:
     """Learn the statistics that scoring applies as literals (see `features.stats`).
 
     Medians: per chip model, the declared value per GPU over shipment lines with a
     positive quantity and value, and the price per GPU-month over leases. Category map:
     countries seen in training (destination, consignee, payer, data centre, lessee), in
-    alphabetical order; a country unseen in training gets code -1.
+    alphabetical order; a country unseen in training gets code -1. Unit-value peers: the
+    median and spread of the log value per kg and per unit by HS-6/4/2
+    (`features.learned`). ``categorical`` / ``numeric``: shipment columns taken as model
+    inputs (the training config's ``[inputs]``), categorical ones coded by the values seen.
     """
     ref = view(reference)
     ship = _frame(shipments, SHIPMENTS)
@@ -470,4 +524,7 @@ def fit_feature_stats(shipments, leases, parties, reference) -> FeatureStats:
                                                      per_month["median"])),
         category_maps=maps,
         fitted_rows=ship.height + lease.height,
+        unit_value_peers=learned.fit_unit_value_peers(ship.lazy()),
+        inputs=learned.fit_inputs(ship, list(categorical), list(numeric))
+        if (categorical or numeric) else {},
     )

@@ -7,8 +7,10 @@ owner group or declared address (splitting), and the shipments its consignee lat
 exported (re-export linkage). `shipments_around` returns a superset of those, cheaply:
 every shipment whose consignee could resolve to a party of the record's group (exact
 id, or a name within the resolution cutoff of one of the group's names in the same
-country), with the record's normalised name, or at its declared address, and every
-shipment exported under the consignee's name. Features built over that subset equal
+country), with the record's normalised name, or at its declared address, every
+shipment exported under the consignee's name, and (for the learned inputs: the
+exporter's own history, the first origin of an HS-6) every shipment of the same
+exporter or the same HS-6. Features built over that subset equal
 the batch's for the record (tests/test_explain.py checks it on a simulated world).
 No I/O.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from features.learned import hs_digits
 from features.names import best_matches, normalise_address, normalise_name
 from features.parties import RESOLVE_SCORE_CUTOFF, resolve_names, unique_parties
 
@@ -69,7 +72,8 @@ def shipments_around(shipments: pl.DataFrame, parties: pl.DataFrame, shipment_id
         normalise_name(pl.col("exporter_name")).alias("exporter_norm"),
         pl.col("exporter_country").str.to_uppercase().alias("exporter_country"),
         normalise_address(pl.col("consignee_address")).alias("address_norm"),
-        pl.col("consignee_party_id"))
+        pl.col("consignee_party_id"),
+        hs_digits(pl.col("hs_code"), 6).alias("hs6"), "export_date")
     wanted = [(name_norm, country)]
     distinct = keys.select("name_norm", "country").unique().drop_nulls()
     for (member_country,), block in members.group_by("country"):
@@ -85,6 +89,19 @@ def shipments_around(shipments: pl.DataFrame, parties: pl.DataFrame, shipment_id
         .append(keys.filter((pl.col("exporter_norm") == name_norm)
                             & (pl.col("exporter_country") == country))["shipment_id"])
     )
+    # the learned inputs: the exporter's own earlier lines, and whether the HS-6 came from
+    # this origin before (the pair's earliest shipment decides that)
+    record_date = row["export_date"]
+    exporter_norm = target.select(normalise_name(pl.col("exporter_name"))).item()
+    origin = (row["exporter_country"] or "").upper()
+    near = near.append(keys.filter((pl.col("exporter_norm") == exporter_norm)
+                                   & (pl.col("exporter_country") == origin)
+                                   & (pl.col("export_date") <= record_date))["shipment_id"])
+    hs6 = target.select(hs_digits(pl.col("hs_code"), 6)).item()
+    if hs6:
+        near = near.append(keys.filter((pl.col("hs6") == hs6)
+                                       & (pl.col("exporter_country") == origin))
+                           .sort("export_date", "shipment_id").head(1)["shipment_id"])
     if address_norm:
         near = near.append(keys.filter(pl.col("address_norm") == address_norm)["shipment_id"])
     return shipments.filter(pl.col("shipment_id").is_in(near.append(

@@ -61,6 +61,7 @@ _ALL: list[Feature] = [
     _F("reexport_destination", "destination of the consignee's first later export to D:5/HK/MO",
        "transshipment", S, False),
     _F("consignee_country", "consignee's declared country", "context", S, False),
+    _F("hs_heading", "HS-6 heading of the line (digits)", "context", S, False),
     _F("destination_country", "declared country of ultimate destination", "context", S, False),
     _F("payer_country", "country of the payer", "context", B, False),
     _F("payment_method", "payment method as declared", "context", S, False),
@@ -217,6 +218,56 @@ _ALL: list[Feature] = [
        reason="{linked_small_shipments_14d} small GPU shipments to linked consignees in 14 "
               "days (${linked_small_value_14d_usd:,.0f})"),
     _F("linked_small_value_14d_usd", "their total value", "splitting", S),
+    # ---- learned from the data itself (features.learned; any export, not only chips)
+    _F("unit_value_per_kg_usd", "declared value per kg of gross weight", "misdeclaration (value)",
+       S),
+    _F("unit_value_per_kg_to_peer_median", "value per kg over the training median of its HS-6 "
+       "peers (else HS-4, HS-2)", "misdeclaration (value)", S,
+       reason="declared value per kg is {unit_value_per_kg_to_peer_median:.0%} of the usual "
+              "for HS {hs_heading}"),
+    _F("unit_value_per_kg_peer_z", "log value per kg minus the peers' median, over their "
+       "interquartile range", "misdeclaration (value)", S),
+    _F("unit_value_per_unit_usd", "declared value per declared unit (any goods)",
+       "misdeclaration (value)", S),
+    _F("unit_value_per_unit_to_peer_median", "value per unit over the training median of its "
+       "HS-6 peers (else HS-4, HS-2)", "misdeclaration (value)", S,
+       reason="declared value per unit is {unit_value_per_unit_to_peer_median:.0%} of the "
+              "usual for HS {hs_heading}"),
+    _F("unit_value_per_unit_peer_z", "log value per unit minus the peers' median, over their "
+       "interquartile range", "misdeclaration (value)", S),
+    _F("unit_value_peer_hs_digits", "HS digits of the peer group used (6, 4 or 2)",
+       "misdeclaration (value)", S),
+    _F("unit_value_per_kg_to_exporter_history", "log value per kg minus the mean of the "
+       "exporter's earlier lines", "jump against own history", S),
+    _F("unit_value_per_kg_to_consignee_history", "log value per kg minus the mean of the "
+       "consignee's earlier lines", "jump against own history", S),
+    _F("first_exporter_consignee_pair", "no earlier line from this exporter to this consignee",
+       "6 new relationship", S, reason="first shipment from this exporter to this consignee"),
+    _F("first_hs4_for_consignee", "no earlier line of this HS-4 heading to this consignee",
+       "3 goods outside the line of business", S,
+       reason="first HS {hs_heading} goods to this consignee"),
+    _F("first_origin_for_hs6", "no earlier line of this HS-6 from this exporter country",
+       "8 unusual route", S, reason="first HS {hs_heading} from {exporter_country}"),
+    _F("first_forwarder_for_consignee", "no earlier line to this consignee through this "
+       "forwarder", "7 forwarder", S),
+    # ---- case memory (features.case_memory; the one family that reads labels)
+    *[_F(f"{e}_{what}", f"{text} about records of the same {who}, decided before this "
+         "record's date", "case memory", S)
+      for e, who in (("consignee", "consignee"), ("exporter", "exporter"),
+                     ("forwarder", "forwarder"),
+                     ("linked", "owner group or registered address (linked parties)"),
+                     ("hs4", "HS-4 heading"), ("route", "route (exporter country → destination)"))
+      for what, text in (("confirmed_before", "confirmed diversions"),
+                         ("cleared_before", "cleared reviews"),
+                         ("confirmed_rate", "smoothed confirmed rate of the decisions"))],
+    _F("consignee_confirmed_12m", "confirmed diversions of the consignee decided in the 365 "
+       "days before this record", "case memory", S,
+       reason="consignee had {consignee_confirmed_12m} confirmed diversion(s) in the previous "
+              "12 months"),
+    _F("exporter_confirmed_12m", "confirmed diversions of the exporter decided in the 365 "
+       "days before this record", "case memory", S,
+       reason="exporter had {exporter_confirmed_12m} confirmed diversion(s) in the previous "
+              "12 months"),
     # ---- re-export (retrospective, looks forward)
     _F("later_reexported_to_d5_hk_mo", "consignee later exports controlled goods to D:5/HK/MO",
        "transshipment", S,
@@ -294,6 +345,23 @@ _NULL_WHEN: dict[str, str] = {
     "price_per_gpu_month_usd": "value, gpu_count or term missing or not positive",
     "lease_price_to_market": "no price per GPU-month, or no reference price for the model",
     "gpus_per_lessee_employee": "gpu_count missing, or lessee employee count unknown",
+    "unit_value_per_kg_usd": "value or weight missing, zero or negative",
+    "unit_value_per_kg_to_peer_median": "no value per kg, or no learned peers for the HS code",
+    "unit_value_per_kg_peer_z": "no value per kg, or no learned peers for the HS code",
+    "unit_value_per_unit_usd": "value or quantity missing, zero or negative",
+    "unit_value_per_unit_to_peer_median": "no value per unit, or no learned peers for the HS "
+                                          "code",
+    "unit_value_per_unit_peer_z": "no value per unit, or no learned peers for the HS code",
+    "unit_value_peer_hs_digits": "no learned peers for the HS code",
+    "unit_value_per_kg_to_exporter_history": "no value per kg, or no earlier priced line of "
+                                             "the exporter",
+    "unit_value_per_kg_to_consignee_history": "no value per kg, or no earlier priced line of "
+                                              "the consignee",
+    "first_hs4_for_consignee": "no HS-4 heading",
+    "first_origin_for_hs6": "no HS-6 heading",
+    "first_forwarder_for_consignee": "no forwarder declared",
+    **{f"{e}_confirmed_rate": "no decisions known at all (no labels and no model)"
+       for e in ("consignee", "exporter", "forwarder", "linked", "hs4", "route")},
 }
 _ALL = [dataclasses.replace(f, null_when=_NULL_WHEN.get(f.name, f.null_when)) for f in _ALL]
 if set(_NULL_WHEN) - {f.name for f in _ALL}:
@@ -305,9 +373,39 @@ if len(FEATURES) != len(_ALL):  # a repeated name would silently drop a feature
     raise RuntimeError("features.registry: duplicate feature names")
 
 
-def model_feature_names() -> list[str]:
-    """Numeric / boolean model inputs, in registry order."""
-    return [f.name for f in _ALL if f.model_input]
+# Feature families a training config can leave out (`[inputs] without = [...]`), e.g. for
+# an ablation. The configured inputs (`[inputs] categorical/numeric`) are their own.
+FAMILIES: dict[str, list[str]] = {
+    "unit_value": [f.name for f in _ALL if f.name.startswith("unit_value_per_")
+                   or f.name == "unit_value_peer_hs_digits"],
+    "novelty": ["first_exporter_consignee_pair", "first_hs4_for_consignee",
+                "first_origin_for_hs6", "first_forwarder_for_consignee"],
+    "case_memory": [f.name for f in _ALL if f.red_flag == "case memory"],
+    # counts and values that grow with the length of the record (a consignee's earlier
+    # shipments, its 30/90-day windows, its history mean)
+    "behaviour": ["consignee_prior_shipments", "first_shipment_to_consignee",
+                  "days_since_first_shipment", "consignee_shipments_30d",
+                  "consignee_value_30d_usd", "consignee_shipments_90d",
+                  "consignee_value_90d_usd", "value_to_consignee_history_mean"],
+}
+
+
+def unsupervised_feature_names(features: list[str]) -> list[str]:
+    """The inputs of the unsupervised layer: ``features`` less the case memory. Earlier
+    decisions are no property of the record, and their counts grow with the store, so
+    the detectors would call every later record unusual."""
+    memory = set(FAMILIES["case_memory"])
+    return [f for f in features if f not in memory]
+
+
+def model_feature_names(without: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """Numeric / boolean model inputs, in registry order (less the families ``without``)."""
+    unknown = [f for f in without if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown feature families {unknown}; expected some of "
+                         f"{sorted(FAMILIES)}")
+    left_out = {n for f in without for n in FAMILIES[f]}
+    return [f.name for f in _ALL if f.model_input and f.name not in left_out]
 
 
 def _placeholders(template: str) -> list[str]:
@@ -353,6 +451,13 @@ FLAGGED_WHEN: dict[str, pl.Expr] = {
     "consignee_address_shared_by": _c("consignee_address_shared_by") >= 3,
     "screening_match_score": _c("screening_match_score") >= 80,
     "value_to_consignee_history_mean": _c("value_to_consignee_history_mean") >= 3,
+    "unit_value_per_kg_to_peer_median": (_c("unit_value_per_kg_to_peer_median") < 0.25)
+    | (_c("unit_value_per_kg_to_peer_median") > 4),
+    "unit_value_per_unit_to_peer_median": (_c("unit_value_per_unit_to_peer_median") < 0.25)
+    | (_c("unit_value_per_unit_to_peer_median") > 4),
+    "consignee_confirmed_12m": _c("consignee_confirmed_12m") >= 1,
+    "exporter_confirmed_12m": _c("exporter_confirmed_12m") >= 1,
+
     "linked_small_shipments_14d": _c("linked_small_shipments_14d") >= 3,
     "reexported_unit_share_90d": _c("reexported_unit_share_90d") > 0,
     "lease_price_to_market": (_c("lease_price_to_market") > 1.5)

@@ -9,7 +9,9 @@ Neutral defaults (``FeatureStats.default()``, used when ``stats=None``):
   compared with the catalogue reference (price_low / 36 months) only;
 - category codes: every ISO 3166 country in alphabetical order, and each contract enum
   in the contract's order (so codes are stable without any training data);
-- the splitting threshold: a line worth less than $50,000 is "sub-threshold".
+- the splitting threshold: a line worth less than $50,000 is "sub-threshold";
+- no unit-value peers (peer features null), no configured inputs, no stored decisions
+  (case memory counts 0, rates null).
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ class FeatureStats:
     category_maps: dict[str, dict[str, int]] = field(default_factory=default_category_maps)
     small_shipment_value_usd: float = DEFAULT_SMALL_SHIPMENT_VALUE_USD
     fitted_rows: int = 0
+    # features.learned: {basis: {level: {hs code: [median, spread, lines]}}}
+    unit_value_peers: dict = field(default_factory=dict)
+    # features.learned: {"categorical": {column: {value: code}}, "numeric": [column, ...]}
+    inputs: dict = field(default_factory=dict)
+    # features.case_memory: the decisions known at training, with their cut-off date
+    case_memory: dict = field(default_factory=dict)
     version: int = STATS_VERSION
 
     @classmethod
@@ -85,5 +93,8 @@ class FeatureStats:
             small_shipment_value_usd=float(data.get("small_shipment_value_usd",
                                                     DEFAULT_SMALL_SHIPMENT_VALUE_USD)),
             fitted_rows=int(data.get("fitted_rows", 0)),
+            unit_value_peers=dict(data.get("unit_value_peers") or {}),
+            inputs=dict(data.get("inputs") or {}),
+            case_memory=dict(data.get("case_memory") or {}),
             version=version,
         )

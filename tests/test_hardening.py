@@ -451,3 +451,39 @@ def test_a_case_card_lists_a_few_parties_at_one_address_and_counts_the_rest():
     shown, more = _shared_address(registry, None, "1 Harbour Road", {"P000000"})
     assert len(shown) == MAX_LISTED
     assert more == 5000 - 1 - MAX_LISTED
+
+
+def test_a_whitespace_only_list_item_is_skipped(valid_dataset_dir):
+    from test_contract import set_cell
+
+    set_cell(valid_dataset_dir / "shipments.csv", 4, "transit_countries", "HK; ;SG")
+    dataset = read_dataset(valid_dataset_dir)
+    row = dataset.shipments.filter(pl.col("shipment_id") == "S0004")
+    assert row["transit_countries"].to_list() == [["HK", "SG"]]
+
+
+def test_an_os_failure_no_command_expected_is_one_line_and_exit_3(monkeypatch, capsys,
+                                                                  tmp_path):
+    import sys
+
+    import detector.training
+    from detector.cli import main
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "bundle"))
+
+    monkeypatch.setattr(detector.training, "train", full_disk)
+    monkeypatch.setattr(sys, "argv", ["detector", "train", str(tmp_path)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "disk is full" in err[0] and "bundle" in err[0]
+
+
+def test_an_unreadable_dataset_directory_is_exit_1(valid_dataset_dir, monkeypatch):
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) ==
+                        valid_dataset_dir else real_access(path, mode))
+    with pytest.raises(InputError, match="cannot be read"):
+        read_dataset(valid_dataset_dir)

@@ -24,6 +24,7 @@ FREE_TEXT = [
     "Umleitung über ein Drittland — 中国 via 香港 ✓",
     "x" * 299 + "a",
     "x" * 299 + "b",
+    "<script>alert('typology')</script> & co",
 ]
 
 
@@ -77,3 +78,54 @@ def test_import_train_score_on_kcs_with_free_text_typologies(kcs_datasets, tmp_p
     assert table.height == 150 == scored.frame.height
     assert table["risk_score"].is_finite().all()
     assert table["rank"].sort().to_list() == list(range(1, 151))
+
+
+CONFIG = """
+name = "kcs-test"
+[split]
+fit = 0.6
+calibrate = 0.2
+[lightgbm]
+num_boost_round = 60
+scale_pos_weight = 1.0
+[inputs]
+categorical = ["office_id", "hs_code", "country_of_origin"]
+numeric = ["tax_rate", "net_mass"]
+without = ["behaviour"]
+"""
+
+
+def test_configured_inputs_case_memory_in_bundle_and_refusal(kcs_datasets, tmp_path):
+    import mlflow
+
+    from detector.errors import InputError
+    from detector.scoring import load_model, score
+    from detector.tracking import tracking_uri
+    from detector.training import train
+    from features.registry import FAMILIES
+
+    train_dir, q1_dir = kcs_datasets
+    config = tmp_path / "kcs.toml"
+    config.write_text(CONFIG)
+    with detector_env(tmp_path / "home"):
+        result = train(train_dir, config_path=config)
+        model = load_model(None)
+        features = model.bundle.model.supervised_.features
+        assert {"input_office_id", "input_hs_code", "input_tax_rate"} <= set(features)
+        assert not set(FAMILIES["behaviour"]) & set(features)
+        assert "consignee_confirmed_rate" in features
+        memory = model.bundle.feature_stats["case_memory"]
+        assert memory["decisions"] == 400 and memory["cutoff"] <= "2020-12-31"
+        assert model.bundle.model.supervised_.params["scale_pos_weight"] == 1.0
+        params = mlflow.MlflowClient(tracking_uri()).get_run(result.run_id).data.params
+        assert params["case_memory.cutoff"] == memory["cutoff"]
+        assert params["inputs.categorical"] == "office_id,hs_code,country_of_origin"
+        scored = score(q1_dir, tmp_path / "q1.csv", [train_dir])
+        assert scored.frame.height == 150
+        lacking = tmp_path / "q1_lacking"
+        lacking.mkdir()
+        pl.read_parquet(q1_dir / "shipments.parquet").drop("office_id") \
+            .write_parquet(lacking / "shipments.parquet")
+        with pytest.raises(InputError, match=r"\['office_id'\]"):
+            score(lacking, tmp_path / "lacking.csv", [train_dir])
+    assert not (tmp_path / "lacking.csv").exists()

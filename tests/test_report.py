@@ -152,7 +152,8 @@ def make_dataset(tmp: Path, months: tuple[str, ...] = ("2024-05", "2024-06"),
 
 MODEL_INFO = {"name": "chip-diversion", "version": "3", "run_id": "0123abcd",
               "metrics": {"pr_auc": 0.61, "precision_at_1pct": 0.8, "recall_at_5pct": 0.55,
-                          "brier": 0.031}, "trained_on": "2023-01 to 2024-04"}
+                          "brier": 0.031, "records": 1289.0, "positives": 42.0},
+              "trained_on": "2023-01 to 2024-04"}
 PROVENANCE = {"data_fingerprint": "sha256:feedbeef", "screening_list": "csl 2024-06-01",
               "reference_version": "facts v1"}
 
@@ -484,3 +485,11 @@ def test_payer_is_drawn_only_when_it_is_another_party():
     assert _separate_payer("Golden Bridge Trading", "HK", ["Acme Pte. Ltd."], "SG")
     assert _separate_payer(None, "HK", [], "SG") and not _separate_payer(None, "SG", [], "SG")
     assert _network("Acme", "consignee", "SG", [], "nothing linked") == (None, 0)
+
+
+def test_count_metrics_show_as_integers(built):
+    # MLflow stores every metric as a float; a count reads "1,289", never "1289.000"
+    html = built[2]
+    assert ">1,289</td>" in html and ">42</td>" in html
+    assert "1289.000" not in html and "42.000" not in html
+    assert ">0.610</td>" in html

@@ -85,6 +85,8 @@ def test_queue_shows_the_queue_with_its_reasons(client, review):
     assert len(_rows(whole)) == queue.height
     assert whole.count('class="tag explore"') == (queue["queue_reason"] == "explore").sum() > 0
     assert whole.count('class="tag risk"') == (queue["queue_reason"] == "risk").sum()
+    # goods: the recognised chip and whether it is controlled
+    assert whole.count('class="tag controlled"') == queue["chip_controlled"].sum() > 0
     assert "Content-Security-Policy" in response.headers
     assert "<script" not in response.text.replace(HOSTILE, "")  # the page carries no script
 

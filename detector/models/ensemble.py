@@ -24,6 +24,7 @@ from detector.models.rules import RuleModel
 from detector.models.scheme import SchemeModel
 from detector.models.supervised import SupervisedModel
 from detector.models.unsupervised import UnsupervisedEnsemble
+from features.registry import unsupervised_feature_names
 
 _DEFAULTS = TrainingConfig()  # training defaults live in detector.config, once
 
@@ -65,7 +66,7 @@ class FallbackModel(RiskModel):
 
     def fit(self, frame: pl.DataFrame, labels: np.ndarray | None = None):
         self.rules_ = RuleModel().fit(frame)
-        self.unsupervised_ = UnsupervisedEnsemble(self.features,
+        self.unsupervised_ = UnsupervisedEnsemble(unsupervised_feature_names(self.features),
                                                   random_state=self.random_state).fit(frame)
         return self
 
@@ -113,8 +114,8 @@ class DiversionModel(RiskModel):
         population = frame if unlabelled is None else pl.concat([frame, unlabelled],
                                                                how="diagonal_relaxed")
         self.unsupervised_ = UnsupervisedEnsemble(
-            self.features, self.unsupervised_detectors, self.max_fit_rows,
-            random_state=self.random_state).fit(population)
+            unsupervised_feature_names(self.features), self.unsupervised_detectors,
+            self.max_fit_rows, random_state=self.random_state).fit(population)
         supervised = SupervisedModel(
             self.model_inputs, self.lightgbm_params, self.num_boost_round,
             self.early_stopping_rounds)
@@ -315,7 +316,7 @@ def _load_layers(directory: Path, meta: dict) -> DiversionModel:
     booster_text = _checked_bytes(directory, BOOSTER_FILE, files).decode("utf-8")
     with np.load(io.BytesIO(_checked_bytes(directory, ARRAYS_FILE, files)),
                  allow_pickle=False) as arrays:
-        unsupervised = UnsupervisedEnsemble(params["features"], params["unsupervised_detectors"],
+        unsupervised = UnsupervisedEnsemble(unsupervised_feature_names(params["features"]), params["unsupervised_detectors"],
                                             params["max_fit_rows"], params["random_state"])
         unsupervised.fill_values_ = arrays["fill_values"]
         unsupervised.center_ = arrays["center"]

@@ -76,8 +76,9 @@ class SupervisedModel(RiskModel):
     def training_params(self, y: np.ndarray) -> dict:
         """LightGBM parameters for labels ``y``: defaults, settings, class-imbalance weight."""
         params = {**DEFAULT_PARAMS, **(self.params or {})}
-        pos = max(float(y.sum()), 1.0)
-        params["scale_pos_weight"] = float(min((len(y) - pos) / pos, self.max_pos_weight))
+        if "scale_pos_weight" not in params:  # not set by the config: rebalance the classes
+            pos = max(float(y.sum()), 1.0)
+            params["scale_pos_weight"] = float(min((len(y) - pos) / pos, self.max_pos_weight))
         return params
 
     def calibrate(self, frame: pl.DataFrame, labels: np.ndarray) -> None:

@@ -133,6 +133,14 @@ def record_context(shipments: pl.DataFrame, leases: pl.DataFrame) -> pl.DataFram
     ], how="vertical_relaxed")
 
 
+def with_chip_columns(table: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+    """The queue table plus the recognised chip model and whether it is controlled
+    (from the feature frame), so the queue can say what the goods are."""
+    chips = features.select(*KEY, pl.col("chip_model"),
+                            pl.col("chip_controlled").cast(pl.Boolean, strict=False))
+    return table.join(chips, on=KEY, how="left", maintain_order="left")
+
+
 def read_scores(path: Path) -> pl.DataFrame:
     """A scores table written by `detector score` (CSV or Parquet), typed."""
     from detector.contract import SCORES
@@ -181,9 +189,11 @@ class ReviewSession:
         self.log = log
         self._scored = scored  # detector.scoring.Scored with every feature, or None (lazy)
         self._lock = threading.Lock()
+        self._order_lock = threading.Lock()
+        self._orders: dict[str, pl.Series] = {}
         self._registry = None
         context = record_context(batch.dataset.shipments, batch.dataset.leases)
-        table = scores.join(context, on=KEY, how="left", suffix="_ctx")
+        table = scores.join(context, on=KEY, how="left", suffix="_ctx", maintain_order="left")
         for name in ("record_date", "counterparty", "destination", "goods", "quantity",
                      "value_usd"):
             if f"{name}_ctx" in table.columns:  # the scores' own value first (v2 columns)
@@ -194,9 +204,16 @@ class ReviewSession:
             raise InputError(f"scores: {missing.height} scored records are not in "
                              f"{dataset_dir}, e.g. {missing['record_id'].head(5).to_list()}; "
                              "give the dataset the scores were made from")
-        self.table = table.with_columns(
+        table = table.with_columns(
             first_reasons=pl.col("reasons").fill_null("").str.split("; ").list.head(2)
             .list.join("; ")).sort("rank")
+        # replaced whole (never changed in place) when the chip columns arrive: requests
+        # read whichever table is current
+        self.table = table if scored is None else with_chip_columns(table, scored.frame)
+        # what the queue filters and sorts on, with each row's position in self.table
+        self.index = table.select(
+            *KEY, "queue_reason", "destination", "risk_score", "rank", "record_date",
+            "value_usd", "counterparty", "likely_scheme").with_row_index("__row")
         self.records = self.table.height
         self.destinations = sorted(d for d in self.table["destination"].unique().to_list() if d)
         self.has_schemes = self.table["likely_scheme"].is_not_null().any()
@@ -211,10 +228,12 @@ class ReviewSession:
                              pl.col("decided_at"))
 
     def queue_page(self, query: QueueQuery) -> QueuePage:
-        table = self.table
+        """One page of the queue: filter and sort a narrow index of the table, then
+        gather only the page's rows from the wide table (a 1M-row batch stays fast)."""
+        table = self.index if query.sort == "rank" else self.index[self.order(query.sort)]
         if query.scope == "queue":
             table = table.filter(pl.col("queue_reason").is_not_null())
-        table = table.join(self.statuses(), on=KEY, how="left")
+        table = table.join(self.statuses(), on=KEY, how="left", maintain_order="left")
         counts = dict(table.group_by(pl.col("status").fill_null("undecided")).len().iter_rows())
         schemes = sorted({s for s in [*table["likely_scheme"].drop_nulls().unique().to_list(),
                                       *table["decided_scheme"].drop_nulls().unique().to_list()]})
@@ -240,17 +259,28 @@ class ReviewSession:
             conditions.append(pl.col("counterparty") == query.party)
         if conditions:
             table = table.filter(pl.all_horizontal(conditions))
-        column, descending = SORTS[query.sort]
-        if query.sort != "rank":
-            table = table.sort([column, "rank"], descending=[descending, False],
-                               nulls_last=True)
         total = table.height
         pages = max(1, math.ceil(total / query.per_page))
         page = min(query.page, pages)
-        rows = table.slice((page - 1) * query.per_page, query.per_page).to_dicts()
-        for row in rows:
-            row["status_text"] = STATUS_TEXT[row["status"] or "undecided"]
+        shown = table.slice((page - 1) * query.per_page, query.per_page)
+        wide = self.table[shown["__row"]]
+        rows = []
+        for row, status in zip(wide.to_dicts(), shown.select(
+                "status", "decided_scheme", "decided_by").to_dicts()):
+            row.update(status, status_text=STATUS_TEXT[status["status"] or "undecided"])
+            rows.append(row)
         return QueuePage(rows, total, page, pages, query, self.destinations, schemes, counts)
+
+    def order(self, sort: str) -> pl.Series:
+        """Row positions of the table in ``sort`` order (ties by rank), computed once:
+        a page sorted by value then filters an ordered index instead of sorting 1M rows."""
+        with self._order_lock:
+            if sort not in self._orders:
+                column, descending = SORTS[sort]
+                self._orders[sort] = self.index.sort(
+                    [column, "rank"], descending=[descending, False],
+                    nulls_last=True)["__row"]
+            return self._orders[sort]
 
     # ------------------------------------------------------------------ case
 
@@ -271,12 +301,17 @@ class ReviewSession:
 
                 self.log("scoring the batch once for case explanations")
                 self._scored = score_batch(self.batch, self.model, top=0)
+            if "chip_controlled" not in self.table.columns:
+                self.table = with_chip_columns(self.table, self._scored.frame)
             return self._scored
 
     def prepare_in_background(self) -> threading.Thread:
         """Score the batch for explanations and index its parties while the queue is
         already served, so the first case page does not wait for them."""
         def work():
+            for sort in SORTS:
+                if sort != "rank":
+                    self.order(sort)
             self.scored()
             self.registry()
             self.log("case pages ready")

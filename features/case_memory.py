@@ -1,0 +1,168 @@
+"""Case memory: earlier adjudications of a record's parties, route and product.
+
+The one feature family allowed to read labels (DEVELOPERS.md). Pure functions fed a
+labels frame; no I/O.
+
+For each shipment and each entity — its consignee, exporter, forwarder, linked parties
+(same ultimate owner, or same registered address), HS-4 heading and route (exporter
+country → destination) — the confirmed (label 1) and cleared (label 0) decisions about
+records of that entity, counted only from decisions dated strictly before the record's
+own date, and a smoothed confirmed rate::
+
+    rate = (confirmed + PRIOR_WEIGHT * prior) / (confirmed + cleared + PRIOR_WEIGHT)
+
+where ``prior`` is the confirmed share of all the decisions known (so an entity with no
+history reads as the base rate, and two confirmations out of two do not read as 100%).
+
+A decision is dated by ``decided_on``; a decision without a date, or dated before its own
+record, is dated at its record (a decision cannot precede what it decides), so a record
+never sees its own label nor any label decided on or after its date. In training this is
+the out-of-fold rule: every row's case memory comes only from labels decided before it.
+At scoring the decisions are those stored in the bundle (every training label, with
+their cut-off date) plus the labels of the `--history` datasets.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+
+from features.behaviour import cumulative_at
+
+PRIOR_WEIGHT = 10.0
+RECENT_DAYS = 365
+# entity -> the key column(s) of the record naming it (several: the largest history wins)
+ENTITIES: dict[str, tuple[str, ...]] = {
+    "consignee": ("consignee_key",),
+    "exporter": ("exporter_key",),
+    "forwarder": ("__forwarder_key",),
+    "linked": ("group_key", "address_key"),
+    "hs4": ("__hs4",),
+    "route": ("__route",),
+}
+KEY_COLUMNS = tuple(dict.fromkeys(k for keys in ENTITIES.values() for k in keys))
+RECENT_ENTITIES = ("consignee", "exporter")
+EVENT_COLUMNS = ("record_id", "event_date", "label", *KEY_COLUMNS)
+
+
+def feature_names() -> list[str]:
+    names = []
+    for entity in ENTITIES:
+        names += [f"{entity}_confirmed_before", f"{entity}_cleared_before",
+                  f"{entity}_confirmed_rate"]
+    names += [f"{e}_confirmed_12m" for e in RECENT_ENTITIES]
+    return names
+
+
+def empty_events() -> pl.DataFrame:
+    return pl.DataFrame(schema={"record_id": pl.String, "event_date": pl.Date,
+                                "label": pl.Int64, **{k: pl.String for k in KEY_COLUMNS}})
+
+
+def case_events(records: pl.LazyFrame, labels: pl.LazyFrame) -> pl.DataFrame:
+    """One event per shipment label: the record's keys, the label and its date.
+
+    ``records``: shipment_id, record_date and the `KEY_COLUMNS`; ``labels``: the
+    contract's labels table (record_kind, record_id, label, decided_on).
+    """
+    decided = labels.filter((pl.col("record_kind") == "shipment")
+                            & pl.col("label").is_in([0, 1])) \
+        .select("record_id", pl.col("label").cast(pl.Int64), "decided_on")
+    return (
+        records.select(pl.col("shipment_id").alias("record_id"), "record_date",
+                       *[pl.col(k).cast(pl.String) for k in KEY_COLUMNS])
+        .join(decided, on="record_id", how="inner")
+        .select("record_id",
+                pl.max_horizontal(pl.col("decided_on").fill_null(pl.col("record_date")),
+                                  pl.col("record_date")).alias("event_date"),
+                "label", *KEY_COLUMNS)
+        .collect()
+    )
+
+
+def merge_events(first: pl.DataFrame, *others: pl.DataFrame) -> pl.DataFrame:
+    """Events of several sources, one per record (the first source's wins)."""
+    frames = [f.select(EVENT_COLUMNS) for f in (first, *others) if f.height]
+    if not frames:
+        return empty_events()
+    return pl.concat(frames).unique("record_id", keep="first", maintain_order=True)
+
+
+def prior_rate(events: pl.DataFrame) -> float | None:
+    return float(events["label"].mean()) if events.height else None
+
+
+def case_memory(base: pl.LazyFrame, events: pl.DataFrame, prior: float | None) -> pl.LazyFrame:
+    """Case-memory features for every record of ``base`` (record_id, record_date and the
+    `KEY_COLUMNS`), from ``events`` (`case_events`) dated strictly before each record."""
+    out = base.select("record_id")
+    ev = events.lazy().with_columns(pl.col("label").cast(pl.Float64).alias("confirmed"),
+                                    (1 - pl.col("label")).cast(pl.Float64).alias("cleared"),
+                                    pl.col("event_date").alias("__event_date"))
+    for entity, keys in ENTITIES.items():
+        pieces = []
+        for key in keys:
+            records = base.select("record_id", "record_date", pl.col(key).cast(pl.String)) \
+                .filter(pl.col(key).is_not_null())
+            offsets = {"before": -1}
+            if entity in RECENT_ENTITIES:
+                offsets["year"] = -1 - RECENT_DAYS
+            cum = cumulative_at(records, ev.select(key, "__event_date", "confirmed", "cleared")
+                                .filter(pl.col(key).is_not_null()), key,
+                                ["confirmed", "cleared"], offsets)
+            cols = [pl.col("before_confirmed").alias(f"__c_{key}"),
+                    pl.col("before_cleared").alias(f"__k_{key}")]
+            if entity in RECENT_ENTITIES:
+                cols.append((pl.col("before_confirmed") - pl.col("year_confirmed"))
+                            .alias(f"__y_{key}"))
+            pieces.append(cum.select("record_id", *cols))
+        joined = base.select("record_id")
+        for piece in pieces:
+            joined = joined.join(piece, on="record_id", how="left")
+        # several linkages: the one with the most decisions speaks
+        decided = [pl.col(f"__c_{k}").fill_null(0) + pl.col(f"__k_{k}").fill_null(0)
+                   for k in keys]
+        if len(keys) == 1:
+            confirmed = pl.col(f"__c_{keys[0]}").fill_null(0.0)
+            cleared = pl.col(f"__k_{keys[0]}").fill_null(0.0)
+        else:
+            best = pl.when(decided[0] >= decided[1])
+            confirmed = best.then(pl.col(f"__c_{keys[0]}")).otherwise(
+                pl.col(f"__c_{keys[1]}")).fill_null(0.0)
+            cleared = best.then(pl.col(f"__k_{keys[0]}")).otherwise(
+                pl.col(f"__k_{keys[1]}")).fill_null(0.0)
+        known = pl.lit(prior is not None)
+        rate = pl.when(known).then((confirmed + PRIOR_WEIGHT * (prior or 0.0))
+                                   / (confirmed + cleared + PRIOR_WEIGHT))
+        cols = [confirmed.cast(pl.Int64).alias(f"{entity}_confirmed_before"),
+                cleared.cast(pl.Int64).alias(f"{entity}_cleared_before"),
+                rate.alias(f"{entity}_confirmed_rate")]
+        if entity in RECENT_ENTITIES:
+            cols.append(pl.col(f"__y_{keys[0]}").fill_null(0.0).cast(pl.Int64)
+                        .alias(f"{entity}_confirmed_12m"))
+        out = out.join(joined.select("record_id", *cols), on="record_id", how="left")
+    return out
+
+
+def events_to_dict(events: pl.DataFrame, prior: float | None) -> dict:
+    """JSON-able form stored in the bundle's feature statistics, with the cut-off date
+    (the latest decision) and the prior rate."""
+    cutoff = events["event_date"].max() if events.height else None
+    return {
+        "cutoff": cutoff.isoformat() if isinstance(cutoff, date) else None,
+        "prior": prior,
+        "decisions": int(events.height),
+        "confirmed": int(events["label"].sum()) if events.height else 0,
+        "events": {c: [v.isoformat() if isinstance(v, date) else v
+                       for v in events[c].to_list()] for c in EVENT_COLUMNS},
+    }
+
+
+def events_from_dict(data: dict | None) -> tuple[pl.DataFrame, float | None]:
+    if not data or not data.get("events"):
+        return empty_events(), None
+    columns = data["events"]
+    frame = pl.DataFrame({c: columns.get(c, []) for c in EVENT_COLUMNS},
+                         schema={**empty_events().schema, "event_date": pl.String})
+    return frame.with_columns(pl.col("event_date").str.to_date()), data.get("prior")
