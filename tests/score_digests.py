@@ -105,7 +105,7 @@ def report_digest(world: Path, out: Path) -> str:
 
 
 def simulate_world(name: str, directory: Path) -> Path:
-    from detector.simulate import simulate
+    from detector.simulation import simulate
 
     spec = WORLDS[name]
     simulate(directory, seed=spec["seed"], shipments=spec["shipments"],
