@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 
 from features.behaviour import SPLITTING_WINDOW_DAYS
+from features.parties import INDUSTRIES_THAT_DO_NOT_FIT
 from features.stats import DEFAULT_SMALL_SHIPMENT_VALUE_USD
 
 Mechanism = tuple[str, set[str]]
@@ -41,6 +42,13 @@ def _transit(row: dict) -> str:
 
 
 RESTRICTED = ("CN", "HK", "MO")
+
+
+def onward_leg(row: dict) -> bool:
+    """A hub company exporting the goods on to China, Hong Kong or Macau: the exporter is
+    the party whose profile tells the scheme (it received them on an earlier leg)."""
+    exporter = row.get("exporter_country")
+    return bool(exporter) and exporter != "US" and row.get("destination_country") in RESTRICTED
 
 
 def transshipment(row: dict) -> Mechanism | None:
@@ -78,6 +86,10 @@ def shell_company(row: dict) -> Mechanism | None:
     handful of employees, an address shared with other companies, a line of business that
     does not buy such chips; with no trade history and a third-party payer added when
     they hold. Needs one profile flag: history and payer alone describe many buyers."""
+    if row.get("record_kind") != "lease" and onward_leg(row):
+        found = _shell_exporter(row)
+        if found is not None:
+            return found
     who = "lessee" if row.get("record_kind") == "lease" else "consignee"
     parts, facts = [], set()
     age = _num(row, f"{who}_age_days")
@@ -109,17 +121,43 @@ def shell_company(row: dict) -> Mechanism | None:
     return f"shell-like {who}: " + ", ".join(parts), facts
 
 
+def _shell_exporter(row: dict) -> Mechanism | None:
+    """The shell profile of the company re-exporting the goods (an onward leg)."""
+    parts = []
+    age = _num(row, "exporter_age_days")
+    if age is not None and 0 <= age < NEWLY_FORMED_DAYS:
+        parts.append(f"incorporated {age:,.0f} days before the shipment")
+    employees = _num(row, "exporter_employees")
+    if employees is not None and employees < 10:
+        parts.append(f"{employees:,.0f} employees")
+    shared = _num(row, "exporter_address_shared_by")
+    if shared is not None and shared >= 2:
+        parts.append(f"{shared:,.0f} other companies at its address")
+    if row.get("exporter_industry") in INDUSTRIES_THAT_DO_NOT_FIT:
+        parts.append(f"line of business {row['exporter_industry']}")
+    if not parts:
+        return None
+    return "shell-like exporter re-exporting the goods: " + ", ".join(parts), {"exporter"}
+
+
 def restricted_parent(row: dict) -> Mechanism | None:
     """A parent up the ownership chain headquartered in D:5 or Macau (§744.23(a)(3)), or in
     Hong Kong, which the EAR treats as China; never the consignee itself."""
     depth = _num(row, "ownership_depth")
     country = row.get("ultimate_parent_country")
-    if not row.get("ultimate_parent_name") or not depth or depth < 1 or not (
+    if row.get("ultimate_parent_name") and depth and depth >= 1 and (
             _true(row, "ultimate_parent_in_d5_or_macau") or country in RESTRICTED):
-        return None
-    levels = f", {depth:,.0f} level{'s' if depth != 1 else ''} up"
-    return (f"ultimately owned by {row['ultimate_parent_name']} ({country}){levels}",
-            {"ownership"})
+        levels = f", {depth:,.0f} level{'s' if depth != 1 else ''} up"
+        return (f"ultimately owned by {row['ultimate_parent_name']} ({country}){levels}",
+                {"ownership"})
+    depth = _num(row, "exporter_ownership_depth")
+    country = row.get("exporter_parent_country")
+    if (onward_leg(row) and row.get("exporter_parent_name") and depth and depth >= 1
+            and (_true(row, "exporter_parent_in_d5_or_macau") or country in RESTRICTED)):
+        levels = f", {depth:,.0f} level{'s' if depth != 1 else ''} up"
+        return (f"exporter re-exporting the goods is ultimately owned by "
+                f"{row['exporter_parent_name']} ({country}){levels}", {"exporter_ownership"})
+    return None
 
 
 def cloud_lease(row: dict) -> Mechanism | None:
@@ -192,6 +230,14 @@ NEAR_MISS_SCORE = 75
 
 
 def screening_evasion(row: dict) -> Mechanism | None:
+    exporter = _num(row, "exporter_screening_score")
+    if (onward_leg(row) and exporter is not None and exporter >= NEAR_MISS_SCORE
+            and row.get("exporter_screening_name")
+            and exporter >= (_num(row, "screening_match_score") or 0)):
+        listed = (f"{row.get('exporter_screening_list') or 'screening-list'} entry "
+                  f"'{row['exporter_screening_name']}'")
+        return (f"exporter re-exporting the goods, '{row.get('exporter_name') or 'its name'}', "
+                f"resembles {listed} ({exporter:.0f}/100)", {"exporter_screening"})
     score = _num(row, "screening_match_score")
     entry = row.get("screening_match_name")
     if score is None or score < NEAR_MISS_SCORE or not entry:

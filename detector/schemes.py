@@ -86,6 +86,35 @@ def shell_profile_flags() -> pl.Expr:
             pl.col("consignee_industry_misfit")))
 
 
+def exporter_signals() -> dict[str, pl.Expr]:
+    """On an onward leg (`reexport_leg`) the exporter is the hub company that received
+    the goods, and its profile says whose scheme the leg is: a shell's, a listed look-alike's
+    or a restricted group's. Each scheme's points, weighted as the consignee's flags of the
+    same kind (the shell profile per flag, a screening match >= 90 as the screening rule,
+    a parent in D:5, Macau or Hong Kong as a D:5 parent)."""
+    from detector.mechanisms import NEWLY_FORMED_DAYS
+    from features.parties import INDUSTRIES_THAT_DO_NOT_FIT
+
+    onward = reexport_leg()
+    shell = pl.sum_horizontal(
+        flag.fill_null(False).cast(pl.Float64) for flag in (
+            pl.col("exporter_age_days").is_between(0, NEWLY_FORMED_DAYS - 1),
+            pl.col("exporter_employees") < 10,
+            pl.col("exporter_address_shared_by") >= 2,
+            pl.col("exporter_industry").is_in(INDUSTRIES_THAT_DO_NOT_FIT)))
+    listed = (pl.col("exporter_screening_score") >= 90).fill_null(False)
+    parent = ((pl.col("exporter_ownership_depth") >= 1)
+              & (pl.col("exporter_parent_in_d5_or_macau")
+                 | pl.col("exporter_parent_country").is_in(["CN", "HK", "MO"]))).fill_null(False)
+    return {
+        "shell_company": onward.cast(pl.Float64) * shell * SHELL_FLAG_WEIGHT,
+        "screening_evasion": (onward & listed).cast(pl.Float64)
+        * RULE_FAMILIES["screening_evasion"]["screening_match"],
+        "restricted_parent": (onward & parent).cast(pl.Float64)
+        * RULE_FAMILIES["restricted_parent"]["d5_ultimate_parent"],
+    }
+
+
 def reexport_leg() -> pl.Expr:
     return ((pl.col("exporter_country").fill_null("US") != "US")
             & pl.col("destination_country").is_in(["CN", "HK", "MO"])
@@ -154,6 +183,8 @@ def family_points(frame: pl.DataFrame) -> np.ndarray:
             parts.append(reexport_leg().cast(pl.Float64) * REEXPORT_LEG_WEIGHT)
         if scheme == "shell_company" and "consignee_age_days" in frame.columns:
             parts.append(shell_profile_flags() * SHELL_FLAG_WEIGHT)
+        if "exporter_age_days" in frame.columns and scheme in (exporter := exporter_signals()):
+            parts.append(exporter[scheme])
         if scheme == "restricted_parent" and {"ultimate_parent_country", "ownership_depth"} <= set(
                 frame.columns):
             parts.append(hk_parent().cast(pl.Float64) * HK_PARENT_WEIGHT)

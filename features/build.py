@@ -80,6 +80,8 @@ def _text_inputs(shipments: pl.DataFrame, leases: pl.DataFrame) -> dict[str, pl.
         "keys": pl.concat([
             shipments.select(pl.col("consignee_name").alias("raw"),
                              pl.col("consignee_country").alias("country")),
+            shipments.select(pl.col("exporter_name").alias("raw"),
+                             pl.col("exporter_country").alias("country")),
             leases.select(pl.col("lessee_name").alias("raw"),
                           pl.col("lessee_country").alias("country")),
         ]).unique(),
@@ -212,6 +214,7 @@ def _shipment_records(ctx: _Context, shipments: pl.DataFrame, first_row: int) ->
         pl.concat_str("__exporter_norm", "exporter_country", separator="|").alias("exporter_key"),
     )
     lf = ctx.screening(lf, "__consignee_norm", "__address_norm")
+    lf = _exporter_profile(ctx, lf)
     lf = lf.with_columns(
         pl.coalesce(pl.col("ultimate_parent_id"), pl.col("consignee_key")).alias("group_key"),
         pl.when(pl.col("__address_norm").str.len_chars() > 0)
@@ -238,6 +241,46 @@ def _shipment_records(ctx: _Context, shipments: pl.DataFrame, first_row: int) ->
         *learned.input_columns(stats.inputs or {}),
     )
     return lf
+
+
+def _exporter_profile(ctx: _Context, lf: pl.LazyFrame) -> pl.LazyFrame:
+    """The exporter as a registered party and its closest screening-list name. On an
+    onward leg the exporter is the hub company that received the goods (the consignee of
+    the earlier leg): its own profile (newly formed, a handful of staff, an address shared
+    with other companies, a parent in China, a name like a listed one) is what the scheme
+    it fronts looks like. Context for the reasons and the likely scheme; no risk model
+    reads these."""
+    resolution = ctx.resolution.lazy().select(
+        pl.col("name_norm").alias("__exporter_norm"), pl.col("country").alias("exporter_country"),
+        pl.col("resolved_party_id").alias("exporter_party"))
+    attributes = ctx.attributes.select(
+        pl.col("party_id").alias("exporter_party"),
+        pl.col("incorporation_date").alias("__x_incorporated"),
+        pl.col("employees").cast(pl.Float64).alias("exporter_employees"),
+        pl.col("industry").alias("exporter_industry"),
+        # other registered parties at its registered address (itself excluded)
+        pl.when(pl.col("address_norm").str.len_chars() > 0)
+        .then(pl.col("__parties_at_address") - 1).otherwise(0).cast(pl.Int64)
+        .alias("exporter_address_shared_by"),
+        pl.col("ultimate_parent_name").alias("exporter_parent_name"),
+        pl.col("ultimate_parent_country").alias("exporter_parent_country"),
+        pl.col("ownership_depth").alias("exporter_ownership_depth"),
+        pl.col("ultimate_parent_in_d5_or_macau").alias("exporter_parent_in_d5_or_macau"))
+    if ctx.screening_list is None:
+        entries = pl.DataFrame(schema={"entry": pl.UInt32, "name": pl.String,
+                                       "list_name": pl.String})
+    else:
+        entries = ctx.screening_list.with_row_index("entry").select("entry", "name", "list_name")
+    hits = ctx.name_hits.join(entries, on="entry", how="left").lazy().select(
+        pl.col("text").alias("__exporter_norm"),
+        pl.col("score").alias("exporter_screening_score"),
+        pl.col("name").alias("exporter_screening_name"),
+        pl.col("list_name").alias("exporter_screening_list"))
+    return (lf.join(resolution, on=["__exporter_norm", "exporter_country"], how="left")
+            .join(attributes, on="exporter_party", how="left")
+            .join(hits, on="__exporter_norm", how="left")
+            .with_columns((pl.col("record_date") - pl.col("__x_incorporated")).dt.total_days()
+                          .alias("exporter_age_days")))
 
 
 # Columns the cross-record features read, per shipment. String keys become categoricals

@@ -54,6 +54,31 @@ _ALL: list[Feature] = [
        False),
     _F("ultimate_parent_country", "country of the top of the ownership chain", "11 ownership",
        B, False),
+    # the exporter as a party: on an onward leg, the hub company re-exporting the goods
+    _F("exporter_name", "exporter as declared", "context", S, False),
+    _F("exporter_party", "registered party the exporter resolved to (exact or fuzzy name and "
+       "country)", "party resolution", S, False),
+    _F("exporter_age_days", "days from the exporter's incorporation to the shipment",
+       "6 newly formed (onward leg)", S, False),
+    _F("exporter_employees", "registered employees of the exporter", "4 stated capacity", S,
+       False),
+    _F("exporter_industry", "industry of the resolved exporter party", "3 line of business", S,
+       False),
+    _F("exporter_address_shared_by", "other registered parties at the exporter's registered "
+       "address", "6 shell companies / shared addresses", S, False),
+    _F("exporter_parent_name", "top of the exporter's ownership chain", "11 ownership", S,
+       False),
+    _F("exporter_parent_country", "country of the top of the exporter's ownership chain",
+       "11 ownership", S, False),
+    _F("exporter_ownership_depth", "levels from the exporter to its ultimate parent",
+       "11 ownership", S, False),
+    _F("exporter_parent_in_d5_or_macau", "top of the exporter's ownership chain headquartered "
+       "in D:5 or Macau", "§744.23(a)(3); 11 ownership", S, False),
+    _F("exporter_screening_score", "best similarity (0-100) of the exporter's name to a "
+       "screening-list name or alias", "1 listed party", S, False),
+    _F("exporter_screening_name", "screening-list entry closest to the exporter's name",
+       "1 listed party", S, False),
+    _F("exporter_screening_list", "list of that entry", "1 listed party", S, False),
     _F("screening_match_name", "screening-list entry closest to the party's name or address",
        "1 listed party", B, False),
     _F("screening_match_list", "list of that entry (Entity List, MEU, UVL, SDN...)",

@@ -192,6 +192,45 @@ def test_screening_match_on_alias_and_address_keeps_entry_and_list():
     assert build(shipments(shipment("S")))["screening_match_score"].to_list() == [None]
 
 
+def test_an_onward_legs_exporter_is_profiled_as_a_party_and_screened():
+    """The hub company re-exporting (the exporter of an onward leg) resolves to its party:
+    age, staff, address sharing, parent and closest listed name, as context."""
+    party_rows = parties(
+        party("HOLD", "Sanhe Holdings Co., Ltd.", "CN"),
+        party("HUB", "Kestrel Trading Trading Pte Ltd", "SG", parent_party_id="HOLD",
+              incorporation_date=date(2024, 1, 1), employees=3, industry="trading",
+              address="1 Raffles Place #10-01"),
+        party("NEST1", "Other One Pte Ltd", "SG", address="1 Raffles Place #10-01"),
+        party("NEST2", "Other Two Pte Ltd", "SG", address="1 raffles place 10 01"))
+    screen = screening({"name": "Kestrel Trading Ltd.", "list_name": "Entity List"})
+    frame = build(shipments(
+        shipment("ONWARD", exporter_name="KESTREL TRADING TRADING PTE. LTD.",
+                 exporter_country="SG", consignee_name="Dahua Trading Limited",
+                 consignee_country="HK", destination_country="HK"),
+        shipment("PLAIN")), party_rows=party_rows, screen=screen)
+    onward = row(frame, "ONWARD")
+    assert onward["exporter_party"] == "HUB"
+    assert onward["exporter_name"] == "KESTREL TRADING TRADING PTE. LTD."
+    assert onward["exporter_age_days"] == (date(2024, 6, 1) - date(2024, 1, 1)).days
+    assert onward["exporter_employees"] == 3.0
+    assert onward["exporter_industry"] == "trading"
+    assert onward["exporter_address_shared_by"] == 2
+    assert (onward["exporter_parent_name"], onward["exporter_parent_country"],
+            onward["exporter_ownership_depth"]) == ("Sanhe Holdings Co., Ltd.", "CN", 1)
+    assert onward["exporter_parent_in_d5_or_macau"] is True
+    assert 75 <= onward["exporter_screening_score"] < 100
+    assert (onward["exporter_screening_name"], onward["exporter_screening_list"]) == (
+        "Kestrel Trading Ltd.", "Entity List")
+    plain = row(frame, "PLAIN")  # an exporter not in the registry: no profile
+    assert plain["exporter_party"] is None and plain["exporter_age_days"] is None
+    profile = ["exporter_name", "exporter_party", "exporter_age_days", "exporter_employees",
+               "exporter_industry", "exporter_address_shared_by", "exporter_parent_name",
+               "exporter_parent_country", "exporter_ownership_depth",
+               "exporter_parent_in_d5_or_macau", "exporter_screening_score",
+               "exporter_screening_name", "exporter_screening_list"]
+    assert not any(FEATURES[n].model_input for n in profile)  # context: no risk reads them
+
+
 # ------------------------------------------------------------------ route and money
 
 

@@ -13,6 +13,7 @@ from detector.reasons import reasons_for_row, unusual_values
 from detector.schemes import (
     SCHEMES,
     UNCLEAR,
+    exporter_signals,
     hk_parent,
     reexport_leg,
     rule_family_schemes,
@@ -69,16 +70,21 @@ def test_rule_families_name_a_scheme_only_with_a_family_signal(labelled_frame):
 
     names, confidence = rule_family_schemes(labelled_frame)
     hits = RuleModel().fit(labelled_frame).hits(labelled_frame)["rule_hits"].to_list()
-    # the family signals that are not rules: the onward leg, the shell profile, a HK parent
+    # the family signals that are not rules: the onward leg, the shell profile, a HK parent,
+    # the re-exporter's profile
+    exporter = exporter_signals()
     signals = labelled_frame.select(
-        leg=reexport_leg(), shell=shell_profile_flags() > 0, hk=hk_parent())
+        leg=reexport_leg(), shell=(shell_profile_flags() + exporter["shell_company"]) > 0,
+        hk=hk_parent() | (exporter["restricted_parent"] > 0),
+        listed=exporter["screening_evasion"] > 0)
     kinds = labelled_frame["record_kind"].to_list()
     assert UNCLEAR in names and len(set(names) - {UNCLEAR}) >= 4
     for name, conf, hit, signal, kind in zip(names, confidence, hits,
                                              signals.iter_rows(named=True), kinds):
         family_hits = {s for s, rules in RULE_FAMILIES.items() if set(hit or []) & set(rules)}
         family_hits |= {s for s, key in (("transshipment", "leg"), ("shell_company", "shell"),
-                                         ("restricted_parent", "hk")) if signal[key]}
+                                         ("restricted_parent", "hk"),
+                                         ("screening_evasion", "listed")) if signal[key]}
         if name == UNCLEAR:
             assert np.isnan(conf) and not family_hits
         elif kind == "lease":
@@ -322,3 +328,30 @@ def _rule_columns() -> set[str]:
                     "vague_description", "consignee_age_days", "consignee_employees",
                     "consignee_address_shared_by", "consignee_industry_misfit",
                     "ultimate_parent_country", "ownership_depth"}
+
+
+def test_an_onward_leg_states_the_re_exporters_profile():
+    """On an onward leg the exporter is the hub company that received the goods: its shell
+    profile, listed look-alike name or parent is the scheme's mechanism."""
+    from detector.mechanisms import restricted_parent, screening_evasion, shell_company
+
+    onward = _row(exporter_country="SG", destination_country="HK", consignee_country="HK",
+                  exporter_name="Kestrel Trading Trading Pte Ltd", exporter_age_days=152,
+                  exporter_employees=3.0, exporter_address_shared_by=0,
+                  exporter_industry="trading", exporter_screening_score=79.0,
+                  exporter_screening_name="Kestrel Trading Ltd.",
+                  exporter_screening_list="Entity List", exporter_parent_name="Sanhe Holdings",
+                  exporter_parent_country="CN", exporter_ownership_depth=1,
+                  exporter_parent_in_d5_or_macau=True, screening_match_score=40.0)
+    assert shell_company(onward)[0] == ("shell-like exporter re-exporting the goods: "
+                                        "incorporated 152 days before the shipment, "
+                                        "3 employees, line of business trading")
+    assert screening_evasion(onward)[0] == (
+        "exporter re-exporting the goods, 'Kestrel Trading Trading Pte Ltd', resembles "
+        "Entity List entry 'Kestrel Trading Ltd.' (79/100)")
+    assert restricted_parent(onward)[0] == ("exporter re-exporting the goods is ultimately "
+                                            "owned by Sanhe Holdings (CN), 1 level up")
+    # the same exporter on a first leg from the US is not the one to profile
+    inbound = {**onward, "exporter_country": "US", "destination_country": "SG"}
+    assert shell_company(inbound) is None and restricted_parent(inbound) is None
+    assert screening_evasion(inbound) is None
