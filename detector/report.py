@@ -55,7 +55,35 @@ METRIC_LABELS = {
     "precision_at_1pct": "precision at 1%",
     "recall_at_5pct": "recall at 5%",
     "brier": "Brier score (lower is better)",
+    "records": "labelled records in the held-out slice",
+    "positives": "confirmed diversions among them",
+    "best_iteration": "boosting rounds kept (best iteration)",
 }
+_AT_CAPACITY = re.compile(r"(precision|recall)_at_(\d+(?:\.\d+)?)pct(?:_(.+))?")
+CEILING = ".ceiling"
+
+
+def metric_label(key: str) -> str:
+    """A logged metric's name in words: ``recall_at_5pct.ceiling`` reads "recall at 5%:
+    the most the held-out slice allows", ``recall_at_5pct_transshipment`` "recall at 5%,
+    transshipment"."""
+    if key.endswith(CEILING):
+        return f"{metric_label(key[:-len(CEILING)])}: the most the held-out slice allows"
+    if key in METRIC_LABELS:
+        return METRIC_LABELS[key]
+    match = _AT_CAPACITY.fullmatch(key)
+    if match:
+        what, share, scheme = match.groups()
+        return f"{what} at {share}%" + (f", {scheme.replace('_', ' ')}" if scheme else "")
+    return key.replace("_", " ")
+
+
+def _metric_order(key: str) -> tuple:
+    """The labelled metrics first, in `METRIC_LABELS`' order; each ceiling right after
+    its metric."""
+    base = key.removesuffix(CEILING)
+    known = list(METRIC_LABELS)
+    return (known.index(base) if base in known else len(known), base, key.endswith(CEILING))
 
 def hub_countries() -> tuple[str, ...]:
     """The hubs the report groups by, from data/country_groups.csv: those named in real
@@ -683,11 +711,9 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
 
     score_models = scored["model"].unique().sort().to_list()
     fallback = model_info is None or FALLBACK_MODEL in score_models
-    metrics = [(METRIC_LABELS.get(k, k), int(v) if k in COUNT_METRICS and v is not None else v)
-               for k, v in sorted(
-        ((model_info or {}).get("metrics") or {}).items(),
-        key=lambda kv: (list(METRIC_LABELS).index(kv[0]) if kv[0] in METRIC_LABELS else 99,
-                        kv[0]))]
+    metrics = [(metric_label(k), int(v) if k in COUNT_METRICS and v is not None else v)
+               for k, v in sorted(((model_info or {}).get("metrics") or {}).items(),
+                                  key=lambda kv: _metric_order(kv[0]))]
 
     html = _environment().get_template("report.html.j2").render(
         period=period, previous_period=previous_period, previous_note=previous_note,
