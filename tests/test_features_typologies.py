@@ -8,7 +8,7 @@ import pytest
 
 from detector.contract import read_dataset
 from detector.reference import load_reference
-from detector.simulate import simulate
+from detector.simulation import simulate
 from features.build import build_features
 
 # typology -> features whose mean must be higher for its records than for legitimate ones

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from detector.cli import app
 from detector.contract import read_dataset
 from detector.errors import UsageError
-from detector.simulate import TYPOLOGIES, simulate
+from detector.simulation import TYPOLOGIES, simulate
 
 FILES = ("shipments.csv", "parties.csv", "leases.csv", "labels.csv", "screening_list.csv",
          "truth.parquet")
