@@ -172,7 +172,7 @@ def in_process_phases(world: Path, screening_list: Path, model_uri: str, out: Pa
 def parquet_world(world: Path, out: Path, shipments: int) -> Path:
     """A world of ``shipments`` rows as Parquet: the world's shipments repeated with new ids
     and dates shifted by whole years (so behaviour windows see realistic densities)."""
-    from detector.contract import read_dataset
+    from detector.tables import read_dataset
 
     ds = read_dataset(world)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,8 +226,8 @@ def main() -> None:
         t = time.perf_counter()
         simulate(world, seed=0, shipments=args.shipments)
         print(f"simulate {args.shipments:,} shipments: {time.perf_counter() - t:.1f} s")
-    from detector.contract import write_table
     from detector.reference import read_screening_list
+    from detector.tables import write_table
 
     base_list = read_screening_list(world / "screening_list.csv")
     screening = work / f"screening_list_{args.list_entries}.csv"

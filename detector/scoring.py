@@ -17,7 +17,6 @@ import polars as pl
 
 from detector import engine as score_engine
 from detector.batch import Batch, history_labels, load_batch, read_batch
-from detector.contract import write_quarantine
 from detector.engine import (  # noqa: F401 (the API)
     FALLBACK_LABEL,
     LoadedModel,
@@ -35,6 +34,7 @@ from detector.queue import (
     parse_capacity,
     queue_summary,
 )
+from detector.tables import write_quarantine
 
 if TYPE_CHECKING:
     from detector.drift import DriftReport
@@ -254,8 +254,8 @@ def write_scores(table: pl.DataFrame, out: Path, provenance: dict) -> None:
     Both are written in full before either replaces anything: a failure leaves the
     previous pair as it was.
     """
-    from detector.contract import table_writer
     from detector.files import atomic_write_many
+    from detector.tables import table_writer
 
     sidecar = out.with_name(out.name + ".provenance.json")
     write_scores_file = table_writer(table, out)

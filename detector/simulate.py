@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from detector.contract import LABELS, LEASES, PARTIES, SCREENING_LIST, SHIPMENTS, write_table
+from detector.contract import LABELS, LEASES, PARTIES, SCREENING_LIST, SHIPMENTS
 from detector.errors import UsageError
 from detector.files import os_failure
 from detector.simulation import names
@@ -41,6 +41,7 @@ from detector.simulation.catalogue import (
     Products,
     build_products,
 )
+from detector.tables import write_table
 
 TYPOLOGIES = ("transshipment", "shell_company", "restricted_parent", "cloud_lease",
               "misdeclaration", "splitting", "screening_evasion")

@@ -15,8 +15,9 @@ from conftest import valid_tables, write_dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.contract import (
-    INPUT_TABLES,
+from detector.contract import INPUT_TABLES
+from detector.errors import InputError
+from detector.tables import (
     FatalInputError,
     ValidationReport,
     read_dataset,
@@ -24,7 +25,6 @@ from detector.contract import (
     write_quarantine,
     write_table,
 )
-from detector.errors import InputError
 
 # ------------------------------------------------------------------ helpers
 
