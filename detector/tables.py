@@ -377,7 +377,10 @@ def _read_rows(lf: pl.LazyFrame, table: Table, name: str, chunk_rows: int, path:
                           f"required column(s) missing; found {shown}{hint}")
 
     exprs: list[pl.Expr] = []
-    checks: list[tuple[Column, str, str]] = []  # column, bad-mask name, expected
+    # column, bad-mask name, expected, the value as text (over the `__orig_` copy, so it
+    # is rendered only for the rows that fail: a typed Parquet column is not turned into
+    # text row by row just in case)
+    checks: list[tuple[Column, str, str, pl.Expr]] = []
     typed_by_name: dict[str, pl.Expr] = {}
     for column in table.columns:
         src_name = by_key.get(column.name)
@@ -385,15 +388,16 @@ def _read_rows(lf: pl.LazyFrame, table: Table, name: str, chunk_rows: int, path:
             exprs.append(pl.lit(None, POLARS_TYPES[column.kind]).alias(column.name))
             continue
         source = source_schema[src_name]
-        raw = pl.col(src_name)
+        raw, text = pl.col(src_name), pl.col(f"__orig_{src_name}")
         if isinstance(source, pl.List):  # a native Parquet list: read as the ';'-joined text
             raw = raw.cast(pl.List(pl.String)).list.join(LIST_SEPARATOR)
+            text = text.cast(pl.List(pl.String)).list.join(LIST_SEPARATOR)
             source = pl.String()
         typed, bad, expected = _parse(column, raw, source)
         exprs.append(typed.cast(POLARS_TYPES[column.kind]).alias(column.name))
         typed_by_name[column.name] = typed.cast(POLARS_TYPES[column.kind])
         exprs.append(bad.alias(f"__bad_{column.name}"))
-        checks.append((column, f"__bad_{column.name}", expected))
+        checks.append((column, f"__bad_{column.name}", expected, text.cast(pl.String)))
         if column.required:
             exprs.append(_clean_text(raw).is_null().alias(f"__null_{column.name}")
                          if not source.is_temporal() and not source.is_numeric()
@@ -401,7 +405,6 @@ def _read_rows(lf: pl.LazyFrame, table: Table, name: str, chunk_rows: int, path:
                          else raw.is_null().alias(f"__null_{column.name}"))
         if column.kind == ENUM:
             exprs.append(_clean_text(raw).alias(f"__raw_{column.name}"))
-        exprs.append(raw.cast(pl.String).alias(f"__text_{column.name}"))
 
     original = list(source_schema.names())
     # Record tables keep the columns the contract does not name ("extra columns": a real
@@ -516,25 +519,25 @@ _DUPLICATE_ORDER = 1_000_000
 _RECOVERABLE_ORDER = 2_000_000
 
 
-def _check_chunk(df: pl.DataFrame, table: Table, checks: list[tuple[Column, str, str]],
+def _check_chunk(df: pl.DataFrame, table: Table,
+                 checks: list[tuple[Column, str, str, pl.Expr]],
                  original: list[str], findings: _Findings,
                  duplicate_ids: pl.Series | None, extras: list[str] = ()
                  ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Record one chunk's problems; split its rows into (passed typed rows, quarantined)."""
     kept = [*table.column_names, *[pl.col(f"__orig_{c}").alias(c) for c in extras]]
     problem_parts: list[pl.Expr] = []
-    for i, (column, bad_name, expected) in enumerate(checks):
+    for i, (column, bad_name, expected, text) in enumerate(checks):
         bad = df[bad_name]
         n_bad = int(bad.sum())
         if n_bad:
             sub = df.filter(bad)
             findings.add(3 * i, "error", column.name, f"expected {expected}",
                          rows=sub["__row"].head(MAX_ROWS_SHOWN).to_list(), count=n_bad,
-                         values=_distinct(sub[f"__text_{column.name}"]))
+                         values=_distinct(sub.select(text).to_series()))
             problem_parts.append(
                 pl.when(pl.col(bad_name)).then(pl.format(
-                    f"{column.name}: expected {expected}, got '{{}}'",
-                    pl.col(f"__text_{column.name}")))
+                    f"{column.name}: expected {expected}, got '{{}}'", text))
             )
         if column.required:
             nulls = df[f"__null_{column.name}"]

@@ -365,6 +365,8 @@ def _corrupt(data: bytes, action: str, draw) -> bytes:
         return data[:draw(st.integers(0, len(data) - 1))]
     rows = list(csv.reader(io.StringIO(data.decode())))
     width = len(rows[0])
+    if width == 0:  # a first line with no fields (truncated, or blank): no column to edit
+        return _corrupt(data, "flip", draw)
     col = draw(st.integers(0, width - 1))
     if action == "delete_column":
         rows = [r[:col] + r[col + 1:] for r in rows]
