@@ -66,7 +66,7 @@ def run_seed(seed: int, shipments: int, workdir: Path) -> dict[str, dict[str, fl
     )
     from detector.reference import load_reference
     from detector.scoring import load_model, score_batch
-    from detector.simulate import simulate
+    from detector.simulation import simulate
     from detector.training import train
 
     start = date(2024, 1, 1)

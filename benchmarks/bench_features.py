@@ -3,7 +3,7 @@
     python benchmarks/bench_features.py [--shipments 1000000] [--world DIR]
 
 With --world, reads a dataset directory (e.g. written by `detector simulate`);
-otherwise it tries `detector.simulate.simulate` into a temporary directory and, if the
+otherwise it tries `detector.simulation.simulate` into a temporary directory and, if the
 simulator is not available, generates a plain vectorised world here (random parties,
 names with legal-form variants, chips from the reference catalogue, dates over two
 years) so the benchmark never depends on it.
@@ -103,7 +103,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.world is None:
         try:
-            from detector.simulate import simulate
+            from detector.simulation import simulate
             tmp = Path(tempfile.mkdtemp(prefix="bench_world_"))
             simulate(tmp, seed=0, shipments=args.shipments)
             args.world = tmp

@@ -38,7 +38,7 @@ import polars as pl
 
 
 def month_bounds(start: date, months: int) -> list[tuple[date, date]]:
-    from detector.simulate import add_months
+    from detector.simulation import add_months
 
     return [(add_months(start, m), add_months(start, m + 1) - timedelta(days=1))
             for m in range(months)]
@@ -72,7 +72,7 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
     from detector.queue import mark_queue
     from detector.reference import load_reference
     from detector.scoring import LoadedModel, score_frame
-    from detector.simulate import simulate
+    from detector.simulation import simulate
     from features.build import build_features, fit_feature_stats
     from features.registry import model_feature_names
 

@@ -43,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-read-") as tmp:
         world = args.world
         if world is None:
-            from detector.simulate import simulate
+            from detector.simulation import simulate
 
             world = Path(tmp) / "world"
             _timed(f"simulate {args.shipments:,} shipments",

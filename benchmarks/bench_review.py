@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         from detector.review.app import create_app
         from detector.review.session import open_review
         from detector.scoring import score
-        from detector.simulate import simulate
+        from detector.simulation import simulate
         from detector.training import train
 
         log = lambda m: print(m, file=sys.stderr)

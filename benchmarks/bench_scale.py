@@ -220,7 +220,7 @@ def main() -> None:
 
     world = args.world
     if world is None:
-        from detector.simulate import simulate
+        from detector.simulation import simulate
 
         world = work / "world"
         t = time.perf_counter()

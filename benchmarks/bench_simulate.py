@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from detector.simulate import simulate
+from detector.simulation import simulate
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ def reasons_match(reasons: str | None, typology: str, first: int = 3) -> bool:
 def run_seed(seed: int, shipments: int, workdir: Path) -> dict:
     from detector.batch import load_batch
     from detector.scoring import load_model, score_batch
-    from detector.simulate import simulate
+    from detector.simulation import simulate
     from detector.training import train
 
     start = date(2024, 1, 1)
@@ -100,7 +100,7 @@ def demo(workdir: Path, scale_shipments: int | None) -> dict:
     from detector.reasons import explain_record
     from detector.report import parse_capacity
     from detector.scoring import load_model, record_frame, score_batch
-    from detector.simulate import simulate
+    from detector.simulation import simulate
     from detector.training import train
 
     world = workdir / "demo"

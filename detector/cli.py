@@ -494,7 +494,7 @@ def simulate(
     from datetime import date
 
     from detector.errors import UsageError
-    from detector.simulate import simulate as run_simulate
+    from detector.simulation import simulate as run_simulate
 
     try:
         try:

@@ -74,7 +74,7 @@ class Trained:
 @pytest.fixture(scope="session")
 def world(tmp_path_factory) -> Path:
     """One labelled synthetic world (10,000 shipments over 12 months)."""
-    from detector.simulate import simulate
+    from detector.simulation import simulate
 
     out = tmp_path_factory.mktemp("world")
     simulate(out, seed=WORLD_SEED, shipments=WORLD_SHIPMENTS, start=date(2024, 1, 1),

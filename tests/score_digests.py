@@ -17,12 +17,14 @@ before main's report change of issue #13, so without a report digest): a guard a
 later changes, not a before/after proof. After merging main's issue 12/13 changes
 (mechanism-first reasons, explain's drivers and likely scheme, report columns), world10k
 and demo20k were re-made with the merged code once it matched main's own code (e6f633d)
-on every digest but the two intended changes above; the world200k entry predates those
-changes of main and is stale until re-made (`--with-200k`). After merging main's issues
+on every digest but the two intended changes above; the world200k entry then predated those
+changes of main. After merging main's issues
 10, 11 and 14 (main at a2d55df: case memory, learned inputs), world10k and demo20k were
 re-made once the merged code matched main's own code at a2d55df on scores, report,
 pyfunc and fallback digests, explain differing only by the intended party keys above
-(checked by diffing explain's JSON of the top 3 records on world10k).
+(checked by diffing explain's JSON of the top 3 records on world10k). world200k was
+re-made at the same time, its scores, report and pyfunc digests equal to main's own code
+at a2d55df (computed with that code) and explain differing as above.
 
 A change that is *meant* to change scores (a new feature, new reason wording) changes
 these digests too: regenerate them, and say so in the commit, with
@@ -105,7 +107,7 @@ def report_digest(world: Path, out: Path) -> str:
 
 
 def simulate_world(name: str, directory: Path) -> Path:
-    from detector.simulate import simulate
+    from detector.simulation import simulate
 
     spec = WORLDS[name]
     simulate(directory, seed=spec["seed"], shipments=spec["shipments"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import tempfile
 from datetime import date
@@ -12,6 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import valid_tables, write_dataset
+from csv_fixtures import digests, set_cell
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,14 +27,6 @@ from detector.tables import (
 )
 
 # ------------------------------------------------------------------ helpers
-
-
-def set_cell(path: Path, row: int, column: str, value: str) -> None:
-    """Replace the text of data row ``row`` (1 = first row after the header) in a CSV."""
-    df = pl.read_csv(path, infer_schema=False)
-    df = df.with_columns(pl.when(pl.int_range(pl.len()) == row - 1).then(pl.lit(value))
-                         .otherwise(pl.col(column)).alias(column))
-    df.write_csv(path)
 
 
 def append_csv_row(path: Path, values: dict[str, str]) -> None:
@@ -55,10 +47,6 @@ def issue_text(report: ValidationReport, file: str, column: str | None,
              if i.file == file and i.column == column and i.severity == severity]
     assert found, f"no {severity} for {file}/{column} in:\n{report.text()}"
     return found[0]
-
-
-def digests(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
 
 
 # ------------------------------------------------------------------ round trips

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from detector.reference import load_reference
-from detector.simulate import simulate
+from detector.simulation import simulate
 from detector.tables import read_dataset
 from features.build import build_features
 

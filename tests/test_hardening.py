@@ -33,7 +33,7 @@ from detector.tables import (
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory) -> Path:
-    from detector.simulate import simulate
+    from detector.simulation import simulate
 
     out = tmp_path_factory.mktemp("small_world")
     simulate(out, seed=11, shipments=300, start=date(2024, 1, 1), months=4)

@@ -33,7 +33,7 @@ def world(tmp_path_factory) -> Path:
     """A small labelled world that trains (both labels in every slice): 4,000 shipments."""
     from datetime import date
 
-    from detector.simulate import simulate
+    from detector.simulation import simulate
 
     out = tmp_path_factory.mktemp("kill_world")
     simulate(out, seed=7, shipments=4000, start=date(2024, 1, 1), months=12)
@@ -44,7 +44,7 @@ def world(tmp_path_factory) -> Path:
 def small_world(tmp_path_factory) -> Path:
     from datetime import date
 
-    from detector.simulate import simulate
+    from detector.simulation import simulate
 
     out = tmp_path_factory.mktemp("kill_small_world")
     simulate(out, seed=11, shipments=300, start=date(2024, 1, 1), months=4)

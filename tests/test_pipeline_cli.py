@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from csv_fixtures import set_cell
 from pipeline_fixtures import cli, copy_world, detector_env
-from test_contract import set_cell
 
 from detector.contract import SCORES
 from detector.evaluation import average_precision

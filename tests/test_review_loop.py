@@ -11,7 +11,7 @@ from test_report import MODEL_INFO, make_dataset
 
 from detector.errors import UsageError
 from detector.report import build_report
-from detector.simulate import simulate
+from detector.simulation import simulate
 
 
 def test_report_review_list_is_the_queue_with_its_explore_rows(tmp_path):

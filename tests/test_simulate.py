@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from detector.cli import app
 from detector.errors import UsageError
-from detector.simulate import TYPOLOGIES, simulate
+from detector.simulation import TYPOLOGIES, simulate
 from detector.tables import read_dataset
 
 FILES = ("shipments.csv", "parties.csv", "leases.csv", "labels.csv", "screening_list.csv",

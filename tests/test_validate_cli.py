@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
-from test_contract import digests, set_cell
+from csv_fixtures import digests, set_cell
 from typer.testing import CliRunner
 
 from detector.cli import app
