@@ -48,3 +48,26 @@ def test_hbos_scores_can_fail():
     train = _data(rng, 2_000, 4)
     a, b = HBOS(n_bins=20).fit(train), HBOS(n_bins=10).fit(train)
     assert not np.array_equal(hbos_scores(a, train), b.decision_function(train))
+
+
+def test_loda_scores_equal_pyod_bit_for_bit():
+    from pyod.models.loda import LODA
+
+    from detector.models.unsupervised import LODA_BLOCK_ROWS, loda_scores
+
+    rng = np.random.default_rng(5)
+    train = _data(rng, 5_000, 9)
+    det = LODA(n_random_cuts=50, random_state=0).fit(train)
+    # more rows than a block, and not a multiple of it
+    test = _data(rng, 2 * LODA_BLOCK_ROWS + 123, 9)
+    test[:20] *= 50  # beyond every histogram
+    expected = det.decision_function(test)
+    got = loda_scores(det, test)
+    assert got.shape == expected.shape
+    assert np.array_equal(got, expected)
+    # a column-major matrix (as polars hands over a feature matrix) as well
+    column_major = np.asfortranarray(test)
+    assert np.array_equal(loda_scores(det, column_major), det.decision_function(column_major))
+    assert np.array_equal(loda_scores(det, train), det.decision_scores_)
+    other = LODA(n_random_cuts=50, random_state=1).fit(train)
+    assert not np.array_equal(loda_scores(other, test), expected)

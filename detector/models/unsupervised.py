@@ -70,12 +70,49 @@ def hbos_scores(detector, x: np.ndarray) -> np.ndarray:
     return np.sum(per_feature, axis=1).ravel() * -1
 
 
+LODA_BLOCK_ROWS = 8192
+
+
+def loda_scores(detector, x: np.ndarray) -> np.ndarray:
+    """What pyod's ``LODA.decision_function(x)`` returns, bit for bit, block by block.
+
+    pyod projects every row on one random direction at a time (a pass over the whole
+    matrix per projection); here each block of rows, small enough to stay in cache, goes
+    through every projection. Each projection and each row's sum are computed by the same
+    operations in the same order, so the scores are equal: a block keeps the memory order
+    of ``x`` (row- or column-major), so its projection runs the same BLAS kernel. BLAS runs
+    on one thread here: threads started and joined for every small product cost far more
+    than they save (several times the whole work on a busy machine)."""
+    from threadpoolctl import threadpool_limits
+
+    x = np.asarray(x, dtype=np.float64)
+    same_order = np.asfortranarray if x.flags.f_contiguous and not x.flags.c_contiguous \
+        else np.ascontiguousarray
+    cuts, n_bins = detector.n_random_cuts, int(detector.n_bins)
+    limits = detector.limits_[:, :n_bins - 1]
+    scores = np.zeros([x.shape[0], 1])
+    with threadpool_limits(1, user_api="blas"):
+        for start in range(0, x.shape[0], LODA_BLOCK_ROWS):
+            block = same_order(x[start:start + LODA_BLOCK_ROWS])
+            out = scores[start:start + LODA_BLOCK_ROWS, 0]
+            for i in range(cuts):
+                projected = detector.projections_[i, :].dot(block.T)
+                bins = np.searchsorted(limits[i], projected, side="left")
+                out += -detector.weights[i] * np.log(detector.histograms_[i, bins])
+    scores /= cuts
+    return scores.ravel()
+
+
 def _decision_function(detector, x: np.ndarray) -> np.ndarray:
-    """A fitted detector's raw scores; HBOS with a fixed bin count through `hbos_scores`."""
+    """A fitted detector's raw scores; HBOS and LODA with a fixed bin count through
+    `hbos_scores` and `loda_scores` (the same scores, faster)."""
     from pyod.models.hbos import HBOS
+    from pyod.models.loda import LODA
 
     if isinstance(detector, HBOS) and not isinstance(detector.n_bins, str):
         return hbos_scores(detector, x)
+    if isinstance(detector, LODA) and not isinstance(detector.n_bins, str):
+        return loda_scores(detector, x)
     return detector.decision_function(x)
 
 
