@@ -71,3 +71,16 @@ def test_loda_scores_equal_pyod_bit_for_bit():
     assert np.array_equal(loda_scores(det, train), det.decision_scores_)
     other = LODA(n_random_cuts=50, random_state=1).fit(train)
     assert not np.array_equal(loda_scores(other, test), expected)
+
+
+def test_scheme_names_gathered_as_the_row_loop_named_them():
+    from detector.schemes import MIN_CONFIDENCE, SCHEMES, UNCLEAR, _names
+
+    rng = np.random.default_rng(6)
+    best = rng.integers(0, len(SCHEMES), 10_000)
+    confidence = rng.random(10_000)
+    confidence[::7] = np.nan
+    expected = [SCHEMES[b] if c >= MIN_CONFIDENCE else UNCLEAR
+                for b, c in zip(best, confidence)]
+    assert _names(best, confidence >= MIN_CONFIDENCE).to_list() == expected
+    assert UNCLEAR in expected and len(set(expected)) == len(SCHEMES) + 1
