@@ -24,8 +24,10 @@ explanations on a batch of that size with the demo's model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,9 +68,13 @@ def run_seed(seed: int, shipments: int, workdir: Path) -> dict:
 
     start = date(2024, 1, 1)
     world, train_dir, test_dir = workdir / "world", workdir / "train", workdir / "test"
-    simulate(world, seed=seed, shipments=shipments, start=start, months=24)
+    if not (world / "truth.parquet").exists():  # a cached world (--workdir) is reused
+        simulate(world, seed=seed, shipments=shipments, start=start, months=24)
+    for folder in (train_dir, test_dir):
+        shutil.rmtree(folder, ignore_errors=True)
     split_world(world, train_dir, test_dir, _add_months(start, 18))
     truth = pl.read_parquet(world / "truth.parquet")
+    shutil.rmtree(workdir / "home", ignore_errors=True)
     os.environ["DETECTOR_HOME"] = str(workdir / "home")
     t0 = time.perf_counter()
     trained = train(train_dir, experiment=f"trust-{seed}")
@@ -81,6 +87,7 @@ def run_seed(seed: int, shipments: int, workdir: Path) -> dict:
           file=sys.stderr)
     head = scored.frame.head(top).join(truth, on=["record_kind", "record_id"], how="left")
     true = head.filter(pl.col("label") == 1)
+    true.write_parquet(workdir / "true_in_top.parquet")  # for a look at the misses
     rows = true.select("typology", "likely_scheme", "reasons").to_dicts()
     out = {"top": top, "true_in_top": len(rows),
            "reasons_match": sum(reasons_match(r["reasons"], r["typology"]) for r in rows),
@@ -104,7 +111,9 @@ def demo(workdir: Path, scale_shipments: int | None) -> dict:
     from detector.training import train
 
     world = workdir / "demo"
-    simulate(world, seed=0, shipments=20000)
+    if not (world / "truth.parquet").exists():
+        simulate(world, seed=0, shipments=20000)
+    shutil.rmtree(workdir / "demo-home", ignore_errors=True)
     os.environ["DETECTOR_HOME"] = str(workdir / "demo-home")
     train(world)
     truth = pl.read_parquet(world / "truth.parquet")
@@ -138,8 +147,9 @@ def demo(workdir: Path, scale_shipments: int | None) -> dict:
     out["explain_cold"] = time.perf_counter() - t
 
     if scale_shipments:
-        big = workdir / "big"
-        simulate(big, seed=5, shipments=scale_shipments)
+        big = workdir / f"big-{scale_shipments}"
+        if not (big / "truth.parquet").exists():
+            simulate(big, seed=5, shipments=scale_shipments)
         t = time.perf_counter()
         big_batch = load_batch(big)
         out["big_load"] = time.perf_counter() - t
@@ -160,9 +170,17 @@ def main() -> None:
     parser.add_argument("--scale-shipments", type=int, default=None,
                         help="also time explain on a batch of this many shipments")
     parser.add_argument("--skip-seeds", action="store_true", help="only the demo figures")
+    parser.add_argument("--skip-demo", action="store_true", help="only the seeds' figures")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the simulated worlds here and reuse them on the next run "
+                             "(default: a temporary folder)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-trust-") as tmp:
-        tmp = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.workdir is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-trust-")))
+        else:
+            tmp = args.workdir / f"s{args.shipments}"
+            tmp.mkdir(parents=True, exist_ok=True)
         totals = {"true_in_top": 0, "reasons_match": 0, "scheme_match": 0}
         per_typology: dict[str, list[int]] = {}
         for seed in ([] if args.skip_seeds else args.seeds):
@@ -190,6 +208,8 @@ def main() -> None:
             print(f"  {'typology':<18} {'records':>7} {'reasons':>8} {'scheme':>7}")
             for typology, (count, reasons, scheme) in sorted(per_typology.items()):
                 print(f"  {typology:<18} {count:>7} {reasons / count:>8.0%} {scheme / count:>7.0%}")
+        if args.skip_demo:
+            return
         d = demo(tmp, args.scale_shipments)
         print(f"\ndemo (20,000 shipments, seed 0): report period {d['period']}, review list "
               f"{d['review']}; top 10 true diversions: {d['top10_true']}/10 (target >= 5)")

@@ -241,8 +241,9 @@ def retrain(
     history: HistoryOpt = None,
     config: Annotated[Optional[Path], typer.Option(
         help="Training settings (TOML), e.g. experiments/baseline.toml.")] = None,
-    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "chip-diversion",
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")
+                          ] = DEFAULT_EXPERIMENT,
+    name: Annotated[str, typer.Option(help="Registered model name.")] = DEFAULT_MODEL_NAME,
     promote_when: Annotated[str, typer.Option(
         help="better: only when better beyond noise; not-worse: also when no difference "
              "beyond noise.")] = "better",
@@ -281,7 +282,7 @@ def compare(
         "--models", help="Two models A B: version numbers, aliases (champion), run ids, "
                          "models:/ or runs:/ URIs, or bundle directories.")],
     history: HistoryOpt = None,
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "chip-diversion",
+    name: Annotated[str, typer.Option(help="Registered model name.")] = DEFAULT_MODEL_NAME,
     capacity: Annotated[str, typer.Option(
         help="Review capacity: a count, or a share of the compared records.")] = "5%",
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,

@@ -55,8 +55,7 @@ def with_scheme_and_context(layered: pl.DataFrame, model: LoadedModel) -> pl.Dat
     from detector.schemes import scheme_columns
 
     if "likely_scheme" not in layered.columns:
-        scheme_model = None if model.fallback else getattr(model.bundle, "scheme_model", None)
-        layered = layered.hstack(scheme_columns(layered, scheme_model))
+        layered = layered.hstack(scheme_columns(layered, model.scheme_model))
     return layered.with_columns(
         pl.col("counterparty_name").alias("counterparty"),
         pl.coalesce(pl.col("destination_country"), pl.col("lessee_country"))
@@ -76,6 +75,12 @@ class LoadedModel:
     @property
     def fallback(self) -> bool:
         return self.bundle is None
+
+    @property
+    def scheme_model(self):
+        """The bundle's scheme model (detector.models.scheme); None for the fallback or a
+        bundle without one (the rule families then decide the likely scheme)."""
+        return None if self.fallback else getattr(self.bundle, "scheme_model", None)
 
     def feature_stats(self):
         """The statistics features are built with: the bundle's (learned in training), or
@@ -166,7 +171,8 @@ class Scores:
         """Full reasons (contributions, flags, rule hits) for rows of ``kept``."""
         from detector.reasons import full_reasons
 
-        return full_reasons(rows, self.scorer, self.model.fallback)
+        return full_reasons(rows, self.scorer, self.model.fallback,
+                            scheme_model=self.model.scheme_model)
 
 
 Part = Callable[[], pl.DataFrame]  # builds one part's feature frame when called
@@ -240,7 +246,8 @@ def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: i
     head = ranked.head(top).select(*KEY, "rank").join(
         pl.concat(heads, how="vertical_relaxed"), on=KEY, how="left").sort("rank")
     del heads
-    head_reasons = pl.Series(full_reasons(head, scorer, model.fallback), dtype=pl.String)
+    head_reasons = pl.Series(full_reasons(head, scorer, model.fallback,
+                                          scheme_model=model.scheme_model), dtype=pl.String)
     labels = _rule_mask_labels(ranked["rule_mask"])
     table = ranked.join(labels, on="rule_mask", how="left").sort("rank")
     table = table.with_columns(

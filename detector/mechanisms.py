@@ -68,11 +68,20 @@ def transshipment(row: dict) -> Mechanism | None:
     return None
 
 
+# A company under two years old is "newly formed" for know-your-customer checks (BIS red
+# flag 6); the reason states its age, so the reader weighs it.
+NEWLY_FORMED_DAYS = 730
+
+
 def shell_company(row: dict) -> Mechanism | None:
+    """The profile of a shell or front company (BIS red flags 3, 5, 6): newly formed, a
+    handful of employees, an address shared with other companies, a line of business that
+    does not buy such chips; with no trade history and a third-party payer added when
+    they hold. Needs one profile flag: history and payer alone describe many buyers."""
     who = "lessee" if row.get("record_kind") == "lease" else "consignee"
     parts, facts = [], set()
     age = _num(row, f"{who}_age_days")
-    if age is not None and age < 365:
+    if age is not None and 0 <= age < NEWLY_FORMED_DAYS:
         parts.append(f"incorporated {age:,.0f} days before the "
                      f"{'lease' if who == 'lessee' else 'shipment'}")
         facts.add("age" if who == "consignee" else "lessee_age")
@@ -84,21 +93,33 @@ def shell_company(row: dict) -> Mechanism | None:
     if who == "consignee" and shared is not None and shared >= 2:
         parts.append(f"{shared:,.0f} other companies at its address")
         facts.add("address")
-    if _true(row, "consignee_industry_misfit"):
+    if _true(row, f"{who}_industry_misfit") or (
+            who == "consignee" and _true(row, "consignee_industry_misfit")):
         parts.append(f"line of business {row.get('consignee_industry')}")
         facts.add("industry")
     if not parts:
         return None
+    if who == "consignee" and _true(row, "first_shipment_to_consignee"):
+        parts.append("no earlier shipments to it")
+        facts.add("first")
+    if _true(row, "payer_is_other_party"):
+        payer = row.get("payer_country")
+        parts.append("paid by another party" + (f" in {payer}" if payer else ""))
+        facts.add("payer")
     return f"shell-like {who}: " + ", ".join(parts), facts
 
 
 def restricted_parent(row: dict) -> Mechanism | None:
-    if not _true(row, "ultimate_parent_in_d5_or_macau") or not row.get("ultimate_parent_name"):
-        return None
+    """A parent up the ownership chain headquartered in D:5 or Macau (§744.23(a)(3)), or in
+    Hong Kong, which the EAR treats as China; never the consignee itself."""
     depth = _num(row, "ownership_depth")
-    levels = f", {depth:,.0f} level{'s' if depth != 1 else ''} up" if depth else ""
-    return (f"ultimately owned by {row['ultimate_parent_name']} "
-            f"({row.get('ultimate_parent_country')}){levels}", {"ownership"})
+    country = row.get("ultimate_parent_country")
+    if not row.get("ultimate_parent_name") or not depth or depth < 1 or not (
+            _true(row, "ultimate_parent_in_d5_or_macau") or country in RESTRICTED):
+        return None
+    levels = f", {depth:,.0f} level{'s' if depth != 1 else ''} up"
+    return (f"ultimately owned by {row['ultimate_parent_name']} ({country}){levels}",
+            {"ownership"})
 
 
 def cloud_lease(row: dict) -> Mechanism | None:
@@ -164,12 +185,24 @@ def splitting(row: dict) -> Mechanism | None:
             + (f" (${total:,.0f} in all)" if total else ""), {"splitting"})
 
 
+# A near miss: an altered spelling or added words ("Kestrel Trading Trading Limited" for
+# "Kestrel Trading Ltd." scores 79) sits below the registry's red-flag mark of 80; the
+# reason states the score and both names, so the reader judges the resemblance.
+NEAR_MISS_SCORE = 75
+
+
 def screening_evasion(row: dict) -> Mechanism | None:
     score = _num(row, "screening_match_score")
-    if score is None or score < 80 or not row.get("screening_match_name"):
+    entry = row.get("screening_match_name")
+    if score is None or score < NEAR_MISS_SCORE or not entry:
         return None
-    return (f"name or address resembles {row.get('screening_match_list')} entry "
-            f"'{row['screening_match_name']}' ({score:.0f}/100)", {"screening"})
+    listed = f"{row.get('screening_match_list') or 'screening-list'} entry '{entry}'"
+    name, address = _num(row, "screening_name_score"), _num(row, "screening_address_score")
+    if address is not None and address >= score and (name is None or address > name):
+        return f"address resembles that of {listed} ({score:.0f}/100)", {"screening"}
+    party = row.get("counterparty_name")
+    return ((f"name '{party}' resembles {listed}" if party else f"name resembles {listed}")
+            + f" ({score:.0f}/100)", {"screening"})
 
 
 MECHANISMS: dict[str, Callable[[dict], Mechanism | None]] = {

@@ -149,10 +149,10 @@ class _ReasonList:
 def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str],
                     flags: dict[str, bool], unsupervised=None,
                     max_feature_reasons: int = 4, other_schemes: list[str] = (),
-                    max_mechanisms: int = 2) -> list[str]:
+                    max_mechanisms: int = 3) -> list[str]:
     """One record's reasons: the mechanism of its likely scheme with its values first,
-    then (up to ``max_mechanisms`` in all) the mechanisms of ``other_schemes`` the record
-    also shows (their rule families are hit, strongest first), then the red-flag
+    then (up to ``max_mechanisms`` in all) the mechanisms of ``other_schemes`` (most
+    probable first) that the record's values show, then the red-flag
     features by contribution, then the rule hits; each fact once, and never a feature
     without a value. A record whose largest contribution is the anomaly layer (or,
     without a model, with neither a mechanism nor a rule hit) says which values are
@@ -201,8 +201,10 @@ def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str
 
 
 def full_reasons(head: pl.DataFrame, scorer, fallback: bool,
-                 max_feature_reasons: int = 4) -> list[str]:
-    """Reasons for the rows shown to a person (see `reasons_for_row`), `; `-joined."""
+                 max_feature_reasons: int = 4, scheme_model=None) -> list[str]:
+    """Reasons for the rows shown to a person (see `reasons_for_row`), `; `-joined;
+    ``scheme_model``: the bundle's (detector.models.scheme), which with the rule
+    families orders the schemes whose mechanisms a record's reasons state."""
     if head.height == 0:
         return []
     rows = list(head.iter_rows(named=True))
@@ -213,18 +215,21 @@ def full_reasons(head: pl.DataFrame, scorer, fallback: bool,
         contributions = scorer.contributions(head)
         names = scorer.supervised_.features
     unsupervised = getattr(scorer, "unsupervised_", None)
-    others = _other_schemes(head)
+    others = _other_schemes(head, scheme_model)
     return ["; ".join(reasons_for_row(
         row, None if contributions is None else contributions[i], names, flags[i],
         unsupervised, max_feature_reasons, others[i])) for i, row in enumerate(rows)]
 
 
-def _other_schemes(head: pl.DataFrame) -> list[list[str]]:
-    """Per row, the schemes whose rule families it hits, strongest first."""
-    from detector.schemes import SCHEMES, family_shares
+def _other_schemes(head: pl.DataFrame, scheme_model=None) -> list[list[str]]:
+    """Per row, the schemes it may follow, most probable first (detector.schemes: the
+    scheme model blended with the rule families, or the families alone); a scheme with
+    no probability is left out."""
+    from detector.schemes import SCHEMES, family_shares, scheme_probabilities
 
-    share = family_shares(head)
-    return [[SCHEMES[j] for j in np.argsort(-r, kind="stable") if r[j] > 0] for r in share]
+    proba = family_shares(head) if scheme_model is None else \
+        scheme_probabilities(head, scheme_model)
+    return [[SCHEMES[j] for j in np.argsort(-r, kind="stable")] for r in proba]
 
 
 DRIVERS_SHOWN = 8
@@ -306,7 +311,7 @@ def explain_record(row: pl.DataFrame, of_records: int | None, model, *,
                        "reason": render_rule_reason(h, record)}
                       for h in (record.get("rule_hits") or []) if h in _RULES],
         "reasons": full_reasons(row, None if model.fallback else model.bundle.model,
-                                model.fallback)[0],
+                                model.fallback, scheme_model=model.scheme_model)[0],
         "drivers": [f for f in ranked if f["contribution"] or model.fallback][:drivers],
         "features": features,
         "context": {k: (str(v) if v is not None else None) for k, v in context.items()},

@@ -20,6 +20,7 @@ from pathlib import Path
 from detector.compare import BETTER, DEFAULT_BOOTSTRAP, DEFAULT_CAPACITY, NO_DIFFERENCE, \
     TOO_FEW, Comparison, compare_models
 from detector.errors import InputError, UsageError
+from detector.settings import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 
 PROMOTED, NOT_BETTER, UNDECIDED = 0, 4, 5
 
@@ -35,8 +36,8 @@ class Retrained:
 
 
 def retrain(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
-            config_path: str | Path | None = None, experiment: str = "chip-diversion",
-            name: str = "chip-diversion", screening_list: str | Path | None = None,
+            config_path: str | Path | None = None, experiment: str = DEFAULT_EXPERIMENT,
+            name: str = DEFAULT_MODEL_NAME, screening_list: str | Path | None = None,
             promote_when: str = "better", capacity: str = DEFAULT_CAPACITY,
             n_boot: int = DEFAULT_BOOTSTRAP,
             log: Callable[[str], None] = lambda _: None) -> Retrained:

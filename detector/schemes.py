@@ -7,8 +7,8 @@ by case-insensitive patterns, and a typology naming several schemes counts for e
 With a trained scheme model (detector.models.scheme, fitted on the labelled typologies)
 the scheme is the most probable after blending its classes with the rule families
 below (`scheme_probabilities`); without one — no model, or no labelled
-typology to learn from — the rule families below decide: the scheme whose red-flag
-rules weigh the most. `scheme_confidence` is that blended probability, or
+typology to learn from — the rule families below decide: the scheme whose strongest red flag
+weighs the most. `scheme_confidence` is that blended probability, or
 the family's share of the weights; it says how sure the *scheme* is, given a diversion,
 not how likely the diversion is (that is `risk_score`).
 """
@@ -31,6 +31,10 @@ SCHEMES = ("transshipment", "shell_company", "restricted_parent", "cloud_lease",
 UNCLEAR = "unclear"
 # Below this class probability the scheme model's answer is reported as `unclear`.
 MIN_CONFIDENCE = 0.3
+# The scheme model's part in the blend with the rule families: it learns from the few
+# dozen labelled diversions of a training run, so the families lead (0.3 measured better
+# than an even blend on three simulated worlds: benchmarks/bench_trust.py, README).
+MODEL_WEIGHT = 0.3
 
 # Rule families: the red-flag rules (features/rules.py) that are the mechanism of each
 # scheme, with how specific each is to it (a listed-name match or a burst of small lines
@@ -52,6 +56,34 @@ RULE_FAMILIES: dict[str, dict[str, float]] = {
 # Not a rule but the mechanism itself: the record is the onward leg, a hub exporting
 # controlled goods to China, Hong Kong or Macau.
 REEXPORT_LEG_WEIGHT = 7.0
+
+
+# Not a rule either: a parent up the chain in Hong Kong (treated as China by the EAR,
+# though not in D:5 by name) points to a restricted parent as a D:5 parent does.
+HK_PARENT_WEIGHT = 8.0
+
+
+def hk_parent() -> pl.Expr:
+    return ((pl.col("ultimate_parent_country") == "HK") & (pl.col("ownership_depth") >= 1)
+            ).fill_null(False)
+
+
+# The shell profile (detector.mechanisms.shell_company): each of newly formed, a handful
+# of employees, an address shared with other companies and a line of business that does
+# not buy such chips adds this much to the shell family, whether or not the goods were
+# recognised as controlled (the family's rules need that).
+SHELL_FLAG_WEIGHT = 3.0
+
+
+def shell_profile_flags() -> pl.Expr:
+    from detector.mechanisms import NEWLY_FORMED_DAYS
+
+    return pl.sum_horizontal(
+        flag.fill_null(False).cast(pl.Float64) for flag in (
+            pl.col("consignee_age_days").is_between(0, NEWLY_FORMED_DAYS - 1),
+            pl.col("consignee_employees") < 10,
+            pl.col("consignee_address_shared_by") >= 2,
+            pl.col("consignee_industry_misfit")))
 
 
 def reexport_leg() -> pl.Expr:
@@ -106,7 +138,10 @@ def schemes_of(typology: str | None, path: str | None = None) -> list[str]:
 
 
 def family_points(frame: pl.DataFrame) -> np.ndarray:
-    """Weight of each scheme's rule family hit by each row: (rows, len(SCHEMES))."""
+    """Per row, the weight of each scheme's strongest red flag that holds (rows,
+    len(SCHEMES)). The strongest, not the sum: a family's flags describe one act (a
+    line declared as parts is also undervalued and vaguely described), and summing them
+    let a scheme with many overlapping flags outweigh one decisive flag of another."""
     from features.rules import RULES
 
     rules = {r.name: r for r in RULES}
@@ -117,7 +152,12 @@ def family_points(frame: pl.DataFrame) -> np.ndarray:
         if scheme == "transshipment" and {"exporter_country", "destination_country"} <= set(
                 frame.columns):
             parts.append(reexport_leg().cast(pl.Float64) * REEXPORT_LEG_WEIGHT)
-        exprs.append(pl.sum_horizontal(parts).alias(scheme))
+        if scheme == "shell_company" and "consignee_age_days" in frame.columns:
+            parts.append(shell_profile_flags() * SHELL_FLAG_WEIGHT)
+        if scheme == "restricted_parent" and {"ultimate_parent_country", "ownership_depth"} <= set(
+                frame.columns):
+            parts.append(hk_parent().cast(pl.Float64) * HK_PARENT_WEIGHT)
+        exprs.append(pl.max_horizontal(parts).alias(scheme))
     return frame.select(exprs).to_numpy().astype(np.float64)
 
 
@@ -155,9 +195,9 @@ def rule_family_schemes(frame: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
 
 
 def scheme_probabilities(frame: pl.DataFrame, scheme_model) -> np.ndarray:
-    """Per row, a probability for each of SCHEMES: the mean of the scheme model's class
-    probabilities and the rule families' shares (the model alone where no family rule is
-    hit). The labelled typologies are few — a few dozen schemes — and a model learned
+    """Per row, a probability for each of SCHEMES: MODEL_WEIGHT of the scheme model's class
+    probabilities plus the rest of the rule families' shares (the model alone where no
+    family flag holds). The labelled typologies are few — a few dozen schemes — and a model learned
     from them alone generalises poorly to new schemes; the families carry what every
     scheme of a kind shows, and find schemes no label has named yet (measured:
     benchmarks/bench_trust.py)."""
@@ -167,7 +207,7 @@ def scheme_probabilities(frame: pl.DataFrame, scheme_model) -> np.ndarray:
         model[:, SCHEMES.index(scheme)] = proba[:, i]
     share = family_shares(frame)
     hit = share.sum(axis=1, keepdims=True) > 0
-    return np.where(hit, (model + share) / 2, model)
+    return np.where(hit, MODEL_WEIGHT * model + (1 - MODEL_WEIGHT) * share, model)
 
 
 def scheme_columns(frame: pl.DataFrame, scheme_model=None) -> pl.DataFrame:

@@ -13,7 +13,10 @@ from detector.reasons import reasons_for_row, unusual_values
 from detector.schemes import (
     SCHEMES,
     UNCLEAR,
+    hk_parent,
+    reexport_leg,
     rule_family_schemes,
+    shell_profile_flags,
     scheme_columns,
     schemes_of,
     typology_patterns,
@@ -66,20 +69,43 @@ def test_rule_families_name_a_scheme_only_with_a_family_signal(labelled_frame):
 
     names, confidence = rule_family_schemes(labelled_frame)
     hits = RuleModel().fit(labelled_frame).hits(labelled_frame)["rule_hits"].to_list()
-    leg = labelled_frame.select(
-        (pl.col("exporter_country") != "US") & pl.col("destination_country").is_in(
-            ["CN", "HK", "MO"]))["exporter_country"].to_list()
+    # the family signals that are not rules: the onward leg, the shell profile, a HK parent
+    signals = labelled_frame.select(
+        leg=reexport_leg(), shell=shell_profile_flags() > 0, hk=hk_parent())
     kinds = labelled_frame["record_kind"].to_list()
     assert UNCLEAR in names and len(set(names) - {UNCLEAR}) >= 4
-    for name, conf, hit, is_leg, kind in zip(names, confidence, hits, leg, kinds):
+    for name, conf, hit, signal, kind in zip(names, confidence, hits,
+                                             signals.iter_rows(named=True), kinds):
         family_hits = {s for s, rules in RULE_FAMILIES.items() if set(hit or []) & set(rules)}
+        family_hits |= {s for s, key in (("transshipment", "leg"), ("shell_company", "shell"),
+                                         ("restricted_parent", "hk")) if signal[key]}
         if name == UNCLEAR:
             assert np.isnan(conf) and not family_hits
         elif kind == "lease":
             assert name == "cloud_lease" and conf == 1.0
         else:
-            assert name in family_hits or (name == "transshipment" and is_leg)
+            assert name in family_hits
             assert 0 < conf <= 1
+
+
+def _blank_row(frame: pl.DataFrame, **values) -> pl.DataFrame:
+    """One shipment row of a real feature frame with every column a family reads null,
+    then ``values``."""
+    row = frame.filter(pl.col("record_kind") == "shipment").head(1)
+    return row.with_columns(
+        pl.lit(None, row.schema[c]).alias(c) for c in _rule_columns() if c in row.columns
+    ).with_columns(pl.lit(v, row.schema[c]).alias(c) for c, v in values.items())
+
+
+def test_one_decisive_flag_is_not_outweighed_by_many_overlapping_ones(labelled_frame):
+    """A burst of small lines is splitting even when each line is also undervalued, sent as
+    parts and vaguely described (three flags of one act, misdeclaration's)."""
+    frame = _blank_row(labelled_frame, exporter_country="US", destination_country="MY",
+                       chip_controlled=True, vague_description=True, unit_value_usd=2_400.0,
+                       unit_value_to_market_low=0.1, parts_hs_for_gpu_priced_item=True,
+                       linked_small_shipments_14d=5)
+    names, _ = rule_family_schemes(frame)
+    assert names == ["splitting"]
 
 
 def test_rule_families_find_most_simulated_schemes(labelled_frame):
@@ -227,3 +253,72 @@ def test_a_second_scheme_the_record_also_shows_comes_next():
                                max_mechanisms=1)
     assert only_one[0].startswith("H100 SXM routed")
     assert only_one[1].startswith("4 small GPU shipments")  # the rule's text instead
+
+
+def test_a_shell_profile_is_stated_with_history_and_payer_but_needs_a_profile_flag():
+    from detector.mechanisms import shell_company
+
+    row = _row(consignee_age_days=526, consignee_employees=3.0, consignee_address_shared_by=0,
+               first_shipment_to_consignee=True, payer_is_other_party=True, payer_country="HK")
+    text, facts = shell_company(row)
+    assert text == ("shell-like consignee: incorporated 526 days before the shipment, "
+                    "3 employees, no earlier shipments to it, paid by another party in HK")
+    assert facts == {"age", "employees", "first", "payer"}
+    # no trade history and a third-party payer alone describe many ordinary buyers
+    assert shell_company(_row(consignee_age_days=4000, consignee_employees=None,
+                              first_shipment_to_consignee=True, payer_is_other_party=True,
+                              payer_country="HK")) is None
+
+
+def test_a_near_miss_name_says_which_names_and_an_address_match_says_address():
+    from detector.mechanisms import screening_evasion
+
+    row = _row(counterparty_name="Kestrel Trading Trading Limited", screening_match_score=79.0,
+               screening_name_score=79.0, screening_address_score=63.0,
+               screening_match_name="Kestrel Trading Ltd.", screening_match_list="Entity List")
+    assert screening_evasion(row)[0] == ("name 'Kestrel Trading Trading Limited' resembles "
+                                         "Entity List entry 'Kestrel Trading Ltd.' (79/100)")
+    row.update(screening_match_score=82.0, screening_name_score=60.0,
+               screening_address_score=82.0)
+    assert screening_evasion(row)[0] == ("address resembles that of Entity List entry "
+                                         "'Kestrel Trading Ltd.' (82/100)")
+    row.update(screening_match_score=70.0, screening_address_score=70.0)
+    assert screening_evasion(row) is None  # not a near miss
+
+
+def test_a_hong_kong_parent_up_the_chain_is_a_restricted_parent_but_the_party_itself_is_not():
+    from detector.mechanisms import restricted_parent
+
+    row = _row(ultimate_parent_name="Pacific Data Cloud Limited", ultimate_parent_country="HK",
+               ultimate_parent_in_d5_or_macau=False, ownership_depth=1)
+    assert restricted_parent(row)[0] == ("ultimately owned by Pacific Data Cloud Limited "
+                                         "(HK), 1 level up")
+    row.update(ownership_depth=0, ultimate_parent_country="MO",
+               ultimate_parent_in_d5_or_macau=True)
+    assert restricted_parent(row) is None  # its own top: not owned by anyone
+
+
+def test_mechanisms_follow_the_scheme_probabilities(labelled_frame):
+    """The schemes after the likely one come most probable first, and a scheme the blend
+    gives no weight still states its mechanism when the record shows it (after those)."""
+    from detector.reasons import _other_schemes
+
+    class Model:
+        classes_ = ["screening_evasion", "shell_company"]
+
+        def predict_proba(self, frame):
+            return np.array([[0.2, 0.8]])
+
+    order = _other_schemes(_blank_row(labelled_frame), Model())[0]
+    assert order[:2] == ["shell_company", "screening_evasion"]
+    assert sorted(order) == sorted(SCHEMES)
+
+
+def _rule_columns() -> set[str]:
+    from features.rules import RULES
+
+    names = {c for r in RULES for c in r.condition.meta.root_names()}
+    return names | {"exporter_country", "destination_country", "chip_controlled",
+                    "vague_description", "consignee_age_days", "consignee_employees",
+                    "consignee_address_shared_by", "consignee_industry_misfit",
+                    "ultimate_parent_country", "ownership_depth"}
