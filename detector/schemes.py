@@ -181,12 +181,17 @@ def _names(best: np.ndarray, shown: np.ndarray) -> pl.Series:
     return pl.Series([*SCHEMES, UNCLEAR], dtype=pl.String).gather(index)
 
 
-def rule_family_schemes(frame: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
+def rule_family_schemes(frame: pl.DataFrame) -> tuple[list[str], np.ndarray]:
     """(likely_scheme, scheme_confidence) from the rule families: the family with the most
     weight, its share of the family weights as confidence; `unclear` (confidence null)
     when no family rule is hit."""
+    names, confidence = _rule_family_columns(frame)
+    return names.to_list(), confidence
+
+
+def _rule_family_columns(frame: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
     if frame.height == 0:
-        return [], np.zeros(0)
+        return pl.Series([], dtype=pl.String), np.zeros(0)
     share = family_shares(frame)
     best = np.argmax(share, axis=1)
     confidence = share[np.arange(len(best)), best]
@@ -216,7 +221,7 @@ def scheme_columns(frame: pl.DataFrame, scheme_model=None) -> pl.DataFrame:
     (`scheme_probabilities`), else the rule families alone; `unclear` below
     MIN_CONFIDENCE."""
     if scheme_model is None:
-        names, confidence = rule_family_schemes(frame)
+        names, confidence = _rule_family_columns(frame)
     elif frame.height == 0:
         names, confidence = [], np.zeros(0)
     else:
