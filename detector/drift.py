@@ -210,6 +210,7 @@ class DriftReport:
     records: int
     figures: list[DriftFigure] = field(default_factory=list)
     note: str = ""
+    logged_run: str | None = None  # the MLflow run holding the figures, if logged
 
     @property
     def alerts(self) -> list[DriftFigure]:
@@ -243,6 +244,8 @@ class DriftReport:
                          f"{f.threshold:>9.3f}  {f.detail}")
         if self.note:
             lines += ["", self.note]
+        if self.logged_run:
+            lines += ["", f"figures logged to MLflow: run {self.logged_run}"]
         return "\n".join(lines)
 
 
@@ -263,6 +266,56 @@ def _describe(f: DriftFigure) -> str:
         return f"risk score distribution shifted: PSI {f.value:.3f} above {f.threshold:.3f}"
     return (f"{f.value:.1%} of {UNSEEN_LABELS[f.name]} (threshold {f.threshold:.1%})"
             + (f": {f.detail}" if f.detail else ""))
+
+
+def _top_decile(sketched: dict, counts: np.ndarray) -> str:
+    """How many of the batch's records score above the training's top-decile edge, beside
+    the training share there (about 10%)."""
+    edges, shares = sketched["edges"], sketched["shares"]
+    total = float(np.sum(counts))
+    if not edges or not total:
+        return ""
+    return (f"{counts[len(edges)] / total:.1%} of records score above {edges[-1]:.3f}, "
+            f"the top decile in training ({shares[len(edges)]:.1%} there)")
+
+
+def band(value: float) -> str:
+    """The PSI rule of thumb in words (module docstring)."""
+    if value != value:
+        return "not measured"
+    return "stable" if value < 0.1 else "a moderate shift" if value <= 0.25 else \
+        "a major shift"
+
+
+def input_label(name: str) -> str:
+    """What a model input is, in words: the feature registry's description, or the
+    layer it comes from."""
+    from features.registry import FEATURES
+
+    if name in FEATURES:
+        return FEATURES[name].description
+    if name == "rule_points":
+        return "points from the red-flag rules"
+    if name == "unsupervised_score":
+        return "how unusual the record is to the unsupervised detectors (their mean)"
+    if name.startswith("unsupervised_"):
+        return f"how unusual the record is to the {name.removeprefix('unsupervised_')} " \
+               "detector"
+    return name.replace("_", " ")
+
+
+def plain(f: DriftFigure) -> str:
+    """One figure as a sentence for a reader who does not know what PSI is."""
+    if f.kind == "input":
+        return (f"The model input {f.name} ({input_label(f.name)}) is distributed "
+                f"differently from training: {band(f.value)} (PSI {f.value:.2f}; alert "
+                f"above {f.threshold:.2f}).")
+    if f.kind == "risk":
+        return (f"The risk scores are distributed differently from training: "
+                f"{band(f.value)} (PSI {f.value:.2f}; alert above {f.threshold:.2f})"
+                + (f"; {f.detail}" if f.detail else "") + ".")
+    return (f"{f.value:.1%} of {UNSEEN_LABELS[f.name]} (alert above {f.threshold:.1%})"
+            + (f"; most frequent: {f.detail}" if f.detail else "") + ".")
 
 
 def _unseen(values: pl.Series, known: set[str], hashed: bool) -> tuple[float, str]:
@@ -305,7 +358,8 @@ def drift_report(profile: dict | None, counts: InputCounts | None,
                 report.figures.append(DriftFigure("input", name, value, settings.psi))
         report.figures.append(DriftFigure("risk", "risk_score",
                                           psi(profile["risk"]["shares"], counts.risk),
-                                          settings.risk_psi))
+                                          settings.risk_psi, _top_decile(profile["risk"],
+                                                                         counts.risk)))
     unseen = [
         ("destinations", _destinations(shipments, leases), set(profile["destinations"]), False,
          settings.unseen_destination),
@@ -356,14 +410,12 @@ def check_batch(batch, model, counts: InputCounts | None, *, frame_chips: pl.Ser
         from detector import tracking
 
         name = model.info.get("name") or tracking.DEFAULT_MODEL_NAME
-        report_run = tracking.log_figures(
+        report.logged_run = tracking.log_figures(
             experiment=f"{name}-drift", run_name=f"drift {batch.provenance.get('dataset')}",
             metrics=report.metrics(),
             tags={"model": model.label, "model_run_id": model.info.get("run_id"),
                   "dataset": batch.provenance.get("dataset"),
                   "data_fingerprint": batch.provenance.get("data_fingerprint"),
                   "alerts": "; ".join(report.alert_lines())[:5000]})
-        report.note = (report.note + "\n" if report.note else "") + \
-            f"figures logged to MLflow: run {report_run}"
     return report
 

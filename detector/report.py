@@ -55,7 +55,35 @@ METRIC_LABELS = {
     "precision_at_1pct": "precision at 1%",
     "recall_at_5pct": "recall at 5%",
     "brier": "Brier score (lower is better)",
+    "records": "labelled records in the held-out slice",
+    "positives": "confirmed diversions among them",
+    "best_iteration": "boosting rounds kept (best iteration)",
 }
+_AT_CAPACITY = re.compile(r"(precision|recall)_at_(\d+(?:\.\d+)?)pct(?:_(.+))?")
+CEILING = ".ceiling"
+
+
+def metric_label(key: str) -> str:
+    """A logged metric's name in words: ``recall_at_5pct.ceiling`` reads "recall at 5%:
+    the most the held-out slice allows", ``recall_at_5pct_transshipment`` "recall at 5%,
+    transshipment"."""
+    if key.endswith(CEILING):
+        return f"{metric_label(key[:-len(CEILING)])}: the most the held-out slice allows"
+    if key in METRIC_LABELS:
+        return METRIC_LABELS[key]
+    match = _AT_CAPACITY.fullmatch(key)
+    if match:
+        what, share, scheme = match.groups()
+        return f"{what} at {share}%" + (f", {scheme.replace('_', ' ')}" if scheme else "")
+    return key.replace("_", " ")
+
+
+def _metric_order(key: str) -> tuple:
+    """The labelled metrics first, in `METRIC_LABELS`' order; each ceiling right after
+    its metric."""
+    base = key.removesuffix(CEILING)
+    known = list(METRIC_LABELS)
+    return (known.index(base) if base in known else len(known), base, key.endswith(CEILING))
 
 def hub_countries() -> tuple[str, ...]:
     """The hubs the report groups by, from data/country_groups.csv: those named in real
@@ -575,11 +603,13 @@ def _environment():
 def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | None,
                  period: str | None = None, capacity: str = "1%",
                  history: Sequence[Dataset] = (), provenance: dict | None = None,
-                 scored_rows: pl.DataFrame | None = None) -> str:
+                 scored_rows: pl.DataFrame | None = None, drift=None) -> str:
     """The risk report for one month of ``dataset`` as one self-contained HTML page.
 
     ``scored_rows``: the review records' scored feature rows (record_kind, record_id and
-    `CARD_FEATURES`), so their case cards name the parties scoring resolved."""
+    `CARD_FEATURES`), so their case cards name the parties scoring resolved; ``drift``:
+    the batch's `detector.drift.DriftReport` (None without a trained model: the page
+    then has no "what changed" section)."""
     history = list(history)
     scored = _scored_records(dataset, scores)
     if scored.height == 0:
@@ -681,11 +711,9 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
 
     score_models = scored["model"].unique().sort().to_list()
     fallback = model_info is None or FALLBACK_MODEL in score_models
-    metrics = [(METRIC_LABELS.get(k, k), int(v) if k in COUNT_METRICS and v is not None else v)
-               for k, v in sorted(
-        ((model_info or {}).get("metrics") or {}).items(),
-        key=lambda kv: (list(METRIC_LABELS).index(kv[0]) if kv[0] in METRIC_LABELS else 99,
-                        kv[0]))]
+    metrics = [(metric_label(k), int(v) if k in COUNT_METRICS and v is not None else v)
+               for k, v in sorted(((model_info or {}).get("metrics") or {}).items(),
+                                  key=lambda kv: _metric_order(kv[0]))]
 
     html = _environment().get_template("report.html.j2").render(
         period=period, previous_period=previous_period, previous_note=previous_note,
@@ -698,9 +726,69 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
         model_info=model_info, metrics=metrics, fallback=fallback,
         score_models=score_models, provenance=sorted((provenance or {}).items()),
         history_count=len(history), months=months, hubs=", ".join(hub_countries()),
-        review_csv=_review_csv(cards),
+        review_csv=_review_csv(cards), changed=_what_changed(drift),
     )
     return html
+
+
+SHOWN_INPUTS = 10  # model inputs listed by PSI in "what changed"; the rest summed up
+
+
+LISTED_INPUT_ALERTS = 3  # input alerts told one by one; more are named in one sentence
+
+
+def _alert_sentences(alerts: list, plain: Callable) -> list[str]:
+    """Never-seen categories and the risk scores first (what an analyst acts on), then
+    the model inputs: one sentence each, or one naming them all when there are many (a
+    shifted value moves every input computed from it)."""
+    order = {"unseen": 0, "risk": 1, "input": 2}
+    alerts = sorted(alerts, key=lambda f: (order[f.kind], -f.value, f.name))
+    inputs = [f for f in alerts if f.kind == "input"]
+    sentences = [plain(f) for f in alerts if f.kind != "input"]
+    if len(inputs) <= LISTED_INPUT_ALERTS:
+        return sentences + [plain(f) for f in inputs]
+    names = ", ".join(f.name for f in inputs)
+    return sentences + [
+        f"{len(inputs)} model inputs are distributed differently from training (PSI above "
+        f"{inputs[0].threshold:.2f}, largest {inputs[0].value:.2f}), largest shift first: "
+        f"{names}."]
+
+
+def _what_changed(drift) -> dict | None:
+    """The "what changed" section from a `detector.drift.DriftReport`: alerts as
+    sentences, the risk distribution, never-seen categories, the inputs that moved most."""
+    if drift is None:
+        return None
+    from detector.drift import ACCUMULATING, UNSEEN_LABELS, band, input_label, plain
+
+    def shown(value: float) -> str:
+        return "—" if value != value else f"{value:.2f}"
+
+    inputs = sorted((f for f in drift.figures if f.kind == "input"),
+                    key=lambda f: (-(f.value if f.value == f.value else -1), f.name))
+    risk = next((f for f in drift.figures if f.kind == "risk"), None)
+    rest = inputs[SHOWN_INPUTS:]
+    return {
+        "records": drift.records,
+        "note": drift.note,
+        "alerts": _alert_sentences(drift.alerts, plain),
+        "alert_count": len(drift.alerts),
+        "risk": None if risk is None else {
+            "psi": shown(risk.value), "band": band(risk.value), "detail": risk.detail,
+            "alert": risk.alert, "threshold": shown(risk.threshold)},
+        "unseen": [{"what": UNSEEN_LABELS[f.name], "share": f"{f.value:.1%}"
+                    if f.value == f.value else "—",
+                    "threshold": f"{f.threshold:.0%}" if f.threshold != float("inf")
+                    else "not alerted", "examples": f.detail, "alert": f.alert}
+                   for f in drift.figures if f.kind == "unseen"],
+        "inputs": [{"name": f.name, "label": input_label(f.name), "psi": shown(f.value),
+                    "band": band(f.value), "alert": f.alert,
+                    "accumulating": f.name in ACCUMULATING}
+                   for f in inputs[:SHOWN_INPUTS]],
+        "inputs_rest": len(rest),
+        "inputs_rest_max": shown(max((f.value for f in rest if f.value == f.value),
+                                     default=float("nan"))),
+    }
 
 
 def _review_csv(cards: list[dict]) -> str:
@@ -805,7 +893,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     from detector import engine
     from detector.batch import read_batch
     from detector.progress import Progress
-    from detector.scoring import load_model, score_with_progress
+    from detector.scoring import check_drift, drift_counts, load_model, score_with_progress
 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".pdf"):
@@ -825,9 +913,11 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     capacities = {month: parse_capacity(capacity, n)
                   for month, n in months.group_by("month").len().iter_rows()}
     supervised = not model.fallback
+    counts = drift_counts(model)  # the batch's model inputs and risk, binned while scoring
     scores = score_with_progress(
         batch.records(), model, 0, progress,
-        keep=lambda layered: _queue_candidates(layered, capacities, supervised))
+        keep=lambda layered: _queue_candidates(layered, capacities, supervised),
+        observe=None if counts is None else counts.add)
     with progress.phase("reasons for each month's review queue") as phase:
         table = scores.table.join(months, on=engine.KEY, how="left", maintain_order="left")
         queue = pl.concat([
@@ -856,10 +946,14 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
                       "version": model.info.get("version") or "",
                       "run_id": model.info.get("run_id"), "metrics": metrics,
                       "trained_on": (model.info.get("provenance") or {}).get("dataset")}
+    with progress.phase("compare the batch with the model's training data") as phase:
+        drift = check_drift(batch, model, counts, log)  # None for the fallback
+        phase.finish("no model" if drift is None else f"{len(drift.alerts)} alert(s)")
     with progress.phase("build the page"):
         html = build_report(batch.dataset, scores, model_info=model_info, period=period,
                             capacity=capacity, history=batch.history,
                             provenance={**batch.provenance, "model": model.label},
-                            scored_rows=review.select(*engine.KEY, *CARD_FEATURES))
+                            scored_rows=review.select(*engine.KEY, *CARD_FEATURES),
+                            drift=drift)
     with progress.phase(f"write {out}"):
         return write_report(html, out)

@@ -195,10 +195,13 @@ class DiversionPyfunc(mlflow.pyfunc.PythonModel):
         )
 
         bundle = load_bundle(Path(context.artifacts[BUNDLE_ARTIFACT]))
-        # The version number does not exist yet when the model is logged: name the run.
+        # The version number does not exist yet when the model is logged: the registry
+        # it was loaded from names it (NAME/VERSION, as `detector score` writes), else
+        # the run does.
         config = context.model_config or {}
-        self.model = LoadedModel(
-            bundle, f"{config.get('model_name', 'model')} (run {config.get('run_id', '?')})")
+        name, run_id = config.get("model_name", "model"), config.get("run_id")
+        label = _registered_label(name, run_id) if run_id else None
+        self.model = LoadedModel(bundle, label or f"{name} (run {run_id or '?'})")
         self.screening_list = read_screening_list(default_screening_list_path())
         self.reference = load_reference()
 
@@ -208,6 +211,28 @@ class DiversionPyfunc(mlflow.pyfunc.PythonModel):
         frame = pl.from_pandas(model_input)
         return score_shipments(frame, self.model, self.screening_list,
                                self.reference).to_pandas()
+
+
+def _registered_label(model_name: str, run_id: str) -> str | None:
+    """``NAME/VERSION`` of the registered version that ``run_id`` logged, from the
+    registry MLflow is pointed at (`use_store`); ``model_name``'s version first when the
+    run was registered under several names. None when there is none or no registry to
+    ask: an embedded store that does not exist is not created (MLflow would create it
+    empty, in the working directory by default), and a failing registry is no reason
+    to refuse to score."""
+    uri = mlflow.get_registry_uri()
+    if uri.startswith("sqlite:///"):
+        if not Path(uri.removeprefix("sqlite:///")).is_file():
+            return None
+    elif not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        versions = MlflowClient(mlflow.get_tracking_uri(), uri).search_model_versions(
+            f"run_id = '{run_id}'")
+    except Exception:  # noqa: BLE001 - the label falls back to the run
+        return None
+    found = sorted((mv.name != model_name, mv.name, int(mv.version)) for mv in versions)
+    return f"{found[0][1]}/{found[0][2]}" if found else None
 
 
 @dataclass

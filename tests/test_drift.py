@@ -133,3 +133,57 @@ def test_retrain_registers_compares_and_keeps_the_champion_when_it_cannot_decide
         assert tracking.champion_version("chip-diversion") == 1
         versions = {r["version"] for r in tracking.model_versions("chip-diversion")}
     assert versions == {1, 2}
+
+
+def _what_changed(html: str) -> str:
+    start = html.index('<h2 id="what-changed">')
+    return html[start:html.index('<h2 id="review-list">')]
+
+
+def test_report_says_what_changed_in_plain_language(drift_setup, tmp_path):
+    """`detector report` on the changed batch: a "what changed" section naming the new
+    destination, the new chip wording and the shifted value; on the unchanged months the
+    section says there is no alert; the figures go to MLflow but no run id to the page
+    (same inputs, same report)."""
+    import html as html_lib
+
+    from detector import tracking
+    from detector.report import generate_report
+
+    home, early, late, changed = drift_setup
+    lines: list[str] = []
+    with detector_env(home):
+        out = generate_report(changed, tmp_path / "changed.html", [early],
+                              model_uri=tracking.DEFAULT_MODEL_URI, log=lines.append)
+        again = generate_report(changed, tmp_path / "again.html", [early],
+                                model_uri=tracking.DEFAULT_MODEL_URI)
+        calm = generate_report(late, tmp_path / "late.html", [early],
+                               model_uri=tracking.DEFAULT_MODEL_URI)
+    page = out.read_text()
+    assert page == again.read_text()
+    section = html_lib.unescape(_what_changed(page))
+    assert "drift alert" in section and "No drift alerts" not in section
+    assert f"{NEW_HUB} (" in section  # the new destination, counted
+    assert "destination country never seen in training" in section
+    assert NEW_WORDING.lower() in section
+    alerts = section[section.index('<ul class="alerts">'):section.index("</ul>")]
+    assert alerts.index(NEW_HUB) < alerts.index("model inputs are distributed differently")
+    assert "value_usd," in alerts and "a major shift" in section
+    assert "Risk scores" in section and "top decile in training" in section
+    # stderr names the same alerts as `detector drift`
+    assert any(line.startswith("drift: ") and NEW_HUB in line for line in lines)
+    calm_section = html_lib.unescape(_what_changed(calm.read_text()))
+    assert "No drift alerts" in calm_section and "drift alert" not in calm_section.replace(
+        "No drift alerts", "")
+    assert "value_usd" in section and "PSI" in calm_section
+
+
+def test_report_without_a_model_has_no_what_changed_section(drift_setup, tmp_path):
+    from detector.report import generate_report
+
+    _, early, late, _ = drift_setup
+    with detector_env(tmp_path / "empty-home"):
+        out = generate_report(late, tmp_path / "fallback.html", [early])
+    page = out.read_text()
+    assert "No trained model was used" in page
+    assert 'id="what-changed"' not in page and "drift alert" not in page

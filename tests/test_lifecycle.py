@@ -138,6 +138,7 @@ def test_readme_pyfunc_snippet_runs_as_written_from_a_fresh_directory(world, tra
     assert scores.columns == SCORES.column_names
     assert scores.height == 400
     assert set(scores["record_id"]) == set(shipments["shipment_id"])
+    assert set(scores["model"]) == {f"{MODEL}/1"}  # the registry version, not the run
     # nothing left in the working directory: no stray ./mlflow.db, no ./mlruns
     assert sorted(p.name for p in cwd.iterdir()) == ["demo"]
 
@@ -164,6 +165,8 @@ def test_pyfunc_scores_raw_and_typed_frames_alike(world, trained, tmp_path):
         from_typed = model.predict(typed.to_pandas())
     assert from_raw["record_id"].tolist() == from_typed["record_id"].tolist()
     np.testing.assert_allclose(from_raw["risk_score"], from_typed["risk_score"])
+    # the model column names the registry version, as `detector score` does
+    assert set(from_raw["model"]) == {f"{MODEL}/1"}
 
     bad = raw.copy()
     bad.loc[7, "export_date"] = "31/02/2024"
@@ -337,3 +340,47 @@ def test_promote_refuses_a_weakened_challenger_then_force_better_and_rollback(li
     again = cli(["promote", "--name", LC, "--version", "1"], home)
     assert again.exit_code == 0 and _champion(home, LC) == 1
     assert client.get_model_version(LC, "1").tags["promotion.how"] == "rollback"
+
+
+def test_retrain_exit_0_when_promoted_and_4_when_not_better(lifecycle, tmp_path):
+    """`detector retrain` on the evaluation world (every record labelled) holding out its
+    latest 30% (so the new version's held-out slice has enough confirmed diversions to
+    decide; the default 20% holds 28 in this world): over a weakened
+    champion the new full model is better beyond noise and promoted (exit 0); retrained
+    weakened over that champion, it is worse: registered, champion kept (exit 4). The
+    exit codes are the ones docs/scheduling.md documents."""
+    import mlflow
+
+    from detector import tracking
+
+    source_home, evaluation = lifecycle
+    home = tmp_path / "home"
+    shutil.copytree(source_home, home)
+    name = "retrained"
+    client = _client(home)
+    weak_run = client.get_model_version(LC, "2").run_id  # the weakened model
+    with detector_env(home):
+        tracking.use_store()
+        assert int(mlflow.register_model(f"runs:/{weak_run}/model", name).version) == 1
+        tracking.promote(name, 1)
+
+    wide_test = "[split]\nfit = 0.5\ncalibrate = 0.2\n"
+    full = tmp_path / "full.toml"
+    full.write_text('name = "wide-test"\n' + wide_test)
+    promoted = cli(["retrain", evaluation, "--name", name, "--config", full,
+                    "--bootstrap", "300"], home)
+    assert promoted.exit_code == 0, promoted.output
+    assert f"verdict: {BETTER}" in promoted.stdout
+    assert "version 2 promoted to champion" in promoted.stdout
+    assert _champion(home, name) == 2
+
+    config = tmp_path / "weakened.toml"
+    config.write_text(WEAK_CONFIG + wide_test)
+    refused = cli(["retrain", evaluation, "--name", name, "--config", config,
+                   "--bootstrap", "300"], home)
+    assert refused.exit_code == 4, refused.output
+    assert f"verdict: {WORSE}" in refused.stdout
+    assert "version 3 registered; champion stays version 2" in refused.stdout
+    assert _champion(home, name) == 2
+    docs = (ROOT / "docs" / "scheduling.md").read_text()
+    assert "| 0 | the new version is champion" in docs and "| 4 | registered, champion kept" in docs

@@ -153,7 +153,9 @@ def make_dataset(tmp: Path, months: tuple[str, ...] = ("2024-05", "2024-06"),
 
 MODEL_INFO = {"name": "chip-diversion", "version": "3", "run_id": "0123abcd",
               "metrics": {"pr_auc": 0.61, "precision_at_1pct": 0.8, "recall_at_5pct": 0.55,
-                          "brier": 0.031, "records": 1289.0, "positives": 42.0},
+                          "brier": 0.031, "records": 1289.0, "positives": 42.0,
+                          "recall_at_5pct.ceiling": 1.0, "precision_at_1pct.ceiling": 0.326,
+                          "recall_at_5pct_transshipment": 0.5},
               "trained_on": "2023-01 to 2024-04"}
 PROVENANCE = {"data_fingerprint": "sha256:feedbeef", "screening_list": "csl 2024-06-01",
               "reference_version": "facts v1"}
@@ -494,3 +496,15 @@ def test_count_metrics_show_as_integers(built):
     assert ">1,289</td>" in html and ">42</td>" in html
     assert "1289.000" not in html and "42.000" not in html
     assert ">0.610</td>" in html
+
+
+def test_metrics_have_readable_labels_ceilings_beside_their_metric(built):
+    html = built[2]
+    assert ".ceiling" not in html and "recall_at_5pct" not in html
+    assert ">precision at 1%: the most the held-out slice allows</td>" in html
+    assert ">recall at 5%, transshipment</td>" in html
+    assert ">labelled records in the held-out slice</td>" in html
+    # each ceiling right after its metric
+    assert html.index(">precision at 1%</td>") < html.index(
+        ">precision at 1%: the most the held-out slice allows</td>") < html.index(
+        ">recall at 5%</td>")
