@@ -6,7 +6,9 @@ first model on the simulator's own partial labels (what investigations had confi
 before the loop starts). Then, for each later month:
 
 1. build the features of every record dated up to the month's end (nothing later is
-   seen: re-exports that happen after the month are not yet known);
+   seen: re-exports that happen after the month are not yet known), with the decisions
+   so far in the case memory (each record sees only those dated before it;
+   ``--no-case-memory`` leaves it empty, as the replay did before 2026-11-30);
 2. score the month's records with the current model (detector.scoring.score_frame) and
    choose a queue of ``--capacity`` records (detector.queue.mark_queue) with the given
    ``--explore`` share;
@@ -14,10 +16,13 @@ before the loop starts). Then, for each later month:
    store (detector.decisions) like an analyst's decision;
 4. retrain on all labels so far (the warm-up labels and the stored decisions, merged by
    detector.decisions.merge_labels) with the training protocol's split (older labels fit,
-   the latest quarter early-stops and calibrates).
+   the latest quarter early-stops and calibrates; ``--calibrate`` sets that share), the
+   features rebuilt with the month's decisions in the case memory. The model's labelled
+   cells go with it to the queue (detector.queue.labelled_cells).
 
 Printed: diversions caught per month and in total for each explore share, and the
-late scheme's recall at capacity (caught / present) over the last three months.
+late scheme's recall at capacity (caught / present) over the last three months; on
+stderr, what each explore slot took (kind|destination, unusualness, risk, outcome).
 Simplifications: retraining calls the model layers directly (no MLflow run per month),
 and the learned feature statistics are fitted once on the warm-up months.
 
