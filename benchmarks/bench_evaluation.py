@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from detector.contract import read_dataset, write_table
 from detector.evaluation import evaluate
+from detector.tables import read_dataset, write_table
 
 TABLES = ("shipments", "leases", "parties", "labels", "screening_list")
 
@@ -58,8 +58,12 @@ def split_world(world: Path, train_dir: Path, test_dir: Path, cutoff: date) -> N
 
 def run_seed(seed: int, shipments: int, workdir: Path) -> dict[str, dict[str, float]]:
     from detector.batch import load_batch
-    from detector.models.baselines import (ChecklistBaseline, RawIsolationForest, RawLightGBM,
-                                           raw_frame)
+    from detector.models.baselines import (
+        ChecklistBaseline,
+        RawIsolationForest,
+        RawLightGBM,
+        raw_frame,
+    )
     from detector.reference import load_reference
     from detector.scoring import load_model, score_batch
     from detector.simulation import simulate

@@ -24,8 +24,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.contract import LEASES, PARTIES, SHIPMENTS, read_dataset
+from detector.contract import LEASES, PARTIES, SHIPMENTS
 from detector.reference import load_reference
+from detector.tables import read_dataset
 from features.build import build_features, fit_feature_stats
 
 COUNTRIES = np.array(["SG", "MY", "TH", "HK", "TW", "JP", "US", "DE", "CN", "AE", "VN", "IN"])

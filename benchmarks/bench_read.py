@@ -24,8 +24,8 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.contract import read_dataset  # noqa: E402
 from detector.csvlines import count_records  # noqa: E402
+from detector.tables import read_dataset
 
 
 def _timed(label: str, fn):

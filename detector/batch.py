@@ -8,11 +8,12 @@ from pathlib import Path
 
 import polars as pl
 
-from detector.contract import RECORD_TABLES, Dataset, read_dataset
+from detector.contract import RECORD_TABLES
 from detector.engine import Records
 from detector.errors import InputError, UsageError
 from detector.progress import Progress
 from detector.settings import DEFAULT_CHUNK_ROWS
+from detector.tables import Dataset, read_dataset
 
 
 @dataclass

@@ -48,7 +48,7 @@ def validate(
 
     Exit 0 only if every row passes (warnings allowed), 1 otherwise.
     """
-    from detector.contract import FatalInputError, read_dataset, write_quarantine
+    from detector.tables import FatalInputError, read_dataset, write_quarantine
 
     try:
         dataset = read_dataset(dataset_dir, allow_errors=True)
@@ -634,7 +634,8 @@ def adjudicate(
     analyst: AnalystOpt = None,
 ) -> None:
     """Store one decision from the command line, like one made on the review page."""
-    from detector.decisions import DECISION_TEXT, adjudicate as store_decision
+    from detector.decisions import DECISION_TEXT
+    from detector.decisions import adjudicate as store_decision
 
     try:
         d = store_decision(record_id, label, record_kind=kind, typology=typology, note=note,

@@ -257,7 +257,7 @@ def _login_name() -> str | None:
 
 def export_labels(out: str | Path, store: DecisionStore | None = None) -> tuple[Path, int]:
     """`detector decisions export`: the store as a labels table (CSV or Parquet)."""
-    from detector.contract import write_table
+    from detector.tables import write_table
 
     table = (store or DecisionStore()).labels()
     return write_table(table, out), table.height
@@ -280,7 +280,8 @@ def import_labels(path: str | Path, *, analyst: str | None = None,
     kept. A row identical to the latest stored decision of its record is not stored
     again, so importing the same file twice adds nothing.
     """
-    from detector.contract import LABELS, ValidationReport, read_table
+    from detector.contract import LABELS
+    from detector.tables import ValidationReport, read_table
 
     path = Path(path)
     if not path.is_file():

@@ -322,8 +322,12 @@ def _unseen(values: pl.Series, known: set[str], hashed: bool) -> tuple[float, st
     """Share of values not in ``known``, and the most frequent of them."""
     if not len(values):
         return float("nan"), ""
-    keys = values.map_elements(_hash, return_dtype=pl.String) if hashed else values
-    new = values.filter(~keys.is_in(list(known)))
+    if hashed:  # each distinct value hashed once (a batch repeats its parties' names)
+        distinct = values.unique()
+        keys = distinct.map_elements(_hash, return_dtype=pl.String)
+        new = values.filter(values.is_in(distinct.filter(~keys.is_in(list(known))).implode()))
+    else:
+        new = values.filter(~values.is_in(list(known)))
     top = new.alias("value").value_counts(sort=True, name="n").head(3)
     detail = ", ".join(f"{v!s} ({n})" for v, n in top.iter_rows())
     return new.len() / values.len(), detail

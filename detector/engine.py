@@ -361,7 +361,8 @@ def shipments_records(shipments: pl.DataFrame, screening_list: pl.DataFrame | No
     leases, no party registry (parties resolved by name only). The frame may be raw (as
     ``pd.read_csv`` of a shipments file gives it) or typed; it is parsed and checked like
     a shipments file (`contract.read_frame`)."""
-    from detector.contract import LEASES, PARTIES, SHIPMENTS, read_frame
+    from detector.contract import LEASES, PARTIES, SHIPMENTS
+    from detector.tables import read_frame
 
     shipments = read_frame(shipments, SHIPMENTS, "shipments frame")
     return Records([shipments], pl.DataFrame(schema=LEASES.schema),

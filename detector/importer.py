@@ -43,6 +43,7 @@ from pathlib import Path
 
 import polars as pl
 
+from detector.config import read_toml
 from detector.contract import (
     BOOL,
     DATE,
@@ -53,15 +54,12 @@ from detector.contract import (
     LEASES,
     MAX_ROWS_SHOWN,
     MAX_VALUES_SHOWN,
-    rows_and_values,
     SHIPMENTS,
-    FatalInputError,
     Table,
-    read_dataset,
-    write_table,
+    rows_and_values,
 )
-from detector.config import read_toml
 from detector.errors import InputError
+from detector.tables import FatalInputError, read_dataset, write_table
 
 RECORD_TABLES = {"shipments": SHIPMENTS, "leases": LEASES}
 LABEL_KEYS = ("label", "typology", "decided_on")

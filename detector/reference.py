@@ -354,7 +354,8 @@ def read_screening_list(path: str | Path) -> pl.DataFrame:
     becomes one row per address, each with the country code that ends it; an entry
     without an address becomes one row without one. CSV or Parquet.
     """
-    from detector.contract import SCREENING_LIST, ValidationReport, read_table
+    from detector.contract import SCREENING_LIST
+    from detector.tables import ValidationReport, read_table
 
     path = Path(path)
     expected = ("the contract's screening list (name, alt_names, country, address, list_name, "

@@ -36,7 +36,7 @@ from detector.queue import check_explore, familiar_cells, mark_queue, parse_capa
 from features import names as features_names
 
 if TYPE_CHECKING:
-    from detector.contract import Dataset
+    from detector.tables import Dataset
 
 FALLBACK_MODEL = "rules+unsupervised"
 # Hubs named in real diversion cases, then those reported by the press (FACTS.md).
@@ -797,7 +797,7 @@ def _review_csv(cards: list[dict]) -> str:
     detector writes)."""
     import base64
 
-    from detector.contract import neutralise_text
+    from detector.tables import neutralise_text
 
     rows = [{
         "position": c["position"], "record_kind": c["record_kind"], "record_id": c["record_id"],

@@ -173,18 +173,30 @@ def family_shares(frame: pl.DataFrame) -> np.ndarray:
     return np.where(total > 0, points / np.where(total > 0, total, 1.0), 0.0)
 
 
+def _names(best: np.ndarray, shown: np.ndarray) -> pl.Series:
+    """SCHEMES[best] where ``shown``, else UNCLEAR (a gather, not a loop over rows)."""
+    if not len(best):
+        return pl.Series([], dtype=pl.String)
+    index = np.where(shown, best, len(SCHEMES))
+    return pl.Series([*SCHEMES, UNCLEAR], dtype=pl.String).gather(index)
+
+
 def rule_family_schemes(frame: pl.DataFrame) -> tuple[list[str], np.ndarray]:
     """(likely_scheme, scheme_confidence) from the rule families: the family with the most
     weight, its share of the family weights as confidence; `unclear` (confidence null)
     when no family rule is hit."""
+    names, confidence = _rule_family_columns(frame)
+    return names.to_list(), confidence
+
+
+def _rule_family_columns(frame: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
     if frame.height == 0:
-        return [], np.zeros(0)
+        return pl.Series([], dtype=pl.String), np.zeros(0)
     share = family_shares(frame)
     best = np.argmax(share, axis=1)
     confidence = share[np.arange(len(best)), best]
     hit = share.sum(axis=1) > 0
-    names = [SCHEMES[b] if h else UNCLEAR for b, h in zip(best, hit)]
-    return names, np.where(hit, confidence, np.nan)
+    return _names(best, hit), np.where(hit, confidence, np.nan)
 
 
 def scheme_probabilities(frame: pl.DataFrame, scheme_model) -> np.ndarray:
@@ -209,15 +221,14 @@ def scheme_columns(frame: pl.DataFrame, scheme_model=None) -> pl.DataFrame:
     (`scheme_probabilities`), else the rule families alone; `unclear` below
     MIN_CONFIDENCE."""
     if scheme_model is None:
-        names, confidence = rule_family_schemes(frame)
+        names, confidence = _rule_family_columns(frame)
     elif frame.height == 0:
         names, confidence = [], np.zeros(0)
     else:
         proba = scheme_probabilities(frame, scheme_model)
         best = np.argmax(proba, axis=1)
         confidence = proba[np.arange(len(best)), best]
-        names = [SCHEMES[b] if c >= MIN_CONFIDENCE else UNCLEAR
-                 for b, c in zip(best, confidence)]
+        names = _names(best, confidence >= MIN_CONFIDENCE)
     return pl.DataFrame({
         "likely_scheme": pl.Series(names, dtype=pl.String),
         "scheme_confidence": pl.Series(confidence, dtype=pl.Float64, nan_to_null=True),

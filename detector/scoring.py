@@ -8,6 +8,7 @@ unsupervised detectors fitted on the batch itself, and says so.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,6 @@ import polars as pl
 
 from detector import engine as score_engine
 from detector.batch import Batch, history_labels, load_batch, read_batch
-from detector.contract import write_quarantine
 from detector.engine import (  # noqa: F401 (the API)
     FALLBACK_LABEL,
     LoadedModel,
@@ -36,6 +36,7 @@ from detector.queue import (
     parse_capacity,
     queue_summary,
 )
+from detector.tables import write_quarantine
 
 if TYPE_CHECKING:
     from detector.drift import DriftReport
@@ -45,6 +46,28 @@ def load_bundle_dir(directory: Path):
     from detector.models.ensemble import load_bundle
 
     return load_bundle(directory)
+
+
+def import_while_reading(model_uri: str | None) -> threading.Thread:
+    """Import the model's libraries (and mlflow, for a registry model) on a side thread,
+    started before the batch is read: reading spends most of its time in polars, outside
+    the GIL, so the imports' seconds overlap it instead of following it. An import that
+    fails here fails again, with its message, where the model is loaded."""
+    from detector.modelref import is_registry_uri
+
+    def run() -> None:
+        try:
+            from detector.models.ensemble import import_model_libraries
+
+            import_model_libraries()
+            if model_uri is None or is_registry_uri(model_uri):
+                import detector.tracking  # noqa: F401 (mlflow)
+        except Exception:  # noqa: BLE001 - raised again by the import in load_model
+            pass
+
+    thread = threading.Thread(target=run, name="detector-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_model(uri: str | None, log: Callable[[str], None] = lambda _: None) -> LoadedModel:
@@ -168,9 +191,11 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
     if quarantine is not None and Path(quarantine).exists() and not Path(quarantine).is_dir():
         raise InputError(f"--quarantine {quarantine}: is a file; give a directory")
     progress = progress or Progress.silent()
+    importing = import_while_reading(model_uri)
     batch = read_batch(progress, dataset_dir, history_dirs, screening_list,
                        allow_errors=quarantine is not None)
     with progress.phase("load model") as phase:
+        importing.join()
         model = load_model(model_uri, log)
         phase.finish(model.label)
     # a large batch's shipments wait on disk while scoring (score_records, spill_dir)
@@ -256,8 +281,8 @@ def write_scores(table: pl.DataFrame, out: Path, provenance: dict) -> None:
     Both are written in full before either replaces anything: a failure leaves the
     previous pair as it was.
     """
-    from detector.contract import table_writer
     from detector.files import atomic_write_many
+    from detector.tables import table_writer
 
     sidecar = out.with_name(out.name + ".provenance.json")
     write_scores_file = table_writer(table, out)

@@ -22,7 +22,6 @@ import polars as pl
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from detector.contract import write_table
 from detector.errors import EnvironmentFailure, InputError
 from detector.files import checkpoint
 from detector.modelref import BUNDLE_ARTIFACT, bundle_in, is_registry_uri, local_bundle
@@ -33,6 +32,7 @@ from detector.settings import (
     TRACKING_URI_ENV,
     detector_home,
 )
+from detector.tables import write_table
 
 MODEL_ARTIFACT = "model"
 

@@ -44,20 +44,19 @@ def cumulative_at(records: pl.LazyFrame, events: pl.LazyFrame, key: str, sums: l
     ``key``, `__event_date` and the ``sums`` columns.
     """
     cum = _daily_cumulative(events, key, sums).sort("__event_date")
-    out = records.select("record_id", key, "record_date")
-    for name, days in offsets.items():
-        cols = ["__n", *sums]
-        looked = (
-            out.select("record_id", key, (pl.col("record_date") + pl.duration(days=days))
-                       .alias("__at"))
-            .sort("__at")
-            .join_asof(cum, left_on="__at", right_on="__event_date", by=key,
-                       strategy="backward", check_sortedness=False)
-            .select("record_id", *[pl.col(f"__cum_{c}").fill_null(0.0)
-                                   .alias(f"{name}_{c.strip('_')}") for c in cols])
-        )
-        out = out.join(looked, on="record_id", how="left")
-    return out
+    # every offset shifts all dates by the same days, so one sort by date serves them all,
+    # and the look-ups (join_asof keeps the left order) line up row for row
+    records = records.select("record_id", key, "record_date").sort("record_date")
+    cols = ["__n", *sums]
+    looked = [
+        records.select(key, (pl.col("record_date") + pl.duration(days=days)).alias("__at"))
+        .join_asof(cum, left_on="__at", right_on="__event_date", by=key,
+                   strategy="backward", check_sortedness=False)
+        .select(*[pl.col(f"__cum_{c}").fill_null(0.0).alias(f"{name}_{c.strip('_')}")
+                  for c in cols])
+        for name, days in offsets.items()
+    ]
+    return pl.concat([records, *looked], how="horizontal")
 
 
 def consignee_history(base: pl.LazyFrame) -> pl.LazyFrame:

@@ -283,7 +283,7 @@ def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
     keyed = lf.select("record_id", "record_date", "__luv_kg",
                       *[pl.col(c).cast(pl.String) for c in _KEY_COLUMNS])
     own = learned.own_history(keyed)
-    new = learned.novelty(keyed)
+    new = learned.novelty(lf)  # categorical keys: same equality, cheaper groups
     memory = case_memory.case_memory(keyed, case_memory.empty_events() if events is None
                                      else events, prior)
     # collected one at a time: one plan over every shipment held all three at its peak

@@ -147,19 +147,16 @@ NOVELTY_PAIRS = {
 
 def novelty(base: pl.LazyFrame) -> pl.LazyFrame:
     """Backward novelty flags (see the module docstring); null where a part of the pair is
-    missing (no forwarder declared, no HS code)."""
-    out = base.select("record_id")
-    for name, (a, b) in NOVELTY_PAIRS.items():
-        pair = pl.concat_str(pl.col(a).cast(pl.String), pl.col(b).cast(pl.String),
-                             separator="\u241f")
-        keyed = base.select("record_id", "record_date", pair.alias("__pair"))
-        events = keyed.filter(pl.col("__pair").is_not_null()).select(
-            "__pair", pl.col("record_date").alias("__event_date"))
-        cum = cumulative_at(keyed.filter(pl.col("__pair").is_not_null()), events, "__pair", [],
-                            {"before": -1})
-        out = out.join(cum.select("record_id", (pl.col("before_n") == 0).alias(name)),
-                       on="record_id", how="left")
-    return out
+    missing (no forwarder declared, no HS code).
+
+    A record's own line is one of its pair's lines, so "no line of the pair dated
+    strictly before" is "dated on the pair's first date": one group minimum per pair.
+    """
+    date = pl.col("record_date")
+    return base.select("record_id", *[
+        pl.when(pl.col(a).is_not_null() & pl.col(b).is_not_null())
+        .then(date == date.min().over(a, b)).alias(name)
+        for name, (a, b) in NOVELTY_PAIRS.items()])
 
 
 def fit_inputs(records: pl.DataFrame, categorical: list[str], numeric: list[str]) -> dict:

@@ -25,14 +25,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from detector.contract import (
-    LABELS,
-    LEASES,
-    PARTIES,
-    SCREENING_LIST,
-    SHIPMENTS,
-    write_table,
-)
+from detector.contract import LABELS, LEASES, PARTIES, SCREENING_LIST, SHIPMENTS
+from detector.tables import write_table
 
 # Session fixtures of the model/pipeline tests (one simulated world, one trained home).
 pytest_plugins = ["pipeline_fixtures"]

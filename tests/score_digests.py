@@ -141,7 +141,7 @@ def world_digests(world: Path, home: Path, *, fallback_home: Path | None = None,
                               for kind, rid in first.select("record_kind", "record_id").rows()]
             out["report"] = report_digest(world, Path(tmp) / "report.html")
         model = load_model(None)
-        from detector.contract import read_dataset
+        from detector.tables import read_dataset
 
         shipments = read_dataset(world).shipments.head(2000)
         out["pyfunc"] = scores_digest(score_shipments_frame(shipments, model.bundle,

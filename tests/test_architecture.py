@@ -124,7 +124,7 @@ def test_features_do_no_io():
     """features/ builds expressions and frames from what it is given: no file, network
     or tracking access, no reading or writing of tables."""
     banned_modules = {"os", "io", "pathlib", "shutil", "tempfile", "urllib", "requests",
-                      "socket", "mlflow", "detector.contract.read_dataset"}
+                      "socket", "mlflow", "detector.tables"}
     banned_calls = {"open", "read_csv", "read_parquet", "scan_csv", "scan_parquet",
                     "write_csv", "write_parquet", "read_text", "write_text", "sink_parquet",
                     "read_ipc", "scan_ipc", "write_ipc"}

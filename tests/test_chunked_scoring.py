@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from polars.testing import assert_frame_equal
 from pipeline_fixtures import cli, detector_env
+from polars.testing import assert_frame_equal
 
 KEY = ["record_kind", "record_id"]
 
@@ -42,7 +42,8 @@ def _corrupt_shipments(world, to, fmt: str):
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_reading_in_slices_reports_and_quarantines_as_one_pass(world, tmp_path, fmt):
-    from detector.contract import SHIPMENTS, ValidationReport, read_table
+    from detector.contract import SHIPMENTS
+    from detector.tables import ValidationReport, read_table
 
     path = _corrupt_shipments(world, tmp_path / "ds", fmt)
     one_report, sliced_report = ValidationReport(), ValidationReport()

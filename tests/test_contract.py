@@ -15,8 +15,9 @@ from csv_fixtures import digests, set_cell
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.contract import (
-    INPUT_TABLES,
+from detector.contract import INPUT_TABLES
+from detector.errors import InputError
+from detector.tables import (
     FatalInputError,
     ValidationReport,
     read_dataset,
@@ -24,7 +25,6 @@ from detector.contract import (
     write_quarantine,
     write_table,
 )
-from detector.errors import InputError
 
 # ------------------------------------------------------------------ helpers
 
@@ -353,6 +353,8 @@ def _corrupt(data: bytes, action: str, draw) -> bytes:
         return data[:draw(st.integers(0, len(data) - 1))]
     rows = list(csv.reader(io.StringIO(data.decode())))
     width = len(rows[0])
+    if width == 0:  # a first line with no fields (truncated, or blank): no column to edit
+        return _corrupt(data, "flip", draw)
     col = draw(st.integers(0, width - 1))
     if action == "delete_column":
         rows = [r[:col] + r[col + 1:] for r in rows]

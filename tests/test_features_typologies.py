@@ -6,9 +6,9 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from detector.contract import read_dataset
 from detector.reference import load_reference
 from detector.simulation import simulate
+from detector.tables import read_dataset
 from features.build import build_features
 
 # typology -> features whose mean must be higher for its records than for legitimate ones

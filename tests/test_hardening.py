@@ -21,14 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pipeline_fixtures import cli
 
-from detector.contract import (
+from detector.errors import EnvironmentFailure, InputError
+from detector.tables import (
     FatalInputError,
     ValidationReport,
     read_dataset,
     read_table,
     write_table,
 )
-from detector.errors import EnvironmentFailure, InputError
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from detector.contract import read_dataset
 from detector.importer import MappingError, extra_column_name, import_data
+from detector.tables import read_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 KCS = ROOT / "tests" / "kcs_sample"

@@ -147,7 +147,8 @@ def test_pyfunc_scores_raw_and_typed_frames_alike(world, trained, tmp_path):
     import mlflow
 
     from detector import tracking
-    from detector.contract import SHIPMENTS, ValidationReport, read_table
+    from detector.contract import SHIPMENTS
+    from detector.tables import ValidationReport, read_table
 
     raw = pd.read_csv(world / "shipments.csv").head(300)
     raw.loc[3, "transit_countries"] = "HK;MO"  # a ;-joined list, as the contract writes one

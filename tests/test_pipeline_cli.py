@@ -106,7 +106,7 @@ def test_champion_loads_as_an_mlflow_pyfunc(trained, world):
     import mlflow
 
     from detector import tracking
-    from detector.contract import read_dataset
+    from detector.tables import read_dataset
 
     shipments = read_dataset(world).shipments.head(150)
     with detector_env(trained.home):

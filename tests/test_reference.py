@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from detector.contract import SCREENING_LIST, write_table
+from detector.contract import SCREENING_LIST
 from detector.errors import InputError
 from detector.reference import (
     SCREENING_LIST_ENV,
@@ -21,6 +21,7 @@ from detector.reference import (
     reference_directory,
     resolve_screening_list,
 )
+from detector.tables import write_table
 
 CSL_SAMPLE = Path("/work/shared/reference/csl_sample.csv")
 

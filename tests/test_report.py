@@ -17,9 +17,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from detector.contract import LABELS, LEASES, PARTIES, SCORES, SHIPMENTS, Dataset, ValidationReport
+from detector.contract import LABELS, LEASES, PARTIES, SCORES, SHIPMENTS
 from detector.errors import EnvironmentFailure, UsageError
 from detector.report import build_report, parse_capacity, write_report
+from detector.tables import Dataset, ValidationReport
 
 SCRIPT_NAME = "<script>alert(1)</script> Trading Ltd"
 HUB_CONSIGNEES = [("Lion Gate Compute Pte. Ltd.", "SG", "12 Kallang Way, Singapore"),

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from detector.cli import app
-from detector.contract import read_dataset
 from detector.errors import UsageError
 from detector.simulation import TYPOLOGIES, simulate
+from detector.tables import read_dataset
 
 FILES = ("shipments.csv", "parties.csv", "leases.csv", "labels.csv", "screening_list.csv",
          "truth.parquet")

@@ -255,6 +255,17 @@ class ModelBundle:
                    scheme)
 
 
+def import_model_libraries() -> None:
+    """Import what loading and running a bundle needs (skops, pyod's detectors, LightGBM
+    and scikit-learn beneath them): seconds of work that `detector score` does on a side
+    thread while it reads the batch."""
+    import lightgbm  # noqa: F401
+    import pyod.models.hbos  # noqa: F401
+    import pyod.models.iforest  # noqa: F401
+    import pyod.models.loda  # noqa: F401
+    import skops.io  # noqa: F401
+
+
 def load_bundle(directory: str | Path) -> ModelBundle:
     """The bundle in ``directory``, refused unless it has this detector's features."""
     from features.registry import model_feature_names

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import polars as pl
 
-from detector.contract import LABELS, LEASES, PARTIES, SHIPMENTS, write_table
+from detector.contract import LABELS, LEASES, PARTIES, SHIPMENTS
 from detector.errors import UsageError
 from detector.files import os_failure
 from detector.simulation.schemes import SCHEMES
 from detector.simulation.world import TYPOLOGIES, World, add_months
+from detector.tables import write_table
 
 __all__ = ["SCHEMES", "TYPOLOGIES", "SimulationSummary", "add_months", "simulate"]
 

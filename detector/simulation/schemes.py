@@ -20,6 +20,7 @@ from detector.simulation.world import (
     pick,
 )
 
+
 def transshipment(world: World, rng: np.random.Generator, scheme: int) -> None:
     """A consignee in a hub (a recent shell, an established-looking front distributor, or a
     subsidiary of a restricted parent) takes controlled chips and re-exports most of them
