@@ -6,7 +6,9 @@ first model on the simulator's own partial labels (what investigations had confi
 before the loop starts). Then, for each later month:
 
 1. build the features of every record dated up to the month's end (nothing later is
-   seen: re-exports that happen after the month are not yet known);
+   seen: re-exports that happen after the month are not yet known), with the decisions
+   so far in the case memory (each record sees only those dated before it;
+   ``--no-case-memory`` leaves it empty, as the replay did before 2026-11-30);
 2. score the month's records with the current model (detector.scoring.score_frame) and
    choose a queue of ``--capacity`` records (detector.queue.mark_queue) with the given
    ``--explore`` share;
@@ -14,10 +16,13 @@ before the loop starts). Then, for each later month:
    store (detector.decisions) like an analyst's decision;
 4. retrain on all labels so far (the warm-up labels and the stored decisions, merged by
    detector.decisions.merge_labels) with the training protocol's split (older labels fit,
-   the latest quarter early-stops and calibrates).
+   the latest quarter early-stops and calibrates; ``--calibrate`` sets that share), the
+   features rebuilt with the month's decisions in the case memory. The model's labelled
+   cells go with it to the queue (detector.queue.labelled_cells).
 
 Printed: diversions caught per month and in total for each explore share, and the
-late scheme's recall at capacity (caught / present) over the last three months.
+late scheme's recall at capacity (caught / present) over the last three months; on
+stderr, what each explore slot took (kind|destination, unusualness, risk, outcome).
 Simplifications: retraining calls the model layers directly (no MLflow run per month),
 and the learned feature statistics are fitted once on the warm-up months.
 
@@ -44,16 +49,23 @@ def month_bounds(start: date, months: int) -> list[tuple[date, date]]:
             for m in range(months)]
 
 
-def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: list[str]):
+def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: list[str],
+                calibrate: float = 0.25):
     from detector.models.ensemble import DiversionModel
     from detector.training import _labelled, split_by_time
 
+    from detector.queue import labelled_cells
+
     labelled = _labelled(frame, labels)
-    slices = split_by_time(labelled, 0.75, 0.25)
+    slices = split_by_time(labelled, 1.0 - calibrate, calibrate)
+    # what the model learned from, per cell: the queue's familiarity (as `detector train`
+    # stores it with a model)
+    cells = labelled_cells(pl.concat([slices["fit"], slices["calibrate"]],
+                                     how="vertical_relaxed"))
     cutoff = slices["fit"]["record_date"].max()
     unlabelled = frame.join(labels, on=["record_kind", "record_id"], how="anti") \
         .filter(pl.col("record_date") <= cutoff)
-    return DiversionModel(
+    model = DiversionModel(
         features, lightgbm_params=config.lightgbm_params(),
         num_boost_round=config.lightgbm.num_boost_round,
         early_stopping_rounds=config.lightgbm.early_stopping_rounds,
@@ -61,6 +73,7 @@ def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: lis
         max_fit_rows=config.unsupervised.max_fit_rows, random_state=config.seed,
     ).fit(slices["fit"], slices["fit"]["label"].to_numpy(), unlabelled=unlabelled,
           valid_frame=slices["calibrate"], valid_labels=slices["calibrate"]["label"].to_numpy())
+    return model, cells
 
 
 def replay(args, seed: int) -> dict[float, list[dict]]:
@@ -69,7 +82,7 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
     from detector.config import load_config
     from detector.decisions import DecisionStore, make_decision, merge_labels
     from detector.models.ensemble import ModelBundle
-    from detector.queue import mark_queue
+    from detector.queue import LABELLED_CELLS, mark_queue
     from detector.reference import load_reference
     from detector.scoring import LoadedModel, score_frame
     from detector.simulation import simulate
@@ -98,34 +111,46 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
         features = model_feature_names()
         config = load_config(None)
 
-        def frame_until(end: date) -> pl.DataFrame:
+        def frame_until(end: date, labels: pl.DataFrame | None) -> pl.DataFrame:
+            """Every record dated up to ``end``; the case memory from ``labels`` (each
+            record sees only decisions dated before it)."""
             return build_features(shipments.filter(pl.col("export_date") <= end),
                                   leases.filter(pl.col("start_date") <= end), batch.parties,
-                                  batch.screening_list, reference, stats) \
+                                  batch.screening_list, reference, stats,
+                                  labels=labels if args.case_memory else None) \
                 .sort(["record_kind", "record_id"])
 
-        print("building the month-by-month feature frames", file=sys.stderr)
-        frames = {m: frame_until(months[m][1]) for m in range(args.warmup_months - 1,
-                                                              args.months)}
-        warm_labels = batch.dataset.labels.join(
-            frames[args.warmup_months - 1].select("record_kind", "record_id"),
-            on=["record_kind", "record_id"], how="semi")
-        first_model = train_model(frames[args.warmup_months - 1], warm_labels, config, features)
+        warm_last = months[args.warmup_months - 1][1]
+        warm_ids = pl.concat([
+            shipments.filter(pl.col("export_date") <= warm_last)
+            .select(pl.lit("shipment").alias("record_kind"), pl.col("shipment_id")
+                    .alias("record_id")),
+            leases.filter(pl.col("start_date") <= warm_last)
+            .select(pl.lit("lease").alias("record_kind"), pl.col("lease_id")
+                    .alias("record_id"))])
+        warm_labels = batch.dataset.labels.join(warm_ids, on=["record_kind", "record_id"],
+                                                how="semi")
+        first_model = train_model(frame_until(warm_last, warm_labels), warm_labels, config,
+                                  features, args.calibrate)
 
         results = {}
         for share in args.explore:
             store = DecisionStore(tmp / f"decisions-{share}.sqlite")
-            model = first_model
+            model, cells = first_model
             rows = []
+            labels = warm_labels
             for m in range(args.warmup_months, args.months):
                 first, last = months[m]
-                frame = frames[m]
+                frame = frame_until(last, labels)  # decisions so far: the case memory
                 month = frame.filter(pl.col("record_date").is_between(first, last))
-                bundle = ModelBundle(model, features, stats.to_dict(), reference.version)
+                bundle = ModelBundle(model, features, stats.to_dict(), reference.version,
+                                     provenance={LABELLED_CELLS: cells})
                 ranked = score_frame(month, LoadedModel(bundle, "replay"), top=0)
-                queued = mark_queue(ranked, args.capacity, share, supervised=True) \
+                queued = mark_queue(ranked, args.capacity, share, supervised=True,
+                                    familiar=cells) \
                     .filter(pl.col("queue_reason").is_not_null()) \
-                    .select("record_kind", "record_id", "risk_score", "queue_reason") \
+                    .select("record_kind", "record_id", "risk_score", "queue_reason",
+                            "destination", "unsupervised_score") \
                     .join(truth, on=["record_kind", "record_id"], how="left")
                 store.add([make_decision(
                     r["record_kind"], r["record_id"],
@@ -144,10 +169,21 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                                               & (queued["queue_reason"] == "explore")).sum()),
                     "late_present": present.filter(late & (pl.col("label") == 1)).height,
                     "late_caught": queued.filter(late & (pl.col("label") == 1)).height,
+                    "late_by_explore": queued.filter(late & (pl.col("label") == 1)
+                                                     & (pl.col("queue_reason") == "explore"))
+                    .height,
                 })
+                explored = queued.filter(pl.col("queue_reason") == "explore")
+                if explored.height:
+                    print("  explored: " + ", ".join(
+                        f"{r['record_kind']}|{r['destination']} u={r['unsupervised_score']:.2f} "
+                        f"r={r['risk_score']:.2f} -> {r['typology'] if r['label'] == 1 else 0}"
+                        for r in explored.iter_rows(named=True)), file=sys.stderr)
                 labels, _ = merge_labels(warm_labels, store.labels(),
                                          frame.select("record_kind", "record_id"))
-                model = train_model(frame, labels, config, features)
+                if args.case_memory:  # the month's decisions join the case memory
+                    frame = frame_until(last, labels)
+                model, cells = train_model(frame, labels, config, features, args.calibrate)
                 print(f"seed {seed}, explore {share}: {rows[-1]}", file=sys.stderr)
             results[share] = rows
     return results
@@ -190,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-months", type=int, default=3)
     parser.add_argument("--capacity", type=int, default=25, help="queue size per month")
     parser.add_argument("--explore", type=float, nargs="+", default=[0.0, 0.1, 0.2])
+    parser.add_argument("--calibrate", type=float, default=0.25,
+                        help="share of the labels, the latest, that early-stops and "
+                             "calibrates each retraining (the rest fits)")
+    parser.add_argument("--no-case-memory", dest="case_memory", action="store_false",
+                        help="build features without the decisions so far (as the replay "
+                             "did before 2026-11-30)")
     args = parser.parse_args(argv)
 
     wall = time.perf_counter()

@@ -1,23 +1,27 @@
-"""Scale benchmark (issue #7): `detector train` and `detector score` on a large world.
+"""Scale benchmark (issues #7 and #15): `detector train` and `detector score` on a large world.
 
     python benchmarks/bench_scale.py [--shipments 1000000] [--world DIR]
         [--list-entries 10000] [--parquet-shipments 0] [--skip-train] [--model URI]
+        [--skip-parquet-1m] [--skip-phases]
 
-What it does, printing every figure as it goes:
+What it does, printing every figure as it goes (with the load average beside it, and
+whether issue #15's target is met):
 1. simulates a world (or uses --world) and expands its screening list to
    --list-entries entries with realistic variants (legal-form swaps, transliteration-
    style spellings, branch suffixes, other countries), written beside the world;
 2. runs `detector train` as a child process (its own DETECTOR_HOME) and reports wall
-   time, peak RSS and the time between its progress messages;
-3. runs `detector score --top 1000` as a child process: wall time and peak RSS, the
-   targets of issue #7 (30 s, 6 GiB on 1M shipments);
-4. repeats scoring in this process, phase by phase — read, features, rules, each
-   unsupervised detector, LightGBM, rank, reasons for the top N, write — so the
-   breakdown uses the very functions `detector score` calls;
+   time, peak RSS and the time between its progress messages (target: 60 s on 1M);
+3. runs `detector score --top 1000` as a child process: wall time and peak RSS (targets:
+   12 s, 3.5 GiB on 1M shipments), then the floor in the same run — read the table
+   files + one 300-tree LightGBM predict over 1,000,000 x 60 — and the ratio to it;
+   3b. the same for the world written as Parquet (unless --skip-parquet-1m);
+4. repeats scoring in this process, phase by phase — the engine's steps: read, model,
+   cross-record features, per part the wide features, rules, each unsupervised
+   detector, LightGBM, likely scheme; rank, reasons for the top N, write;
 5. with --parquet-shipments N (e.g. 10000000): writes a world of N shipments as Parquet
    (the 1M world repeated with new ids and shifted dates; or reuse --parquet-world) and
    scores it with `detector score` as a child process, in parts of --chunk-rows
-   shipments (default 1,000,000): wall time and peak RSS (target: 8 GiB).
+   shipments (default 1,000,000): wall time and peak RSS (targets: 120 s, 6 GiB).
 
 Peak RSS of a child comes from os.wait4 (ru_maxrss of that child alone).
 """

@@ -5,16 +5,25 @@ Analysts can review ``capacity`` records (`--capacity`: a count, or a share such
 records chosen for what deciding them teaches the model, as customs-selection systems
 (DATE/SCFD) spend part of the inspection budget on exploration:
 
+* **new to the model**: records the unsupervised layer finds unusual (its score is a
+  percentile of the training population, so a high score means unlike what the model
+  was fitted on) that are far from the labelled records the model learned from. A
+  record's *cell* is its kind and destination (a lease's: the lessee's country), the
+  channel a scheme runs through; its familiarity is (1 + confirmed diversions of its
+  kind) x (1 + labelled records of its cell) in the model's training labels (stored with
+  the model, `labelled_cells`). The list is ordered by ``unusual / sqrt(familiarity)``:
+  an unusual lease, when the model was never shown a diverted lease, comes before an
+  unusual shipment to a destination with hundreds of labels;
 * **least sure**: records whose calibrated probability is closest to 0.5 (only with a
-  trained model; the fallback's score is not a probability);
-* **unusual but unfamiliar**: records the unsupervised layer finds most unusual (its
-  score is a percentile of the training population, so a high score means unlike what
-  the model was fitted on) among those the risk ranking left out.
+  trained model; the fallback's score is not a probability).
 
-Explore slots alternate between the two lists (the first of each not yet taken);
-without a trained model all go to the unusual list. Everything is deterministic: ties
-follow the rank, so the same scores give the same queue. Each queue row says why it is
-there: ``queue_reason`` = ``risk`` or ``explore`` (null outside the queue).
+Explore slots alternate between the two lists, new-to-the-model first, and spread across
+cells: each list offers the first record of every cell before the second of any (so
+three slots are not spent on one cluster). Without a trained model all go to the
+unusual list; without stored familiarity the unusual list is ordered by unusualness
+alone, still spread across cells. Everything is deterministic: ties follow the rank, so
+the same scores give the same queue. Each queue row says why it is there:
+``queue_reason`` = ``risk`` or ``explore`` (null outside the queue).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ DEFAULT_CAPACITY = "1%"
 # (benchmarks/bench_loop.py).
 DEFAULT_EXPLORE = 0.1
 RISK, EXPLORE = "risk", "explore"
+LABELLED_CELLS = "labelled_cells"  # the bundle's provenance key
 
 _COUNT_RE = re.compile(r"^\s*(\d+)\s*$")
 _SHARE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*%\s*$")
@@ -68,12 +78,63 @@ def explore_slots(capacity: int, share: float) -> int:
     return min(capacity, math.floor(capacity * share + 0.5))
 
 
+def cell_expr() -> pl.Expr:
+    """A record's cell in a scores table: its kind and destination (module docstring)."""
+    return pl.concat_str(pl.col("record_kind"), pl.lit("|"),
+                         pl.col("destination").cast(pl.String).fill_null("?"))
+
+
+def labelled_cells(labelled: pl.DataFrame) -> dict[str, int]:
+    """What a model learned from, for the queue's familiarity: labelled records per cell
+    (``kind|destination``; destination: the shipment's, else the lessee's country) and
+    confirmed diversions per kind (``kind``), from a feature frame's labelled rows."""
+    frame = labelled.select(
+        "record_kind", pl.coalesce(pl.col("destination_country"), pl.col("lessee_country"))
+        .alias("destination"), "label")
+    cells = frame.select(cell_expr().alias("cell")).group_by("cell").len()
+    kinds = frame.group_by("record_kind").agg((pl.col("label") == 1).sum().alias("n"))
+    return {**{c: int(n) for c, n in cells.sort("cell").iter_rows()},
+            **{k: int(n) for k, n in kinds.sort("record_kind").iter_rows()}}
+
+
+def familiarity(ranked: pl.DataFrame, familiar: dict[str, int]) -> np.ndarray:
+    """Per row: (1 + confirmed diversions of its kind) x (1 + labelled records of its
+    cell) the model learned from (`labelled_cells`)."""
+    cell = ranked.select(cell_expr())[:, 0].replace_strict(familiar, default=0,
+                                                           return_dtype=pl.Int64)
+    kind = ranked["record_kind"].replace_strict(familiar, default=0, return_dtype=pl.Int64)
+    return ((1 + kind) * (1 + cell)).to_numpy().astype(np.float64)
+
+
+def novelty_order(unusual: np.ndarray, familiarity: np.ndarray | None) -> np.ndarray:
+    """The explore list's sort value: unusualness over sqrt(familiarity); missing
+    unusualness last."""
+    values = np.nan_to_num(np.asarray(unusual, dtype=np.float64), nan=-1.0)
+    if familiarity is None:
+        return values
+    return np.where(values >= 0, values / np.sqrt(np.asarray(familiarity, np.float64)), values)
+
+
+def spread(order: np.ndarray, cells: np.ndarray | None) -> np.ndarray:
+    """``order`` (row indices) re-ordered round by round: the first row of every cell (in
+    ``order``), then the second of every cell, ... (stable: within a round, ``order``)."""
+    if cells is None or not len(order):
+        return order
+    codes = pl.Series(cells[order]).cast(pl.String)
+    within = pl.DataFrame({"c": codes}).select(
+        pl.int_range(pl.len()).over("c").alias("r"))["r"].to_numpy()
+    return order[np.lexsort((np.arange(len(order)), within))]
+
+
 def choose_queue(risk: np.ndarray, unusual: np.ndarray | None, capacity: int, explore: float,
-                 *, supervised: bool) -> np.ndarray:
+                 *, supervised: bool, cells: np.ndarray | None = None,
+                 familiarity: np.ndarray | None = None) -> np.ndarray:
     """queue_reason per row for rows given in rank order (highest risk first).
 
     ``risk``: the risk scores; ``unusual``: the unsupervised layer's score (None when
-    unknown); ``supervised``: risk is a calibrated probability from a trained model.
+    unknown); ``supervised``: risk is a calibrated probability from a trained model;
+    ``cells``: each row's cell (None: no spreading); ``familiarity``: labelled records the
+    model was trained on in each row's cell (None: unknown).
     """
     n = len(risk)
     reasons = np.full(n, None, dtype=object)
@@ -83,14 +144,16 @@ def choose_queue(risk: np.ndarray, unusual: np.ndarray | None, capacity: int, ex
     reasons[:k_risk] = RISK
     rest = np.arange(k_risk, n)
     lists = []
+    if unusual is not None and len(rest):
+        values = novelty_order(np.asarray(unusual)[rest],
+                               None if familiarity is None else np.asarray(familiarity)[rest])
+        lists.append(rest[np.argsort(-values, kind="stable")])
     if supervised and len(rest):
         # closest to 0.5 first; stable sort keeps rank order among equals
         lists.append(rest[np.argsort(np.abs(risk[rest] - 0.5), kind="stable")])
-    if unusual is not None and len(rest):
-        values = np.nan_to_num(np.asarray(unusual, dtype=np.float64)[rest], nan=-1.0)
-        lists.append(rest[np.argsort(-values, kind="stable")])
     if not lists:  # nothing to learn from: the next records by risk
         lists.append(rest)
+    lists = [spread(order, cells) for order in lists]
     position = [0] * len(lists)
     taken = 0
     turn = 0
@@ -110,18 +173,33 @@ def choose_queue(risk: np.ndarray, unusual: np.ndarray | None, capacity: int, ex
 
 
 def mark_queue(ranked: pl.DataFrame, capacity: str | int, explore: float, *,
-               supervised: bool) -> pl.DataFrame:
+               supervised: bool, familiar: dict[str, int] | None = None) -> pl.DataFrame:
     """``ranked`` (sorted by rank) with ``queue_reason`` set for the review queue.
 
     ``capacity``: a count or a share text (``parse_capacity``). Uses the
-    ``unsupervised_score`` column when the frame has it.
+    ``unsupervised_score`` column when the frame has it, and spreads explore slots over
+    cells when it has ``record_kind`` and ``destination``; ``familiar``: the model's
+    labelled records per cell (`labelled_cells`, stored with it).
     """
     k = parse_capacity(capacity, ranked.height) if isinstance(capacity, str) else int(capacity)
     unusual = (ranked["unsupervised_score"].to_numpy()
                if "unsupervised_score" in ranked.columns else None)
+    cells = known = None
+    if {"record_kind", "destination"} <= set(ranked.columns):
+        cells = ranked.select(cell_expr())[:, 0].to_numpy()
+        if familiar is not None:
+            known = familiarity(ranked, familiar)
     reasons = choose_queue(ranked["risk_score"].to_numpy(), unusual, k, explore,
-                           supervised=supervised)
+                           supervised=supervised, cells=cells, familiarity=known)
     return ranked.with_columns(queue_reason=pl.Series(reasons, dtype=pl.String))
+
+
+def familiar_cells(model) -> dict[str, int] | None:
+    """The labelled records per cell a loaded model (detector.engine.LoadedModel) was
+    trained on; None for the fallback or a model trained before they were stored."""
+    if model.fallback:
+        return None
+    return (model.bundle.provenance or {}).get(LABELLED_CELLS)
 
 
 def queue_summary(frame: pl.DataFrame) -> str:

@@ -32,7 +32,7 @@ import polars as pl
 from detector import charts
 from detector.contract import BIDI_CONTROLS
 from detector.errors import EnvironmentFailure, InputError, UsageError
-from detector.queue import check_explore, mark_queue, parse_capacity
+from detector.queue import check_explore, familiar_cells, mark_queue, parse_capacity
 from features import names as features_names
 
 if TYPE_CHECKING:
@@ -861,24 +861,43 @@ def _missing_library_message(exc: Exception) -> str:
             "(or write .html instead)")
 
 
-def _queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised: bool
+def _queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised: bool,
+                      explore: float = 0.0, familiar: dict[str, int] | None = None
                       ) -> pl.DataFrame:
     """The rows of ``frame`` (one part of the scored records) that can be in their month's
-    review queue: in each month, the first ``capacities[month]`` by each order the queue
-    takes records in (detector.queue.choose_queue: by risk; closest to 0.5 when
-    supervised; most unusual), ties in rank order. A record the queue takes from a list
-    has fewer than the capacity ahead of it there, so also within its part."""
+    review queue (detector.queue.choose_queue), ties in rank order:
+
+    - by risk: in each month, the first ``capacities[month]``: a record the queue takes
+      by risk has fewer than the capacity ahead of it, so also within its part;
+    - to explore (closest to 0.5 when supervised; new to the model: unusual over the
+      familiarity of its cell): the queue spreads these lists over cells, so a record it
+      takes is among the first (explore slots x 2 + records by risk) of its month and
+      cell in that list's order; so also within its part.
+    """
+    from detector.queue import cell_expr, explore_slots, novelty_order
+
     ranked = frame.sort(["risk_score", "record_kind", "record_id"],
                         descending=[True, False, False])
     month = pl.col("record_date").dt.strftime("%Y-%m")
     first = pl.int_range(pl.len()).over(month) < month.replace_strict(capacities, default=0)
-    orders = [ranked]
-    if supervised:
-        orders.append(ranked.sort((pl.col("risk_score") - 0.5).abs(), maintain_order=True))
-    orders.append(ranked.sort(pl.col("unsupervised_score").fill_nan(-1.0).fill_null(-1.0),
-                              descending=True, maintain_order=True))
-    return pl.concat([o.filter(first) for o in orders]).unique(["record_kind", "record_id"],
-                                                               maintain_order=True)
+    kept = [ranked.filter(first)]
+    slots = {m: explore_slots(c, explore) for m, c in capacities.items()}
+    if explore > 0 and any(slots.values()):
+        reach = {m: c + slots[m] for m, c in capacities.items()}
+        within = pl.int_range(pl.len()).over(month, cell_expr()) < month.replace_strict(
+            reach, default=0)
+        orders = []
+        if supervised:
+            orders.append(ranked.sort((pl.col("risk_score") - 0.5).abs(), maintain_order=True))
+        cells = ranked.select(cell_expr())[:, 0]
+        familiarity = None if familiar is None else cells.replace_strict(
+            familiar, default=0, return_dtype=pl.Int64).to_numpy()
+        novelty = novelty_order(ranked["unsupervised_score"].to_numpy(), familiarity)
+        orders.append(ranked.with_columns(__novelty=pl.Series(novelty))
+                      .sort("__novelty", descending=True, maintain_order=True)
+                      .drop("__novelty"))
+        kept += [o.filter(within) for o in orders]
+    return pl.concat(kept).unique(["record_kind", "record_id"], maintain_order=True)
 
 
 def generate_report(dataset_dir: str | Path, out: str | Path,
@@ -913,15 +932,17 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     capacities = {month: parse_capacity(capacity, n)
                   for month, n in months.group_by("month").len().iter_rows()}
     supervised = not model.fallback
+    familiar = familiar_cells(model)
     counts = drift_counts(model)  # the batch's model inputs and risk, binned while scoring
     scores = score_with_progress(
         batch.records(), model, 0, progress,
-        keep=lambda layered: _queue_candidates(layered, capacities, supervised),
+        keep=lambda layered: _queue_candidates(layered, capacities, supervised, explore,
+                                               familiar),
         observe=None if counts is None else counts.add)
     with progress.phase("reasons for each month's review queue") as phase:
         table = scores.table.join(months, on=engine.KEY, how="left", maintain_order="left")
         queue = pl.concat([
-            mark_queue(grp, capacity, explore, supervised=supervised)
+            mark_queue(grp, capacity, explore, supervised=supervised, familiar=familiar)
             .filter(pl.col("queue_reason").is_not_null())
             for _, grp in table.group_by("month", maintain_order=True)
         ]).select(*engine.KEY, "queue_reason")

@@ -31,6 +31,7 @@ from detector.queue import (
     DEFAULT_CAPACITY,
     DEFAULT_EXPLORE,
     check_explore,
+    familiar_cells,
     mark_queue,
     parse_capacity,
     queue_summary,
@@ -213,7 +214,8 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
             scores = score_with_progress(records, model, top, progress, observe=observe)
         scored = Scored(scores.table, model, batch)
         scored.frame = mark_queue(scored.frame, capacity, explore,
-                                  supervised=not model.fallback)
+                                  supervised=not model.fallback,
+                                  familiar=familiar_cells(model))
         log(queue_summary(scored.frame))
         provenance = {**batch.provenance, "model": model.label,
                       "capacity": capacity, "explore": explore,

@@ -22,6 +22,7 @@ from detector.config import load_config
 from detector.errors import InputError
 from detector.evaluation import capacity_ceilings, evaluate, held_out_warnings, reliability_table
 from detector.progress import Progress
+from detector.queue import LABELLED_CELLS, labelled_cells
 from detector.settings import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 
 
@@ -190,6 +191,9 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
     provenance = {**batch.provenance, "config": config.source, "slices": slice_info,
                   "training_cutoff": learned_through, "case_memory": case_info,
                   "model_inputs": features,
+                  # what it learned from, per cell: the review queue's familiarity
+                  LABELLED_CELLS: labelled_cells(pl.concat([slices["fit"], slices["calibrate"]],
+                                                           how="vertical_relaxed")),
                   "training_profile": _training_profile(model, frame, batch, config.seed)}
     bundle = ModelBundle(model, model_feature_names(), stats.to_dict(), batch.reference_version,
                          config.as_params(), metrics, provenance, scheme_model)

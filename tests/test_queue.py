@@ -77,4 +77,74 @@ def test_mark_queue_on_a_frame():
     frame = pl.DataFrame({"risk_score": [0.9, 0.6, 0.5, 0.1],
                           "unsupervised_score": [0.1, 0.2, 0.3, 0.95]})
     out = mark_queue(frame, "3", 0.34, supervised=True)
-    assert out["queue_reason"].to_list() == ["risk", "risk", "explore", None]
+    # one slot: the new-to-the-model list goes first (most unusual)
+    assert out["queue_reason"].to_list() == ["risk", "risk", None, "explore"]
+    out = mark_queue(frame, "4", 0.5, supervised=True)
+    assert out["queue_reason"].to_list() == ["risk", "risk", "explore", "explore"]
+
+
+def _cluster_frame() -> pl.DataFrame:
+    """Ten records by risk: rows 2-6 are unusual shipments to SG (one cluster), row 7 an
+    unusual lease to CN, row 8 a less unusual shipment to DE."""
+    return pl.DataFrame({
+        "record_kind": ["shipment"] * 7 + ["lease", "shipment", "shipment"],
+        "destination": ["SG", "SG", "SG", "SG", "SG", "SG", "SG", "CN", "DE", "DE"],
+        "risk_score": [0.99, 0.98, 0.3, 0.29, 0.28, 0.27, 0.26, 0.1, 0.05, 0.01],
+        "unsupervised_score": [0.1, 0.1, 0.99, 0.98, 0.97, 0.96, 0.95, 0.9, 0.8, 0.1]})
+
+
+def test_explore_slots_spread_over_cells_not_one_cluster():
+    frame = _cluster_frame()
+    out = mark_queue(frame, "5", 0.6, supervised=False)
+    explored = out.filter(pl.col("queue_reason") == "explore")
+    # three slots: the most unusual of each cell, not the three most unusual SG shipments
+    assert explored["record_kind"].to_list() == ["shipment", "lease", "shipment"]
+    assert explored["destination"].to_list() == ["SG", "CN", "DE"]
+    # without cells (no kind/destination columns), the three most unusual: one cluster
+    plain = mark_queue(frame.drop("destination"), "5", 0.6, supervised=False)
+    assert plain.filter(pl.col("queue_reason") == "explore")["unsupervised_score"].to_list() \
+        == [0.99, 0.98, 0.97]
+
+
+def test_explore_prefers_cells_the_model_has_few_labels_of():
+    frame = _cluster_frame()
+    # the model learned from 300 SG shipments and 40 DE shipments, no lease to CN
+    familiar = {"shipment|SG": 300, "shipment|DE": 40}
+    out = mark_queue(frame, "3", 0.34, supervised=False, familiar=familiar)
+    explored = out.filter(pl.col("queue_reason") == "explore")
+    assert explored.select("record_kind", "destination").row(0) == ("lease", "CN")
+    # and without the familiarity, the most unusual (an SG shipment)
+    out = mark_queue(frame, "3", 0.34, supervised=False)
+    assert out.filter(pl.col("queue_reason") == "explore")["destination"].to_list() == ["SG"]
+
+
+def test_labelled_cells_count_the_kind_and_destination():
+    from detector.queue import labelled_cells
+
+    frame = pl.DataFrame({"record_kind": ["shipment", "shipment", "lease"],
+                          "destination_country": ["SG", "SG", None],
+                          "lessee_country": [None, None, "CN"], "label": [1, 0, 0]})
+    # labelled records per cell, confirmed diversions per kind
+    assert labelled_cells(frame) == {"lease|CN": 1, "shipment|SG": 2, "lease": 0,
+                                     "shipment": 1}
+
+
+def test_a_trained_model_stores_what_it_learned_from_per_cell(trained):
+    """The familiarity the queue reads: labelled records per kind|destination and
+    confirmed diversions per kind, over the slices the model fitted and calibrated on."""
+    from pipeline_fixtures import detector_env
+
+    from detector import tracking
+    from detector.queue import LABELLED_CELLS, familiar_cells
+    from detector.scoring import load_model
+
+    with detector_env(trained.home):
+        model = load_model(tracking.DEFAULT_MODEL_URI)
+    cells = familiar_cells(model)
+    assert cells == model.bundle.provenance[LABELLED_CELLS]
+    slices = model.bundle.provenance["slices"]
+    learned = slices["fit"]["records"] + slices["calibrate"]["records"]
+    assert sum(n for c, n in cells.items() if "|" in c) == learned
+    confirmed = slices["fit"]["positives"] + slices["calibrate"]["positives"]
+    assert cells["shipment"] + cells.get("lease", 0) == confirmed
+    assert any(c.startswith("lease|") for c in cells)
