@@ -107,8 +107,15 @@ def unusual_values(row: dict, unsupervised, limit: int = 3, min_spread: float = 
         if abs(z) >= min_spread:
             found.append((-abs(z), name, float(value), float(center[i])))
     found.sort()
-    return [f"{name.replace('_', ' ')} {_plain(v)} (typical {_plain(c)})"
-            for _, name, v, c in found[:limit]]
+    listed, shown = [], set()
+    for _, name, v, c in found:
+        # two inputs holding one fact (unit_value_usd and the learned
+        # unit_value_per_unit_usd) would state it twice: the first stands for both
+        if (_plain(v), _plain(c)) in shown:
+            continue
+        shown.add((_plain(v), _plain(c)))
+        listed.append(f"{name.replace('_', ' ')} {_plain(v)} (typical {_plain(c)})")
+    return listed[:limit]
 
 
 def _flags(head: pl.DataFrame) -> list[dict[str, bool]]:

@@ -355,3 +355,18 @@ def test_an_onward_leg_states_the_re_exporters_profile():
     inbound = {**onward, "exporter_country": "US", "destination_country": "SG"}
     assert shell_company(inbound) is None and restricted_parent(inbound) is None
     assert screening_evasion(inbound) is None
+
+
+def test_unusual_values_state_one_fact_once():
+    # unit_value_usd and the learned unit_value_per_unit_usd hold the same number: the
+    # demo report once listed "unit value per unit usd 402,036 (typical 12,782), unit
+    # value usd 402,036 (typical 12,782)"
+    class Unsupervised:
+        features = ["unit_value_per_unit_usd", "unit_value_usd", "chip_units"]
+        center_ = np.array([12_782.0, 12_782.0, 8.0])
+        scale_ = np.array([20_000.0, 20_000.0, 20.0])
+
+    row = _row(unit_value_per_unit_usd=402_036.0, unit_value_usd=402_036.0,
+               chip_units=512.0, unsupervised_score=0.97)
+    assert unusual_values(row, Unsupervised()) == [
+        "chip units 512 (typical 8)", "unit value per unit usd 402,036 (typical 12,782)"]
