@@ -67,14 +67,15 @@ def rule_labels(hits: pl.Expr) -> pl.Expr:
         .list.join("; ").fill_null("")
 
 
-def _unusual(row: dict, unsupervised=None) -> str | None:
+def _unusual(row: dict, unsupervised=None, stated: set[str] = frozenset()) -> str | None:
     """What makes a record unusual to the anomaly detectors: its most extreme values
     against the fitted population (median and 5-95% spread), or the percentile alone
     when the detectors' statistics are not at hand."""
     value = row.get("unsupervised_score")
     if value is None or value < 0.9:
         return None
-    extremes = unusual_values(row, unsupervised) if unsupervised is not None else []
+    extremes = unusual_values(row, unsupervised, stated=stated) \
+        if unsupervised is not None else []
     if extremes:
         return "unusual values: " + ", ".join(extremes)
     return (f"unusual combination of values: more unusual than {value:.0%} of the records "
@@ -87,11 +88,12 @@ def _plain(value: float) -> str:
     return f"{value:,.3g}" if value != int(value) else f"{int(value):,}"
 
 
-def unusual_values(row: dict, unsupervised, limit: int = 3, min_spread: float = 1.0
-                   ) -> list[str]:
+def unusual_values(row: dict, unsupervised, limit: int = 3, min_spread: float = 1.0,
+                   stated: set[str] = frozenset()) -> list[str]:
     """The record's values furthest from the detectors' population, as "name value
     (typical median)": only features with a value (never a null) and not category
-    codes, at least ``min_spread`` 5-95% spreads from the median."""
+    codes, at least ``min_spread`` 5-95% spreads from the median, and none whose fact
+    (`fact_of`) is in ``stated`` (already said by an earlier reason)."""
     center = getattr(unsupervised, "center_", None)
     scale = getattr(unsupervised, "scale_", None)
     if center is None or scale is None:
@@ -99,7 +101,8 @@ def unusual_values(row: dict, unsupervised, limit: int = 3, min_spread: float = 
     found = []
     for i, name in enumerate(unsupervised.features):
         value = row.get(name)
-        if value is None or isinstance(value, bool) or name.endswith("_code"):
+        if value is None or isinstance(value, bool) or name.endswith("_code") \
+                or fact_of(name) in stated:
             continue
         if isinstance(value, float) and math.isnan(value):
             continue
@@ -126,9 +129,10 @@ def _flags(head: pl.DataFrame) -> list[dict[str, bool]]:
     return list(head.select(exprs).iter_rows(named=True)) if exprs else [{}] * head.height
 
 
-def feature_reason(name: str, row: dict, unsupervised=None) -> str | None:
+def feature_reason(name: str, row: dict, unsupervised=None,
+                   stated: set[str] = frozenset()) -> str | None:
     if name.startswith("unsupervised_"):
-        return _unusual(row, unsupervised)
+        return _unusual(row, unsupervised, stated)
     if name in FEATURES:
         return render_reason(name, row)
     return None
@@ -188,7 +192,7 @@ def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str
         order = np.argsort(-contributions[:-1], kind="stable")
         top = names[order[0]] if len(order) and contributions[order[0]] > 0 else None
         if top is not None and top.startswith("unsupervised_"):
-            reasons.add("unusual", _unusual(row, unsupervised))
+            reasons.add("unusual", _unusual(row, unsupervised, set(reasons.texts)))
         added = 0
         for j in order:
             if contributions[j] <= 0 or added >= max_feature_reasons:
@@ -198,7 +202,7 @@ def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str
                 continue
             fact = "unusual" if name.startswith("unsupervised_") else fact_of(name)
             before = len(reasons.facts)
-            reasons.add(fact, feature_reason(name, row, unsupervised))
+            reasons.add(fact, feature_reason(name, row, unsupervised, set(reasons.texts)))
             added += len(reasons.facts) > before
     elif not row.get("rule_hits") and not stated:
         reasons.add("unusual", _unusual(row, unsupervised))

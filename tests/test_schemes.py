@@ -370,3 +370,23 @@ def test_unusual_values_state_one_fact_once():
                chip_units=512.0, unsupervised_score=0.97)
     assert unusual_values(row, Unsupervised()) == [
         "chip units 512 (typical 8)", "unit value per unit usd 402,036 (typical 12,782)"]
+
+
+def test_unusual_values_leave_out_a_fact_an_earlier_reason_stated():
+    # the shell profile says "4 other companies at its address": the anomaly reason must
+    # not add "consignee address shared by 4 (typical 0)"
+    class Unsupervised:
+        features = ["consignee_address_shared_by", "chip_units"]
+        center_ = np.array([0.0, 8.0])
+        scale_ = np.array([1.0, 20.0])
+
+    row = _row(consignee_address_shared_by=4, chip_units=512.0, unsupervised_score=0.97)
+    assert unusual_values(row, Unsupervised()) == [
+        "chip units 512 (typical 8)", "consignee address shared by 4 (typical 0)"]
+    assert unusual_values(row, Unsupervised(), stated={"address"}) == [
+        "chip units 512 (typical 8)"]
+    reasons = reasons_for_row(
+        _row(likely_scheme="shell_company", consignee_address_shared_by=4, chip_units=512.0,
+             unsupervised_score=0.97, consignee_age_days=100, consignee_employees=3),
+        np.array([2.0, 0.0]), ["unsupervised_iforest"], {}, Unsupervised())
+    assert not any("unusual values" in r and "address" in r for r in reasons), reasons
