@@ -93,6 +93,10 @@ ScreeningOpt = Annotated[Optional[Path], typer.Option(
                              "Consolidated Screening List as downloaded.")]
 
 
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    help="Training settings (TOML), e.g. experiments/baseline.toml.")]
+ExperimentOpt = Annotated[str, typer.Option(help="MLflow experiment name.")]
+NameOpt = Annotated[str, typer.Option(help="Registered model name.")]
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", help="No progress on stderr (warnings and notices still show).")]
 
@@ -114,11 +118,9 @@ def _progress(command: str, quiet: bool):
 def train(
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset with a labels table.")],
     history: HistoryOpt = None,
-    config: Annotated[Optional[Path], typer.Option(
-        help="Training settings (TOML), e.g. experiments/baseline.toml.")] = None,
-    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")
-                          ] = DEFAULT_EXPERIMENT,
-    name: Annotated[str, typer.Option(help="Registered model name.")] = DEFAULT_MODEL_NAME,
+    config: ConfigOpt = None,
+    experiment: ExperimentOpt = DEFAULT_EXPERIMENT,
+    name: NameOpt = DEFAULT_MODEL_NAME,
     screening_list: ScreeningOpt = None,
     engine: Annotated[str, typer.Option(
         help="local, or dask: train LightGBM with lightgbm.dask on a dask.distributed "
@@ -166,7 +168,7 @@ def _ceiling(metrics: dict, key: str) -> str:
 
 @app.command()
 def promote(
-    name: Annotated[str, typer.Option(help="Registered model name.")] = DEFAULT_MODEL_NAME,
+    name: NameOpt = DEFAULT_MODEL_NAME,
     version: Annotated[Optional[int], typer.Option(help="Version to make champion.")] = None,
     run: Annotated[Optional[str], typer.Option(help="Run whose version to make champion.")] = None,
     data: Annotated[Optional[Path], typer.Option(
@@ -239,11 +241,9 @@ def drift(
 def retrain(
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset with the latest labels.")],
     history: HistoryOpt = None,
-    config: Annotated[Optional[Path], typer.Option(
-        help="Training settings (TOML), e.g. experiments/baseline.toml.")] = None,
-    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")
-                          ] = DEFAULT_EXPERIMENT,
-    name: Annotated[str, typer.Option(help="Registered model name.")] = DEFAULT_MODEL_NAME,
+    config: ConfigOpt = None,
+    experiment: ExperimentOpt = DEFAULT_EXPERIMENT,
+    name: NameOpt = DEFAULT_MODEL_NAME,
     promote_when: Annotated[str, typer.Option(
         help="better: only when better beyond noise; not-worse: also when no difference "
              "beyond noise.")] = "better",
@@ -282,7 +282,7 @@ def compare(
         "--models", help="Two models A B: version numbers, aliases (champion), run ids, "
                          "models:/ or runs:/ URIs, or bundle directories.")],
     history: HistoryOpt = None,
-    name: Annotated[str, typer.Option(help="Registered model name.")] = DEFAULT_MODEL_NAME,
+    name: NameOpt = DEFAULT_MODEL_NAME,
     capacity: Annotated[str, typer.Option(
         help="Review capacity: a count, or a share of the compared records.")] = "5%",
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
@@ -313,7 +313,7 @@ def compare(
 
 @app.command()
 def models(
-    name: Annotated[str, typer.Option(help="Registered model name.")] = DEFAULT_MODEL_NAME,
+    name: NameOpt = DEFAULT_MODEL_NAME,
 ) -> None:
     """List registered versions with their key metrics and which one is `champion`.
 
