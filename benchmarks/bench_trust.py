@@ -44,13 +44,13 @@ from bench_evaluation import _add_months, split_world  # noqa: E402
 # A reason states a signal of the typology when it matches that typology's family.
 KEYWORDS = {
     "transshipment": r"re-export|routed through|diversion hub|logistics company",
-    "shell_company": r"shell-like|incorporated [\d,]+ days|[\d,]+ employees|other companies "
-                     r"(registered )?at|line of business",
+    "shell_company": r"shell-like|incorporated [\d,]+ days?|[\d,]+ employees?|other "
+                     r"compan(y|ies) (registered )?at|line of business",
     "restricted_parent": r"ultimately owned by|owned by .*\((CN|HK|MO)\)",
     "cloud_lease": r"leased|bare-metal|data centre|lessee|GPUs per employee|GPU-month",
     "misdeclaration": r"declared (uncontrolled|under a lower ECCN|at \$|\$)|as parts|"
                       r"market range|vague description|weight per unit",
-    "splitting": r"small (GPU )?shipments|linked consignees",
+    "splitting": r"small (GPU )?shipments?|linked consignees",
     "screening_evasion": r"resembles .* entry",
 }
 

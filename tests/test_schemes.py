@@ -390,3 +390,63 @@ def test_unusual_values_leave_out_a_fact_an_earlier_reason_stated():
              unsupervised_score=0.97, consignee_age_days=100, consignee_employees=3),
         np.array([2.0, 0.0]), ["unsupervised_iforest"], {}, Unsupervised())
     assert not any("unusual values" in r and "address" in r for r in reasons), reasons
+
+
+def test_unusual_values_leave_out_the_screening_scores_after_a_screening_reason():
+    # "name ... resembles Entity List entry ... (93/100)" was followed by "unusual values:
+    # screening name score 93 (typical 41)": the name and address scores are the
+    # screening fact too, and so is the screening rule's reason stated later in the list
+    class Unsupervised:
+        features = ["screening_name_score", "screening_address_score", "chip_units"]
+        center_ = np.array([41.0, 30.0, 8.0])
+        scale_ = np.array([10.0, 10.0, 20.0])
+
+    row = _row(likely_scheme="screening_evasion", counterparty_name="Kestrel Trading Limited",
+               screening_match_score=93.0, screening_name_score=93.0,
+               screening_address_score=88.0, screening_match_name="Kestrel Trading Ltd.",
+               screening_match_list="Entity List", chip_units=512.0, unsupervised_score=0.97,
+               rule_hits=["screening_match"])
+    names = ["unsupervised_iforest"]
+    reasons = reasons_for_row(row, np.array([2.0, 0.0]), names, {}, Unsupervised())
+    assert reasons[0].startswith("name 'Kestrel Trading Limited' resembles"), reasons
+    assert reasons[1] == "unusual values: chip units 512 (typical 8)", reasons
+    assert not any("screening" in r for r in reasons), reasons
+    # a transshipment first: the screening rule states the match after the anomaly reason
+    row.update(likely_scheme="transshipment")
+    reasons = reasons_for_row(row, np.array([2.0, 0.0]), names, {}, Unsupervised())
+    assert "unusual values: chip units 512 (typical 8)" in reasons, reasons
+    assert sum("93" in r for r in reasons) == 1, reasons
+
+
+def test_reasons_count_one_thing_in_the_singular():
+    from detector.mechanisms import shell_company, splitting, transshipment
+    from features.registry import render_reason
+
+    row = _row(consignee_age_days=1, consignee_employees=1.0, consignee_address_shared_by=1,
+               lessee_employees=1.0, chip_units=64.0, consignee_confirmed_12m=1,
+               later_reexported_to_d5_hk_mo=True, days_until_reexport=1,
+               reexport_destination="HK", linked_small_shipments_14d=1)
+    assert shell_company(row)[0] == ("shell-like consignee: incorporated 1 day before the "
+                                     "shipment, 1 employee")
+    assert transshipment(row)[0] == "consignee re-exported H100 SXM to HK 1 day later"
+    assert render_reason("consignee_employees", row) == "consignee has 1 employee"
+    assert render_reason("consignee_age_days", row) == \
+        "consignee incorporated 1 day before the shipment"
+    assert render_reason("consignee_address_shared_by", row) == \
+        "1 other company registered at the consignee's address"
+    assert render_reason("gpus_per_lessee_employee", row) == \
+        "64 GPUs for a lessee of 1 employee"
+    assert render_reason("consignee_confirmed_12m", row) == \
+        "consignee had 1 confirmed diversion in the previous 12 months"
+    assert render_reason("later_reexported_to_d5_hk_mo", row) == \
+        "consignee re-exported GPUs to HK 1 day later"
+    row.update(consignee_employees=3.0, consignee_age_days=40, consignee_address_shared_by=4,
+               linked_small_shipments_14d=5, consignee_confirmed_12m=2)
+    assert shell_company(row)[0] == ("shell-like consignee: incorporated 40 days before the "
+                                     "shipment, 3 employees, 4 other companies at its address")
+    assert render_reason("consignee_employees", row) == "consignee has 3 employees"
+    assert render_reason("consignee_confirmed_12m", row) == \
+        "consignee had 2 confirmed diversions in the previous 12 months"
+    assert splitting(row)[0].startswith("5 small shipments of H100 SXM")
+    assert render_reason("linked_small_shipments_14d", {**row, "linked_small_value_14d_usd":
+                                                         9e4}).startswith("5 small GPU shipments")
