@@ -13,9 +13,11 @@ from detector.reasons import reasons_for_row, unusual_values
 from detector.schemes import (
     SCHEMES,
     UNCLEAR,
+    declared_to_restricted,
     exporter_signals,
     hk_parent,
     reexport_leg,
+    reexported_line,
     rule_family_schemes,
     shell_profile_flags,
     scheme_columns,
@@ -76,12 +78,17 @@ def test_rule_families_name_a_scheme_only_with_a_family_signal(labelled_frame):
     signals = labelled_frame.select(
         leg=reexport_leg(), shell=(shell_profile_flags() + exporter["shell_company"]) > 0,
         hk=hk_parent() | (exporter["restricted_parent"] > 0),
-        listed=exporter["screening_evasion"] > 0)
+        listed=exporter["screening_evasion"] > 0, direct=declared_to_restricted(),
+        line=reexported_line())
     kinds = labelled_frame["record_kind"].to_list()
     assert UNCLEAR in names and len(set(names) - {UNCLEAR}) >= 4
     for name, conf, hit, signal, kind in zip(names, confidence, hits,
                                              signals.iter_rows(named=True), kinds):
         family_hits = {s for s, rules in RULE_FAMILIES.items() if set(hit or []) & set(rules)}
+        if signal["direct"]:  # declared straight to CN/HK/MO: nothing trans-shipped
+            family_hits.discard("transshipment")
+        elif signal["line"]:
+            family_hits.add("transshipment")
         family_hits |= {s for s, key in (("transshipment", "leg"), ("shell_company", "shell"),
                                          ("restricted_parent", "hk"),
                                          ("screening_evasion", "listed")) if signal[key]}
@@ -112,6 +119,27 @@ def test_one_decisive_flag_is_not_outweighed_by_many_overlapping_ones(labelled_f
                        linked_small_shipments_14d=5)
     names, _ = rule_family_schemes(frame)
     assert names == ["splitting"]
+
+
+def test_a_line_declared_to_china_is_not_a_transshipment_and_a_resold_line_is(labelled_frame):
+    """A US export declared straight to Hong Kong passes through no third country: its later
+    re-export from HK does not make it a transshipment, its parts declaration says how it
+    went. A shell that sent on most of the line's units within 90 days is a transshipment
+    through a shell (three shell flags weigh 9, the resold line 10); one that kept them is
+    the buyer."""
+    to_hk = _blank_row(labelled_frame, exporter_country="US", destination_country="HK",
+                       chip_controlled=True, later_reexported_to_d5_hk_mo=True,
+                       days_until_reexport=20.0, reexported_unit_share_90d=1.0,
+                       vague_description=True, unit_value_usd=9_000.0)
+    assert rule_family_schemes(to_hk)[0] == ["misdeclaration"]
+    shell = dict(exporter_country="US", destination_country="MY", chip_controlled=True,
+                 consignee_age_days=200, consignee_employees=3.0,
+                 consignee_industry_misfit=True, later_reexported_to_d5_hk_mo=True,
+                 days_until_reexport=20.0)
+    resold = _blank_row(labelled_frame, **shell, reexported_unit_share_90d=0.9)
+    kept = _blank_row(labelled_frame, **shell, reexported_unit_share_90d=0.1)
+    assert rule_family_schemes(resold)[0] == ["transshipment"]
+    assert rule_family_schemes(kept)[0] == ["shell_company"]
 
 
 def test_rule_families_find_most_simulated_schemes(labelled_frame):
@@ -165,6 +193,23 @@ def test_a_combined_typology_counts_for_each_of_its_schemes(labelled_frame):
     added = sum(s == ["shell_company"] for s in schemes)
     assert both.class_counts_["splitting"] == plain.class_counts_["splitting"] + added
     assert added and both.class_counts_["shell_company"] == plain.class_counts_["shell_company"]
+
+
+def test_the_scheme_model_learns_from_every_labelled_diversion_once_measured(labelled_frame):
+    """The held-out accuracy comes from a model fitted on the earlier diversions alone;
+    the saved model then learns from the held-out ones too (they are a few dozen)."""
+    from detector.training import fit_scheme_model
+
+    train, held = _split(labelled_frame)
+    model, metrics = fit_scheme_model(train, held, model_feature_names())
+    every = pl.concat([train, held])["typology"].to_list()
+    assert model.class_counts_ == {s: every.count(s) for s in model.classes_}
+    assert sum(model.class_counts_.values()) > train.height
+    earlier = SchemeModel(model_feature_names()).fit(train, [schemes_of(t) for t in
+                                                             train["typology"]])
+    predicted = scheme_columns(held, earlier)["likely_scheme"].to_list()
+    assert metrics["likely_scheme_accuracy"] == pytest.approx(
+        np.mean([p == t for p, t in zip(predicted, held["typology"].to_list())]))
 
 
 def test_one_scheme_alone_is_not_trainable_so_rule_families_decide(labelled_frame):
