@@ -99,7 +99,23 @@ def run_seed(seed: int, shipments: int, workdir: Path) -> dict:
             len(group), sum(reasons_match(r["reasons"], typology) for r in group),
             sum(r["likely_scheme"] == typology for r in group))
     out["misses"] = [r for r in rows if not reasons_match(r["reasons"], r["typology"])][:3]
+    out["confusion"] = [(r["typology"], r["likely_scheme"]) for r in rows]
     return out
+
+
+def confusion_table(pairs: list[tuple[str, str]]) -> str:
+    """True typology (rows) against likely_scheme (columns), counts."""
+    from detector.schemes import SCHEMES, UNCLEAR
+
+    rows = [s for s in SCHEMES if any(t == s for t, _ in pairs)]
+    cols = [*SCHEMES, UNCLEAR]
+    short = dict(zip(cols, ("transship", "shell", "parent", "lease", "misdecl", "split",
+                            "screening", "unclear")))
+    lines = ["  " + f"{'truth / likely':<18}" + "".join(f"{short[c]:>10}" for c in cols)]
+    for t in rows:
+        counts = [sum(1 for a, b in pairs if a == t and b == c) for c in cols]
+        lines.append(f"  {t:<18}" + "".join(f"{n:>10}" for n in counts))
+    return "\n".join(lines)
 
 
 def demo(workdir: Path, scale_shipments: int | None) -> dict:
@@ -182,6 +198,7 @@ def main() -> None:
             tmp = args.workdir / f"s{args.shipments}"
             tmp.mkdir(parents=True, exist_ok=True)
         totals = {"true_in_top": 0, "reasons_match": 0, "scheme_match": 0}
+        confusion: list[tuple[str, str]] = []
         per_typology: dict[str, list[int]] = {}
         for seed in ([] if args.skip_seeds else args.seeds):
             r = run_seed(seed, args.shipments, tmp / f"seed{seed}")
@@ -193,6 +210,7 @@ def main() -> None:
                       f"{(miss['reasons'] or '')[:160]}")
             for k in totals:
                 totals[k] += r[k]
+            confusion += r["confusion"]
             for typology, counts in r["per_typology"].items():
                 acc = per_typology.setdefault(typology, [0, 0, 0])
                 for i, c in enumerate(counts):
@@ -208,6 +226,8 @@ def main() -> None:
             print(f"  {'typology':<18} {'records':>7} {'reasons':>8} {'scheme':>7}")
             for typology, (count, reasons, scheme) in sorted(per_typology.items()):
                 print(f"  {typology:<18} {count:>7} {reasons / count:>8.0%} {scheme / count:>7.0%}")
+            print("  confusion, true typology (rows) by likely_scheme (columns):")
+            print(confusion_table(confusion))
         if args.skip_demo:
             return
         d = demo(tmp, args.scale_shipments)
