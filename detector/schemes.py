@@ -200,11 +200,11 @@ def family_points(frame: pl.DataFrame) -> np.ndarray:
                  for n, weight in RULE_FAMILIES[scheme].items() if n in rules]
         if scheme == "transshipment" and {"exporter_country", "destination_country"} <= set(
                 frame.columns):
+            if {"reexported_unit_share_90d", "later_reexported_to_d5_hk_mo"} <= set(frame.columns):
+                parts.append(reexported_line().cast(pl.Float64) * REEXPORTED_LINE_WEIGHT)
             # a US export declared to China, Hong Kong or Macau itself passes through no
             # third country: whatever it shows (a later re-export from HK, a transit), the
             # scheme is how it got there (papers, licence), not a transshipment
-            if {"reexported_unit_share_90d", "later_reexported_to_d5_hk_mo"} <= set(frame.columns):
-                parts.append(reexported_line().cast(pl.Float64) * REEXPORTED_LINE_WEIGHT)
             parts = [p * (~declared_to_restricted()).cast(pl.Float64) for p in parts]
             parts.append(reexport_leg().cast(pl.Float64) * REEXPORT_LEG_WEIGHT)
         if scheme == "shell_company" and "consignee_age_days" in frame.columns:
