@@ -226,7 +226,7 @@ def drift(
     """How the batch differs from the model's training data: PSI per model input and of
     the risk score, shares of never-seen destinations, HS codes, chip-less description
     wordings and parties. Alerts (marked !) use the thresholds stored with the model
-    (training config [drift]). Exit 0, alerts listed; they are also logged to MLflow."""
+    (training config \\[drift]). Exit 0, alerts listed; they are also logged to MLflow."""
     from detector.scoring import drift as run_drift
 
     try:

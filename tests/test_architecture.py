@@ -162,3 +162,56 @@ def test_engine_does_no_io():
              for n in ast.walk(tree) if isinstance(n, ast.Call)}
     assert not calls & {"open", "read_csv", "read_parquet", "write_csv", "write_parquet",
                         "read_dataset", "write_table", "load_model", "load_reference"}
+
+
+REPORT_LAYERS = ("detector.report.charts", "detector.report.data", "detector.report.cards",
+                 "detector.report.render", "detector.report.generate")
+
+
+def test_the_report_package_is_walked_and_layered():
+    """The report is a package (data, cards, charts, render, generate): the walker sees
+    each module, and each imports only those below it in REPORT_LAYERS (charts draw,
+    data computes, cards read the scored features, render makes the page, generate runs
+    it end to end); nothing in the package imports its own __init__ (a cycle)."""
+    internal, _ = _graph()
+    assert set(REPORT_LAYERS) | {"detector.report"} <= set(internal)
+    assert (ROOT / "detector" / "report" / "templates" / "report.html.j2").is_file()
+    for i, module in enumerate(REPORT_LAYERS):
+        inside = {m for m in internal[module] if m.startswith("detector.report")}
+        assert inside <= set(REPORT_LAYERS[:i]), f"{module} imports {inside}"
+    assert _cycles({m: internal[m] for m in internal}) == []
+
+
+def _test_modules() -> dict[str, Path]:
+    return {p.stem: p for p in sorted((ROOT / "tests").glob("test_*.py"))}
+
+
+def _test_module_imports(path: Path, tests: set[str]) -> set[str]:
+    """The test modules ``path`` imports, in a statement or in a program text it runs
+    (a subprocess's ``-c`` string)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[-1] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module.split(".")[-1])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.update(n for n in tests if f"import {n}" in node.value
+                         or f"from {n} import" in node.value)
+    return found & tests
+
+
+def test_no_test_module_imports_another(tmp_path):
+    """Helpers shared by tests live in *_fixtures.py modules (or conftest.py), never in
+    a test module another one imports (that runs its tests' module code twice and ties
+    the two files together)."""
+    tests = _test_modules()
+    assert "test_report" in tests and "test_architecture" in tests
+    planted = tmp_path / "test_planted.py"  # the check can fail: both forms are seen
+    # (split so that this file's own strings do not read as imports)
+    planted.write_text("from " + "test_report import make_dataset\n"
+                       "PROGRAM = 'import " + "test_review as t; t.main()'\n")
+    assert _test_module_imports(planted, set(tests)) == {"test_report", "test_review"}
+    offenders = {name: sorted(_test_module_imports(path, set(tests) - {name}))
+                 for name, path in tests.items()}
+    assert {n: found for n, found in offenders.items() if found} == {}

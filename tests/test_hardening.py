@@ -433,28 +433,28 @@ def test_read_dataset_refuses_an_unreadable_table_with_or_without_quarantine(
 
 
 def test_report_pages_show_bidi_controls_escaped():
-    from detector.report import _environment
+    from detector.report.render import environment
 
-    page = _environment().from_string("<p title='{{ x }}'>{{ x }}</p>").render(
+    page = environment().from_string("<p title='{{ x }}'>{{ x }}</p>").render(
         x="Acme \u202eLtd <b>")
     assert "\u202e" not in page
     assert page.count("Acme \\u202eLtd &lt;b&gt;") == 2
 
 
 def test_a_case_card_lists_a_few_parties_at_one_address_and_counts_the_rest():
-    from detector.report import MAX_LISTED, _Registry, _shared_address
+    from detector.report.cards import MAX_LISTED, Registry, shared_address
 
     parties = {f"P{i:06d}": {"party_id": f"P{i:06d}", "name": f"Shell {i}", "country": "HK",
                              "address": "1 Harbour Road"} for i in range(5000)}
-    registry = _Registry(parties, {}, {"1 harbour road": sorted(parties)},
+    registry = Registry(parties, {}, {"1 harbour road": sorted(parties)},
                          pl.DataFrame())
-    shown, more = _shared_address(registry, None, "1 Harbour Road", {"P000000"})
+    shown, more = shared_address(registry, None, "1 Harbour Road", {"P000000"})
     assert len(shown) == MAX_LISTED
     assert more == 5000 - 1 - MAX_LISTED
 
 
 def test_a_whitespace_only_list_item_is_skipped(valid_dataset_dir):
-    from test_contract import set_cell
+    from csv_fixtures import set_cell
 
     set_cell(valid_dataset_dir / "shipments.csv", 4, "transit_countries", "HK; ;SG")
     dataset = read_dataset(valid_dataset_dir)

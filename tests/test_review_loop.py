@@ -7,7 +7,7 @@ from datetime import date
 
 import polars as pl
 import pytest
-from test_report import MODEL_INFO, make_dataset
+from report_fixtures import MODEL_INFO, make_dataset
 
 from detector.errors import UsageError
 from detector.report import build_report

@@ -323,9 +323,9 @@ class ReviewSession:
     def registry(self):
         with self._lock:
             if self._registry is None:
-                from detector.report import _registry
+                from detector.report.cards import build_registry
 
-                self._registry = _registry(self.batch.dataset, self.batch.history)
+                self._registry = build_registry(self.batch.dataset, self.batch.history)
             return self._registry
 
     def explanation(self, kind: str, record_id: str) -> dict:
@@ -346,7 +346,7 @@ class ReviewSession:
 
     def case(self, kind: str, record_id: str) -> dict:
         """Everything the case page shows for one record."""
-        from detector.report import _lease_card, _shipment_card
+        from detector.report.cards import lease_card, shipment_card
 
         row = self.row(kind, record_id)
         # the parties scoring resolved (the same scored frame the explanation reads)
@@ -356,11 +356,11 @@ class ReviewSession:
         if kind == "shipment":
             raw = self.batch.dataset.shipments.filter(pl.col("shipment_id") == record_id) \
                 .row(0, named=True)
-            card = _shipment_card(raw, {}, self.registry(), scored)
+            card = shipment_card(raw, {}, self.registry(), scored)
         else:
             raw = self.batch.dataset.leases.filter(pl.col("lease_id") == record_id) \
                 .row(0, named=True)
-            card = _lease_card(raw, {}, self.registry(), scored)
+            card = lease_card(raw, {}, self.registry(), scored)
         entity = self.table.filter((pl.col("counterparty") == row["counterparty"])
                                    & ~((pl.col("record_kind") == kind)
                                        & (pl.col("record_id") == record_id))) \

@@ -1,0 +1,367 @@
+"""What the report page shows, computed from the scores: the period and its review list,
+the headline figures, the series behind the charts, "what changed" and the review list
+as CSV. No HTML here (render.py) and no drawing (charts.py)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from detector.errors import InputError, UsageError
+import detector.report.charts as charts
+from features import names as features_names
+
+if TYPE_CHECKING:
+    from detector.tables import Dataset
+
+FALLBACK_MODEL = "rules+unsupervised"
+# Hubs named in real diversion cases, then those reported by the press (FACTS.md).
+NO_HUB = "no hub"
+TOP_GROUPS = 5  # small multiples per grouping: the top groups, then 'other'
+TOP_PARTIES = 10
+# metrics that count things (MLflow stores every metric as a float): shown as integers
+COUNT_METRICS = frozenset({"records", "positives", "best_iteration"})
+
+METRIC_LABELS = {
+    "pr_auc": "PR-AUC",
+    "precision_at_1pct": "precision at 1%",
+    "recall_at_5pct": "recall at 5%",
+    "brier": "Brier score (lower is better)",
+    "records": "labelled records in the held-out slice",
+    "positives": "confirmed diversions among them",
+    "best_iteration": "boosting rounds kept (best iteration)",
+}
+_AT_CAPACITY = re.compile(r"(precision|recall)_at_(\d+(?:\.\d+)?)pct(?:_(.+))?")
+CEILING = ".ceiling"
+
+
+def metric_label(key: str) -> str:
+    """A logged metric's name in words: ``recall_at_5pct.ceiling`` reads "recall at 5%:
+    the most the held-out slice allows", ``recall_at_5pct_transshipment`` "recall at 5%,
+    transshipment"."""
+    if key.endswith(CEILING):
+        return f"{metric_label(key[:-len(CEILING)])}: the most the held-out slice allows"
+    if key in METRIC_LABELS:
+        return METRIC_LABELS[key]
+    match = _AT_CAPACITY.fullmatch(key)
+    if match:
+        what, share, scheme = match.groups()
+        return f"{what} at {share}%" + (f", {scheme.replace('_', ' ')}" if scheme else "")
+    return key.replace("_", " ")
+
+
+def metric_order(key: str) -> tuple:
+    """The labelled metrics first, in `METRIC_LABELS`' order; each ceiling right after
+    its metric."""
+    base = key.removesuffix(CEILING)
+    known = list(METRIC_LABELS)
+    return (known.index(base) if base in known else len(known), base, key.endswith(CEILING))
+
+def hub_countries() -> tuple[str, ...]:
+    """The hubs the report groups by, from data/country_groups.csv: those named in real
+    diversion cases, Macau (a group of its own there), then those reported by the press;
+    each in the file's order."""
+    from detector.reference import load_reference
+
+    groups = load_reference().country_groups
+    hubs = groups.filter(pl.col("group") == "HUB")
+    ordered = [*hubs.filter(pl.col("confirmed"))["country"],
+               *groups.filter(pl.col("group") == "MACAU")["country"],
+               *hubs.filter(~pl.col("confirmed"))["country"]]
+    return tuple(dict.fromkeys(ordered))
+
+
+def _normalised(values: list[str | None], normaliser) -> list[str]:
+    """Names or addresses in the comparable form the feature builders use ('' for none)."""
+    frame = pl.DataFrame({"v": values}, schema={"v": pl.String})
+    return frame.select(normaliser(pl.col("v")).fill_null(""))["v"].to_list()
+
+
+def normalise_name(name: str | None) -> str:
+    """'Acme Pte. Ltd.' -> 'acme', exactly as features.names matches names."""
+    return _normalised([name], features_names.normalise_name)[0] or (name or "").casefold()
+
+
+def normalise_address(address: str | None) -> str:
+    return _normalised([address], features_names.normalise_address)[0]
+
+
+# ----------------------------------------------------------------------------- periods
+
+_PERIOD_RE = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def parse_period(text: str) -> tuple[int, int]:
+    match = _PERIOD_RE.match(text.strip())
+    if not match or not 1 <= int(match.group(2)) <= 12:
+        raise UsageError(f"--period: expected a month as YYYY-MM (e.g. 2024-06), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def previous_month(period: str) -> str:
+    year, month = parse_period(period)
+    return f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
+
+
+def month_range(first: str, last: str) -> list[str]:
+    months, (year, month) = [], parse_period(first)
+    while f"{year}-{month:02d}" <= last:
+        months.append(f"{year}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return months
+
+
+# ----------------------------------------------------------------------------- records
+
+def _shipment_records(shipments: pl.DataFrame) -> pl.DataFrame:
+    """Shipments in the report's common shape (one row per record)."""
+    hub = pl.lit(None, pl.String)
+    # The first hub on the declared route: intermediate consignee, transit countries in
+    # order, the consignee's country, the declared destination.
+    route = pl.concat_list(
+        pl.col("intermediate_consignee_country"),
+        pl.col("transit_countries").fill_null(pl.lit([], pl.List(pl.String))),
+        pl.col("consignee_country"), pl.col("destination_country"))
+    hub = route.list.eval(pl.element().filter(pl.element().is_in(hub_countries()))).list.first()
+    return shipments.select(
+        pl.lit("shipment").alias("record_kind"),
+        pl.col("shipment_id").alias("record_id"),
+        pl.col("export_date").alias("record_date"),
+        pl.col("consignee_name").alias("party_name"),
+        pl.col("consignee_country").alias("party_country"),
+        pl.col("destination_country").alias("destination"),
+        hub.fill_null(NO_HUB).alias("hub"),
+        pl.col("forwarder_name"),
+        pl.col("value_usd"),
+    )
+
+
+def _lease_records(leases: pl.DataFrame) -> pl.DataFrame:
+    """Leases in the common shape: the lessee's country is where the compute is used,
+    the data centre's country is the hub the hardware sits in."""
+    return leases.select(
+        pl.lit("lease").alias("record_kind"),
+        pl.col("lease_id").alias("record_id"),
+        pl.col("start_date").alias("record_date"),
+        pl.col("lessee_name").alias("party_name"),
+        pl.col("lessee_country").alias("party_country"),
+        pl.col("lessee_country").alias("destination"),
+        pl.col("datacenter_country").alias("hub"),
+        pl.lit(None, pl.String).alias("forwarder_name"),
+        pl.col("value_usd"),
+    )
+
+
+def report_records(dataset: Dataset) -> pl.DataFrame:
+    return pl.concat([_shipment_records(dataset.shipments), _lease_records(dataset.leases)],
+                     how="vertical_relaxed").with_columns(
+        pl.col("record_date").dt.strftime("%Y-%m").alias("month"))
+
+
+def scored_records(dataset: Dataset, scores: pl.DataFrame) -> pl.DataFrame:
+    from detector.contract import SCORES
+
+    required = [c.name for c in SCORES.columns if c.required]
+    missing_columns = [c for c in required if c not in scores.columns]
+    if missing_columns:
+        raise InputError(f"scores: expected the contract's columns {required}; "
+                         f"missing {missing_columns}")
+    scores = scores.select(
+        pl.col("record_kind").cast(pl.String), pl.col("record_id").cast(pl.String),
+        pl.col("risk_score").cast(pl.Float64), pl.col("reasons").cast(pl.String),
+        pl.col("model").cast(pl.String),
+        *[(pl.col(c) if c in scores.columns else pl.lit(None)).cast(SCORES.schema[c]).alias(c)
+          for c in ("likely_scheme", "scheme_confidence", "queue_reason")])
+    duplicated = scores.filter(pl.len().over("record_kind", "record_id") > 1)
+    if duplicated.height:
+        raise InputError(f"scores: {duplicated.height} rows repeat a (record_kind, record_id); "
+                         f"e.g. {duplicated['record_id'].head(5).to_list()}")
+    records = report_records(dataset).join(scores, on=["record_kind", "record_id"], how="left")
+    unscored = records.filter(pl.col("risk_score").is_null())
+    if unscored.height:
+        examples = [f"{kind} {rid}" for kind, rid in
+                    unscored.select("record_kind", "record_id").head(5).iter_rows()]
+        raise InputError(
+            f"scores: expected a risk_score for every shipment and lease of "
+            f"{dataset.directory}; {unscored.height} have none, e.g. {examples}")
+    # Highest risk first; ties by record_kind then record_id, as in the scores table.
+    return records.sort(["risk_score", "record_kind", "record_id"],
+                        descending=[True, False, False])
+
+
+# ----------------------------------------------------------------------------- figures
+
+def headline(current: dict, previous: dict | None, key: str, kind: str,
+              signals_risk: bool = True) -> dict:
+    value = current[key]
+    out = {"value": value, "text": _format(value, kind), "delta": None, "direction": ""}
+    if previous is not None and previous.get(key) is not None:
+        before = previous[key]
+        change = value - before
+        pct = f" ({change / before:+.0%})" if before else ""
+        out["delta"] = f"{_format(change, kind, signed=True)}{pct}"
+        out["previous"] = _format(before, kind)
+        # Colour only where a rise means more risk; more records scored is just volume.
+        out["direction"] = ("same" if not signals_risk or change == 0
+                            else "up" if change > 0 else "down")
+    return out
+
+
+def _format(value: float, kind: str, signed: bool = False) -> str:
+    if kind == "money":
+        text = charts.money(abs(value))
+        return ("+" if value >= 0 else "−") + text if signed else text
+    return f"{value:+,}" if signed else f"{value:,}"
+
+
+def figures(records: pl.DataFrame, threshold: float) -> dict:
+    flagged = records.filter(pl.col("risk_score") >= threshold)
+    return {"scored": records.height, "flagged": flagged.height,
+            "value_at_risk": float(flagged["value_usd"].fill_null(0.0).sum())}
+
+
+def over_time(scored: pl.DataFrame, threshold: float, column: str,
+               months: list[str]) -> dict[str, list[int]]:
+    flagged = scored.filter(pl.col("risk_score") >= threshold)
+    totals = (flagged.group_by(column).len().sort(["len", column], descending=[True, False]))
+    top = totals[column].head(TOP_GROUPS).to_list()
+    grouped = (flagged.with_columns(
+        pl.when(pl.col(column).is_in(top)).then(pl.col(column)).otherwise(pl.lit("other"))
+        .alias("group"))
+        .group_by("group", "month").len())
+    counts = {(g, m): n for g, m, n in grouped.iter_rows()}
+    groups = top + (["other"] if any(g == "other" for g, _ in counts) else [])
+    return {g: [counts.get((g, m), 0) for m in months] for g in groups}
+
+
+def ranked_parties(period_records: pl.DataFrame, column: str, threshold: float,
+                    country_column: str | None = None) -> list[tuple[str, float, int]]:
+    """Parties ranked by their highest-risk record in the period, then by how many of
+    their records are at or above the threshold (a sum of scores would rank a busy,
+    clean party above one with a single alarming record).
+
+    Spellings of one party ('Acme Pte. Ltd.', 'ACME PTE LTD') are counted together under
+    its most frequent spelling; with ``country_column`` the same name in two countries
+    stays two parties.
+    """
+    frame = period_records.filter(pl.col(column).is_not_null())
+    names = frame[column].unique().sort()
+    lookup = pl.DataFrame({column: names,
+                           "norm": [normalise_name(n) for n in names.to_list()]})
+    keys = ["norm", *([country_column] if country_column else [])]
+    table = (frame.join(lookup, on=column, how="left")
+             .group_by(keys)
+             .agg(pl.col(column).mode().sort().first().alias("display"),
+                  pl.col("risk_score").max().alias("risk"),
+                  (pl.col("risk_score") >= threshold).sum().alias("flagged"))
+             .sort(["risk", "flagged", *keys], descending=[True, True] + [False] * len(keys))
+             .head(TOP_PARTIES))
+    rows = []
+    for row in table.iter_rows(named=True):
+        label = row["display"] + (f" ({row[country_column]})" if country_column else "")
+        rows.append((label, float(row["risk"]), int(row["flagged"])))
+    return rows
+
+
+def typology_counts(dataset: Dataset, history: Sequence[Dataset], period_ids: pl.DataFrame
+                ) -> list[tuple[str, int, int]]:
+    labels = pl.concat([d.labels.select("record_kind", "record_id", "label", "typology")
+                        for d in [dataset, *history]], how="vertical_relaxed")
+    labels = labels.unique(["record_kind", "record_id"], keep="first", maintain_order=True)
+    positives = labels.filter(pl.col("label") == 1).with_columns(
+        pl.col("typology").fill_null("unspecified"))
+    if positives.height == 0:
+        return []
+    in_period = positives.join(period_ids, on=["record_kind", "record_id"], how="semi")
+    counts = positives.group_by("typology").len().join(
+        in_period.group_by("typology").len().rename({"len": "in_period"}), on="typology",
+        how="left").sort(["len", "typology"], descending=[True, False])
+    return [(t, int(n), int(p or 0)) for t, n, p in counts.iter_rows()]
+
+SHOWN_INPUTS = 10  # model inputs listed by PSI in "what changed"; the rest summed up
+
+
+LISTED_INPUT_ALERTS = 3  # input alerts told one by one; more are named in one sentence
+
+
+def _alert_sentences(alerts: list, plain: Callable) -> list[str]:
+    """Never-seen categories and the risk scores first (what an analyst acts on), then
+    the model inputs: one sentence each, or one naming them all when there are many (a
+    shifted value moves every input computed from it)."""
+    order = {"unseen": 0, "risk": 1, "input": 2}
+    alerts = sorted(alerts, key=lambda f: (order[f.kind], -f.value, f.name))
+    inputs = [f for f in alerts if f.kind == "input"]
+    sentences = [plain(f) for f in alerts if f.kind != "input"]
+    if len(inputs) <= LISTED_INPUT_ALERTS:
+        return sentences + [plain(f) for f in inputs]
+    names = ", ".join(f.name for f in inputs)
+    return sentences + [
+        f"{len(inputs)} model inputs are distributed differently from training (PSI above "
+        f"{inputs[0].threshold:.2f}, largest {inputs[0].value:.2f}), largest shift first: "
+        f"{names}."]
+
+
+def what_changed(drift) -> dict | None:
+    """The "what changed" section from a `detector.drift.DriftReport`: alerts as
+    sentences, the risk distribution, never-seen categories, the inputs that moved most."""
+    if drift is None:
+        return None
+    from detector.drift import ACCUMULATING, UNSEEN_LABELS, band, input_label, plain
+
+    def shown(value: float) -> str:
+        return "—" if value != value else f"{value:.2f}"
+
+    inputs = sorted((f for f in drift.figures if f.kind == "input"),
+                    key=lambda f: (-(f.value if f.value == f.value else -1), f.name))
+    risk = next((f for f in drift.figures if f.kind == "risk"), None)
+    rest = inputs[SHOWN_INPUTS:]
+    return {
+        "records": drift.records,
+        "note": drift.note,
+        "alerts": _alert_sentences(drift.alerts, plain),
+        "alert_count": len(drift.alerts),
+        "risk": None if risk is None else {
+            "psi": shown(risk.value), "band": band(risk.value), "detail": risk.detail,
+            "alert": risk.alert, "threshold": shown(risk.threshold)},
+        "unseen": [{"what": UNSEEN_LABELS[f.name], "share": f"{f.value:.1%}"
+                    if f.value == f.value else "—",
+                    "threshold": f"{f.threshold:.0%}" if f.threshold != float("inf")
+                    else "not alerted", "examples": f.detail, "alert": f.alert}
+                   for f in drift.figures if f.kind == "unseen"],
+        "inputs": [{"name": f.name, "label": input_label(f.name), "psi": shown(f.value),
+                    "band": band(f.value), "alert": f.alert,
+                    "accumulating": f.name in ACCUMULATING}
+                   for f in inputs[:SHOWN_INPUTS]],
+        "inputs_rest": len(rest),
+        "inputs_rest_max": shown(max((f.value for f in rest if f.value == f.value),
+                                     default=float("nan"))),
+    }
+
+
+def review_csv(cards: list[dict]) -> str:
+    """The review list as CSV, base64 for a data: link in the page (opens in a
+    spreadsheet; text cells neutralised against formula injection as in every CSV the
+    detector writes)."""
+    import base64
+
+    from detector.tables import neutralise_text
+
+    rows = [{
+        "position": c["position"], "record_kind": c["record_kind"], "record_id": c["record_id"],
+        "record_date": str(c["record_date"]), "risk_score": c["risk_score"],
+        "likely_scheme": c.get("likely_scheme"), "scheme_confidence": c.get("scheme_confidence"),
+        "counterparty": c["party_name"], "counterparty_country": c["party_country"],
+        "destination": c["destination"], "goods": c["goods"],
+        "classification": c["classification"], "value_usd": c["value_usd"],
+        "reasons": c["reasons"],
+    } for c in cards]
+    frame = pl.DataFrame(rows, schema_overrides={"likely_scheme": pl.String,
+                                                 "scheme_confidence": pl.Float64,
+                                                 "reasons": pl.String})
+    text = [n for n, t in frame.schema.items() if t == pl.String]
+    frame = frame.with_columns(neutralise_text(pl.col(n)).alias(n) for n in text)
+    return base64.b64encode(frame.write_csv().encode("utf-8")).decode("ascii")
+

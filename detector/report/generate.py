@@ -1,0 +1,135 @@
+"""`detector report` end to end: read the batch, score it (each month's review queue
+with full reasons), compare it with the model's training data, build the page, write it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import polars as pl
+
+from detector.errors import UsageError
+from detector.queue import check_explore, familiar_cells, mark_queue, parse_capacity
+from detector.report.cards import CARD_FEATURES
+from detector.report.data import parse_period, report_records
+from detector.report.render import build_report, write_report
+
+
+def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised: bool,
+                      explore: float = 0.0, familiar: dict[str, int] | None = None
+                      ) -> pl.DataFrame:
+    """The rows of ``frame`` (one part of the scored records) that can be in their month's
+    review queue (detector.queue.choose_queue), ties in rank order:
+
+    - by risk: in each month, the first ``capacities[month]``: a record the queue takes
+      by risk has fewer than the capacity ahead of it, so also within its part;
+    - to explore (closest to 0.5 when supervised; new to the model: unusual over the
+      familiarity of its cell): the queue spreads these lists over cells, so a record it
+      takes is among the first (explore slots x 2 + records by risk) of its month and
+      cell in that list's order; so also within its part.
+    """
+    from detector.queue import cell_expr, explore_slots, novelty_order
+
+    ranked = frame.sort(["risk_score", "record_kind", "record_id"],
+                        descending=[True, False, False])
+    month = pl.col("record_date").dt.strftime("%Y-%m")
+    first = pl.int_range(pl.len()).over(month) < month.replace_strict(capacities, default=0)
+    kept = [ranked.filter(first)]
+    slots = {m: explore_slots(c, explore) for m, c in capacities.items()}
+    if explore > 0 and any(slots.values()):
+        reach = {m: c + slots[m] for m, c in capacities.items()}
+        within = pl.int_range(pl.len()).over(month, cell_expr()) < month.replace_strict(
+            reach, default=0)
+        orders = []
+        if supervised:
+            orders.append(ranked.sort((pl.col("risk_score") - 0.5).abs(), maintain_order=True))
+        cells = ranked.select(cell_expr())[:, 0]
+        familiarity = None if familiar is None else cells.replace_strict(
+            familiar, default=0, return_dtype=pl.Int64).to_numpy()
+        novelty = novelty_order(ranked["unsupervised_score"].to_numpy(), familiarity)
+        orders.append(ranked.with_columns(__novelty=pl.Series(novelty))
+                      .sort("__novelty", descending=True, maintain_order=True)
+                      .drop("__novelty"))
+        kept += [o.filter(within) for o in orders]
+    return pl.concat(kept).unique(["record_kind", "record_id"], maintain_order=True)
+
+
+def generate_report(dataset_dir: str | Path, out: str | Path,
+                    history_dirs: Sequence[str | Path] = (), *, model_uri: str | None = None,
+                    period: str | None = None, capacity: str = "1%",
+                    explore: float = 0.0, screening_list: str | Path | None = None,
+                    log: Callable[[str], None] = lambda _: None,
+                    progress=None) -> Path:
+    """`detector report`: score the dataset, build the page, write HTML or PDF atomically.
+
+    ``log`` receives notices, ``progress`` (detector.progress.Progress) the phases."""
+    from detector import engine
+    from detector.batch import read_batch
+    from detector.progress import Progress
+    from detector.scoring import check_drift, drift_counts, load_model, score_with_progress
+
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm", ".pdf"):
+        raise UsageError(f"--out {out}: the report must end in .html or .pdf")
+    if period is not None:
+        parse_period(period)
+    parse_capacity(capacity, 1)
+    check_explore(explore)
+    progress = progress or Progress.silent()
+    batch = read_batch(progress, dataset_dir, history_dirs, screening_list)
+    with progress.phase("load model") as phase:
+        model = load_model(model_uri, log)
+        phase.finish(model.label)
+    # Each month's review queue (detector.queue: by risk, plus a share to explore) gets
+    # full reasons, whatever the period: the engine keeps each part's candidates for it.
+    months = report_records(batch.dataset).select(*engine.KEY, "month")
+    capacities = {month: parse_capacity(capacity, n)
+                  for month, n in months.group_by("month").len().iter_rows()}
+    supervised = not model.fallback
+    familiar = familiar_cells(model)
+    counts = drift_counts(model)  # the batch's model inputs and risk, binned while scoring
+    scores = score_with_progress(
+        batch.records(), model, 0, progress,
+        keep=lambda layered: queue_candidates(layered, capacities, supervised, explore,
+                                               familiar),
+        observe=None if counts is None else counts.add)
+    with progress.phase("reasons for each month's review queue") as phase:
+        table = scores.table.join(months, on=engine.KEY, how="left", maintain_order="left")
+        queue = pl.concat([
+            mark_queue(grp, capacity, explore, supervised=supervised, familiar=familiar)
+            .filter(pl.col("queue_reason").is_not_null())
+            for _, grp in table.group_by("month", maintain_order=True)
+        ]).select(*engine.KEY, "queue_reason")
+        review = scores.kept.join(queue, on=engine.KEY, how="inner").sort("rank")
+        if review.height != queue.height:  # queue_candidates must hold every queue row
+            raise RuntimeError(f"report: {queue.height - review.height} queue rows missing "
+                               "from the scored candidates")
+        reasons = review.select(*engine.KEY, "queue_reason",
+                                pl.Series("_full", scores.reasons(review), dtype=pl.String))
+        phase.finish(f"{review.height:,} records")
+    scores = engine.scores_columns(
+        scores.table.join(reasons, on=engine.KEY, how="left", maintain_order="left")
+        .with_columns(reasons=pl.coalesce("_full", "reasons")))
+    model_info = None
+    if not model.fallback:
+        from detector import tracking
+
+        metrics = model.info.get("metrics") or {}
+        if model.info.get("run_id"):
+            metrics = tracking.run_info(model.info["run_id"])["metrics"] or metrics
+        model_info = {"name": model.info.get("name") or model.label,
+                      "version": model.info.get("version") or "",
+                      "run_id": model.info.get("run_id"), "metrics": metrics,
+                      "trained_on": (model.info.get("provenance") or {}).get("dataset")}
+    with progress.phase("compare the batch with the model's training data") as phase:
+        drift = check_drift(batch, model, counts, log)  # None for the fallback
+        phase.finish("no model" if drift is None else f"{len(drift.alerts)} alert(s)")
+    with progress.phase("build the page"):
+        html = build_report(batch.dataset, scores, model_info=model_info, period=period,
+                            capacity=capacity, history=batch.history,
+                            provenance={**batch.provenance, "model": model.label},
+                            scored_rows=review.select(*engine.KEY, *CARD_FEATURES),
+                            drift=drift)
+    with progress.phase(f"write {out}"):
+        return write_report(html, out)
+
