@@ -50,7 +50,7 @@ def month_bounds(start: date, months: int) -> list[tuple[date, date]]:
 
 
 def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: list[str],
-                calibrate: float = 0.25):
+                calibrate: float = 0.25, diagnose: str | None = None):
     from detector.models.ensemble import DiversionModel
     from detector.training import _labelled, split_by_time
 
@@ -58,13 +58,19 @@ def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: lis
 
     labelled = _labelled(frame, labels)
     slices = split_by_time(labelled, 1.0 - calibrate, calibrate)
-    # what the model learned from, per cell: the queue's familiarity (as `detector train`
-    # stores it with a model)
-    cells = labelled_cells(pl.concat([slices["fit"], slices["calibrate"]],
-                                     how="vertical_relaxed"))
+    # what the model's trees learned from, per cell: the queue's familiarity (as `detector
+    # train` stores it with a model: the fit slice)
+    cells = labelled_cells(slices["fit"])
     cutoff = slices["fit"]["record_date"].max()
     unlabelled = frame.join(labels, on=["record_kind", "record_id"], how="anti") \
         .filter(pl.col("record_date") <= cutoff)
+    if diagnose is not None:
+        late = pl.col("typology") == diagnose
+        diag = {n: (part.filter(late & (pl.col("label") == 1)).height,
+                    int(part["label"].sum()), part.height) for n, part in slices.items()
+                if n != "test"}
+        print(f"  retrain: late/positives/labels in fit {diag['fit']}, calibrate "
+              f"{diag['calibrate']}", file=sys.stderr)
     model = DiversionModel(
         features, lightgbm_params=config.lightgbm_params(),
         num_boost_round=config.lightgbm.num_boost_round,
@@ -173,6 +179,8 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                                                      & (pl.col("queue_reason") == "explore"))
                     .height,
                 })
+                if args.diagnose:
+                    diagnose(ranked, month, queued, truth, labels, args)
                 explored = queued.filter(pl.col("queue_reason") == "explore")
                 if explored.height:
                     print("  explored: " + ", ".join(
@@ -183,10 +191,37 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                                          frame.select("record_kind", "record_id"))
                 if args.case_memory:  # the month's decisions join the case memory
                     frame = frame_until(last, labels)
-                model, cells = train_model(frame, labels, config, features, args.calibrate)
+                model, cells = train_model(frame, labels, config, features, args.calibrate,
+                                           args.late_scheme if args.diagnose else None)
                 print(f"seed {seed}, explore {share}: {rows[-1]}", file=sys.stderr)
             results[share] = rows
     return results
+
+
+def diagnose(ranked: pl.DataFrame, month: pl.DataFrame, queued: pl.DataFrame, truth: pl.DataFrame,
+             labels: pl.DataFrame, args) -> None:
+    """On stderr: the late scheme's cases this month (caught or not), their rank, risk and
+    case memory, and how many of its cases were confirmed before."""
+    late = (pl.col("typology") == args.late_scheme) & (pl.col("label") == 1)
+    confirmed = labels.join(truth.select("record_kind", "record_id", "typology"),
+                            on=["record_kind", "record_id"], how="left") \
+        .filter(pl.col("label") == 1)
+    memory = [c for c in ("consignee_confirmed_before", "linked_confirmed_before",
+                          "exporter_confirmed_before", "route_confirmed_before")
+              if c in month.columns]
+    cases = ranked.select("record_kind", "record_id", "risk_score", "unsupervised_score") \
+        .with_row_index("rank", offset=1) \
+        .join(month.select("record_kind", "record_id", *memory),
+              on=["record_kind", "record_id"], how="left") \
+        .join(truth, on=["record_kind", "record_id"], how="left").filter(late)
+    threshold = queued.filter(pl.col("queue_reason") == "risk")["risk_score"].min()
+    print(f"  late: {cases.height} present, {queued.filter(late).height} caught; "
+          f"{confirmed.filter(pl.col('typology') == args.late_scheme).height} confirmed "
+          f"before; risk threshold {threshold}", file=sys.stderr)
+    for r in cases.iter_rows(named=True):
+        print(f"    {r['record_kind']} {r['record_id']} rank {r['rank']} risk "
+              f"{r['risk_score']:.3f} u={r.get('unsupervised_score') or 0:.2f} "
+              + " ".join(f"{c[:-16]}={r.get(c)}" for c in memory), file=sys.stderr)
 
 
 def print_table(args, seed: int, results: dict[float, list[dict]]) -> None:
@@ -232,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-case-memory", dest="case_memory", action="store_false",
                         help="build features without the decisions so far (as the replay "
                              "did before 2026-11-30)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="on stderr, per month: the late scheme's cases, their rank, "
+                             "risk and case memory, and where its confirmed cases went in "
+                             "each retraining (fit or calibrate slice)")
     args = parser.parse_args(argv)
 
     wall = time.perf_counter()

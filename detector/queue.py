@@ -10,12 +10,17 @@ records chosen for what deciding them teaches the model, as customs-selection sy
   was fitted on) that are far from the labelled records the model learned from. A
   record's *cell* is its kind and destination (a lease's: the lessee's country), the
   channel a scheme runs through; its familiarity is (1 + confirmed diversions of its
-  kind) x (1 + labelled records of its cell) in the model's training labels (stored with
-  the model, `labelled_cells`). The list is ordered by ``unusual / sqrt(familiarity)``:
-  an unusual lease, when the model was never shown a diverted lease, comes before an
-  unusual shipment to a destination with hundreds of labels;
-* **least sure**: records whose calibrated probability is closest to 0.5 (only with a
-  trained model; the fallback's score is not a probability).
+  kind) x (1 + labelled records of its cell) among the labels the model's trees were
+  fitted on (stored with the model, `labelled_cells`; not the calibration slice: the
+  newest labels only set the probability scale, so records like them are still new to
+  the trees). The list is ordered by ``unusual / sqrt(familiarity)``: an unusual lease,
+  when the model was never shown a diverted lease, comes before an unusual shipment to
+  a destination with hundreds of labels;
+* **least sure**: records whose calibrated probability is most in doubt where the trees
+  learned least, ordered by ``p (1 - p) / sqrt(familiarity)`` (only with a trained
+  model; the fallback's score is not a probability). A 0.5 in a cell of hundreds of
+  labels is a coin toss the model knows about; doubt in a cell it barely saw is
+  ignorance, which a decision resolves. Without stored familiarity: closest to 0.5.
 
 Explore slots alternate between the two lists, new-to-the-model first, and spread across
 cells: each list offers the first record of every cell before the second of any (so
@@ -115,6 +120,19 @@ def novelty_order(unusual: np.ndarray, familiarity: np.ndarray | None) -> np.nda
     return np.where(values >= 0, values / np.sqrt(np.asarray(familiarity, np.float64)), values)
 
 
+def unsureness(risk: np.ndarray, familiarity: np.ndarray | None) -> np.ndarray:
+    """The least-sure list's sort value: p(1 - p) (largest at 0.5), over sqrt(familiarity).
+
+    A probability near 0.5 in a cell the trees learned from hundreds of labels is a coin
+    toss the model knows about: deciding it teaches little. The same doubt where they
+    learned from few labels is ignorance, which a decision resolves."""
+    p = np.nan_to_num(np.asarray(risk, dtype=np.float64), nan=0.0)
+    doubt = p * (1.0 - p)
+    if familiarity is None:
+        return doubt
+    return doubt / np.sqrt(np.asarray(familiarity, np.float64))
+
+
 def spread(order: np.ndarray, cells: np.ndarray | None) -> np.ndarray:
     """``order`` (row indices) re-ordered round by round: the first row of every cell (in
     ``order``), then the second of every cell, ... (stable: within a round, ``order``)."""
@@ -149,8 +167,9 @@ def choose_queue(risk: np.ndarray, unusual: np.ndarray | None, capacity: int, ex
                                None if familiarity is None else np.asarray(familiarity)[rest])
         lists.append(rest[np.argsort(-values, kind="stable")])
     if supervised and len(rest):
-        # closest to 0.5 first; stable sort keeps rank order among equals
-        lists.append(rest[np.argsort(np.abs(risk[rest] - 0.5), kind="stable")])
+        lists.append(rest[np.argsort(-unsureness(risk[rest], None if familiarity is None
+                                                 else np.asarray(familiarity)[rest]),
+                                     kind="stable")])
     if not lists:  # nothing to learn from: the next records by risk
         lists.append(rest)
     lists = [spread(order, cells) for order in lists]

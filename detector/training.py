@@ -191,9 +191,10 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
     provenance = {**batch.provenance, "config": config.source, "slices": slice_info,
                   "training_cutoff": learned_through, "case_memory": case_info,
                   "model_inputs": features,
-                  # what it learned from, per cell: the review queue's familiarity
-                  LABELLED_CELLS: labelled_cells(pl.concat([slices["fit"], slices["calibrate"]],
-                                                           how="vertical_relaxed")),
+                  # what its trees learned from, per cell: the review queue's familiarity
+                  # (the fit slice only: the calibration slice, the newest labels, sets the
+                  # probability scale but teaches the trees nothing)
+                  LABELLED_CELLS: labelled_cells(slices["fit"]),
                   "training_profile": _training_profile(model, frame, batch, config.seed)}
     bundle = ModelBundle(model, model_feature_names(), stats.to_dict(), batch.reference_version,
                          config.as_params(), metrics, provenance, scheme_model)

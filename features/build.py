@@ -337,9 +337,10 @@ def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
     return out.rename({"record_id": "__row"})
 
 
-def _lease_frame(ctx: _Context, leases: pl.DataFrame) -> pl.LazyFrame:
-    ref, stats, maps = ctx.ref, ctx.stats, ctx.maps
-    lf = leases.lazy().with_columns(
+def _lease_parties(ctx: _Context, leases: pl.DataFrame) -> pl.LazyFrame:
+    """Leases with the lessee resolved and the case memory's keys (``__lrow``: the lease's
+    row number, the key of its case memory)."""
+    lf = leases.lazy().with_row_index("__lrow").with_columns(
         pl.lit("lease").alias("record_kind"),
         pl.col("lease_id").alias("record_id"),
         pl.col("start_date").alias("record_date"),
@@ -348,6 +349,16 @@ def _lease_frame(ctx: _Context, leases: pl.DataFrame) -> pl.LazyFrame:
         pl.col("gpu_count").alias("declared_quantity"))
     lf = _join_text(lf, ctx.names.rename({"name_norm": "__lessee_norm"}), "lessee_name", "")
     lf = ctx.resolve(lf, "__lessee_norm", "lessee_country", "lessee_party_id", "lessee")
+    return lf.with_columns(case_memory.lease_keys())
+
+
+def _lease_frame(ctx: _Context, leases: pl.DataFrame,
+                 memory: pl.DataFrame | None = None) -> pl.LazyFrame:
+    """``memory``: the leases' case memory by ``__lrow`` (`FeatureBuilder`)."""
+    ref, stats, maps = ctx.ref, ctx.stats, ctx.maps
+    lf = _lease_parties(ctx, leases)
+    if memory is not None:
+        lf = lf.join(memory.lazy(), on="__lrow", how="left")
     lf = product.recognise_chips(lf, "gpu_model", ref)
     lf = lf.with_columns(
         pl.col("gpu_count").cast(pl.Float64).alias("chip_units"),
@@ -412,14 +423,31 @@ class FeatureBuilder:
                           .collect(engine="in-memory"))
             row += part.height
         inputs = pl.concat(inputs)
-        # case memory: the decisions stored with the model, then those of ``labels``
+        # case memory: the decisions stored with the model, then those of ``labels``, on
+        # shipments and leases alike (features.case_memory)
+        lease_keys = _lease_parties(self.ctx, self.leases).select(
+            "__lrow", "record_id", "record_date", *case_memory.KEY_COLUMNS) \
+            .collect(engine="in-memory")
         stored, stored_prior = case_memory.events_from_dict(self.ctx.stats.case_memory)
-        given = case_memory.empty_events() if labels is None or labels.height == 0 else \
-            case_memory.case_events(inputs.lazy(), labels.lazy())
+        if labels is None or labels.height == 0:
+            given = case_memory.empty_events()
+        else:
+            given = case_memory.merge_events(
+                case_memory.case_events(inputs.lazy().drop("record_id")
+                                        .rename({"shipment_id": "record_id"}), labels.lazy()),
+                case_memory.case_events(lease_keys.lazy(), labels.lazy(), "lease"))
         self.events = case_memory.merge_events(given, stored)
         self.prior = case_memory.prior_rate(self.events) if given.height else stored_prior
         self.cross = _cross_record(inputs, self.events, self.prior)
         del inputs
+        self.lease_memory = case_memory.case_memory(
+            lease_keys.lazy().drop("record_id").rename({"__lrow": "record_id"}),
+            self.events, self.prior).rename({"record_id": "__lrow"}) \
+            .collect(engine="in-memory")
+        # the entities a lease has (no forwarder, no HS-4 heading: those stay null)
+        self.lease_memory = self.lease_memory.select(
+            "__lrow", *[c for c in self.lease_memory.columns
+                        if c in FEATURES and "lease" in FEATURES[c].kinds])
         self._schema = None
 
     def _part(self, i: int) -> pl.DataFrame:
@@ -434,7 +462,8 @@ class FeatureBuilder:
                        self.input_names)
 
     def lease_lazy(self, carry: list[str] = ()) -> pl.LazyFrame:
-        return _select(_lease_frame(self.ctx, self.leases), list(carry), self.input_names)
+        return _select(_lease_frame(self.ctx, self.leases, self.lease_memory), list(carry),
+                       self.input_names)
 
     def case_memory_state(self) -> dict:
         """The decisions this builder's case memory used, JSON-able (stored in a bundle)."""

@@ -3,7 +3,7 @@
 The one feature family allowed to read labels (DEVELOPERS.md). Pure functions fed a
 labels frame; no I/O.
 
-For each shipment and each entity — its consignee, exporter, forwarder, linked parties
+For each record and each entity — its consignee, exporter, forwarder, linked parties
 (same ultimate owner, or same registered address), HS-4 heading and route (exporter
 country → destination) — the confirmed (label 1) and cleared (label 0) decisions about
 records of that entity, counted only from decisions dated strictly before the record's
@@ -13,6 +13,14 @@ own date, and a smoothed confirmed rate::
 
 where ``prior`` is the confirmed share of all the decisions known (so an entity with no
 history reads as the base rate, and two confirmations out of two do not read as 100%).
+
+A lease has the same memory, its entities read as a shipment's (`lease_keys`): the
+lessee is its consignee (the same key, so a party's shipments and leases count
+together), the lessee's owner group or registered address its linked parties, the
+provider its exporter, and the data-centre country → lessee country its route; it has no
+forwarder or HS-4 heading. Decisions on both kinds count for both: a confirmed lease of a
+lessee counts for its later shipments, and a confirmed shipment to a restricted parent's
+subsidiary counts for a later lease by another subsidiary of that parent.
 
 A decision is dated by ``decided_on``; a decision without a date, or dated before its own
 record, is dated at its record (a decision cannot precede what it decides), so a record
@@ -43,7 +51,8 @@ ENTITIES: dict[str, tuple[str, ...]] = {
 }
 KEY_COLUMNS = tuple(dict.fromkeys(k for keys in ENTITIES.values() for k in keys))
 RECENT_ENTITIES = ("consignee", "exporter")
-EVENT_COLUMNS = ("record_id", "event_date", "label", *KEY_COLUMNS)
+EVENT_COLUMNS = ("record_kind", "record_id", "event_date", "label", *KEY_COLUMNS)
+KINDS = ("shipment", "lease")
 
 
 def feature_names() -> list[str]:
@@ -56,24 +65,50 @@ def feature_names() -> list[str]:
 
 
 def empty_events() -> pl.DataFrame:
-    return pl.DataFrame(schema={"record_id": pl.String, "event_date": pl.Date,
+    return pl.DataFrame(schema={"record_kind": pl.String, "record_id": pl.String,
+                                "event_date": pl.Date,
                                 "label": pl.Int64, **{k: pl.String for k in KEY_COLUMNS}})
 
 
-def case_events(records: pl.LazyFrame, labels: pl.LazyFrame) -> pl.DataFrame:
-    """One event per shipment label: the record's keys, the label and its date.
+def lease_keys() -> list[pl.Expr]:
+    """The case memory's `KEY_COLUMNS` of a lease (module docstring), from a lease frame
+    with the lessee resolved (``__lessee_norm``, ``__party_id``, ``ultimate_parent_id``,
+    ``__p_address_norm``) and the contract's lease columns. The consignee key is built as
+    a shipment's, so the same party has the same key in both kinds."""
+    lessee = pl.coalesce(pl.col("__party_id"), pl.concat_str(
+        "__lessee_norm", "lessee_country", separator="|"))
+    return [
+        lessee.alias("consignee_key"),
+        pl.concat_str(pl.col("provider_name").str.to_uppercase()
+                      .str.replace_all(r"\s+", " ").str.strip_chars(),
+                      "datacenter_country", separator="|").alias("exporter_key"),
+        pl.lit(None, pl.String).alias("__forwarder_key"),
+        pl.coalesce(pl.col("ultimate_parent_id"), lessee).alias("group_key"),
+        pl.when(pl.col("__p_address_norm").str.len_chars() > 0)
+        .then(pl.concat_str("__p_address_norm", "lessee_country", separator="|"))
+        .alias("address_key"),
+        pl.lit(None, pl.String).alias("__hs4"),
+        pl.concat_str(pl.lit("lease:"), "datacenter_country", pl.lit(">"), "lessee_country")
+        .alias("__route"),
+    ]
 
-    ``records``: shipment_id, record_date and the `KEY_COLUMNS`; ``labels``: the
-    contract's labels table (record_kind, record_id, label, decided_on).
+
+def case_events(records: pl.LazyFrame, labels: pl.LazyFrame,
+                kind: str = "shipment") -> pl.DataFrame:
+    """One event per label of a ``kind`` record: the record's keys, the label and its date.
+
+    ``records``: record_id (the contract id), record_date and the `KEY_COLUMNS` of
+    records of ``kind``; ``labels``: the contract's labels table (record_kind, record_id,
+    label, decided_on).
     """
-    decided = labels.filter((pl.col("record_kind") == "shipment")
+    decided = labels.filter((pl.col("record_kind") == kind)
                             & pl.col("label").is_in([0, 1])) \
         .select("record_id", pl.col("label").cast(pl.Int64), "decided_on")
     return (
-        records.select(pl.col("shipment_id").alias("record_id"), "record_date",
+        records.select("record_id", "record_date",
                        *[pl.col(k).cast(pl.String) for k in KEY_COLUMNS])
         .join(decided, on="record_id", how="inner")
-        .select("record_id",
+        .select(pl.lit(kind).alias("record_kind"), "record_id",
                 pl.max_horizontal(pl.col("decided_on").fill_null(pl.col("record_date")),
                                   pl.col("record_date")).alias("event_date"),
                 "label", *KEY_COLUMNS)
@@ -86,7 +121,8 @@ def merge_events(first: pl.DataFrame, *others: pl.DataFrame) -> pl.DataFrame:
     frames = [f.select(EVENT_COLUMNS) for f in (first, *others) if f.height]
     if not frames:
         return empty_events()
-    return pl.concat(frames).unique("record_id", keep="first", maintain_order=True)
+    return pl.concat(frames).unique(["record_kind", "record_id"], keep="first",
+                                    maintain_order=True)
 
 
 def prior_rate(events: pl.DataFrame) -> float | None:
@@ -162,7 +198,9 @@ def events_to_dict(events: pl.DataFrame, prior: float | None) -> dict:
 def events_from_dict(data: dict | None) -> tuple[pl.DataFrame, float | None]:
     if not data or not data.get("events"):
         return empty_events(), None
-    columns = data["events"]
+    columns = dict(data["events"])
+    if "record_kind" not in columns:  # stored before leases had a case memory
+        columns["record_kind"] = ["shipment"] * len(columns.get("record_id", []))
     frame = pl.DataFrame({c: columns.get(c, []) for c in EVENT_COLUMNS},
                          schema={**empty_events().schema, "event_date": pl.String})
     return frame.with_columns(pl.col("event_date").str.to_date()), data.get("prior")

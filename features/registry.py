@@ -31,6 +31,8 @@ class Feature:
     # When a model input is null (missing) for a record of a kind it applies to; None: never.
     # The property test (tests/test_features_property.py) holds the builder to it.
     null_when: str | None = None
+    # the reason for a lease, where the shipment's wording names the wrong party
+    lease_reason: str | None = None
 
 
 _F = Feature
@@ -276,23 +278,33 @@ _ALL: list[Feature] = [
     _F("first_forwarder_for_consignee", "no earlier line to this consignee through this "
        "forwarder", "7 forwarder", S),
     # ---- case memory (features.case_memory; the one family that reads labels)
+    # a lease's: its lessee as consignee, its provider as exporter, data-centre country →
+    # lessee country as route; shipments and leases of one party count together
     *[_F(f"{e}_{what}", f"{text} about records of the same {who}, decided before this "
-         "record's date", "case memory", S)
-      for e, who in (("consignee", "consignee"), ("exporter", "exporter"),
-                     ("forwarder", "forwarder"),
-                     ("linked", "owner group or registered address (linked parties)"),
-                     ("hs4", "HS-4 heading"), ("route", "route (exporter country → destination)"))
+         "record's date", "case memory", kinds)
+      for e, who, kinds in (
+          ("consignee", "consignee (a lease: lessee)", B),
+          ("exporter", "exporter (a lease: provider)", B),
+          ("forwarder", "forwarder", S),
+          ("linked", "owner group or registered address (linked parties)", B),
+          ("hs4", "HS-4 heading", S),
+          ("route", "route (exporter country → destination; a lease: data-centre country → "
+                    "lessee country)", B))
       for what, text in (("confirmed_before", "confirmed diversions"),
                          ("cleared_before", "cleared reviews"),
                          ("confirmed_rate", "smoothed confirmed rate of the decisions"))],
-    _F("consignee_confirmed_12m", "confirmed diversions of the consignee decided in the 365 "
-       "days before this record", "case memory", S,
+    _F("consignee_confirmed_12m", "confirmed diversions of the consignee (a lease: lessee) "
+       "decided in the 365 days before this record", "case memory", B,
        reason="consignee had {consignee_confirmed_12m} confirmed diversion(s) in the previous "
-              "12 months"),
-    _F("exporter_confirmed_12m", "confirmed diversions of the exporter decided in the 365 "
-       "days before this record", "case memory", S,
+              "12 months",
+       lease_reason="lessee had {consignee_confirmed_12m} confirmed diversion(s) in the "
+                    "previous 12 months"),
+    _F("exporter_confirmed_12m", "confirmed diversions of the exporter (a lease: provider) "
+       "decided in the 365 days before this record", "case memory", B,
        reason="exporter had {exporter_confirmed_12m} confirmed diversion(s) in the previous "
-              "12 months"),
+              "12 months",
+       lease_reason="provider had {exporter_confirmed_12m} confirmed diversion(s) in the "
+                    "previous 12 months"),
     # ---- re-export (retrospective, looks forward)
     _F("later_reexported_to_d5_hk_mo", "consignee later exports controlled goods to D:5/HK/MO",
        "transshipment", S,
@@ -442,6 +454,8 @@ def render_reason(feature_name: str, row: dict) -> str | None:
     feature = FEATURES.get(feature_name)
     if feature is None or feature.reason is None:
         return None
+    if row.get("record_kind") == "lease" and feature.lease_reason:
+        return fill_template(feature.lease_reason, row)
     return fill_template(feature.reason, row)
 
 

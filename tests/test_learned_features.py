@@ -8,7 +8,7 @@ from datetime import date
 
 import polars as pl
 import pytest
-from feature_fixtures import FakeReference, leases, parties, shipment, shipments
+from feature_fixtures import FakeReference, lease, leases, parties, party, shipment, shipments
 
 from detector.errors import InputError
 from features import case_memory
@@ -29,9 +29,9 @@ def row(frame, record_id):
     return frame.filter(pl.col("record_id") == record_id).row(0, named=True)
 
 
-def labels(*rows):
+def labels(*rows, kind="shipment"):
     return pl.DataFrame(
-        [{"record_kind": "shipment", "record_id": r, "label": y, "typology": None,
+        [{"record_kind": kind, "record_id": r, "label": y, "typology": None,
           "decided_on": d} for r, y, d in rows],
         schema={"record_kind": pl.String, "record_id": pl.String, "label": pl.Int64,
                 "typology": pl.String, "decided_on": pl.Date})
@@ -196,6 +196,79 @@ def test_stored_case_memory_is_used_at_scoring_and_merges_with_history_labels():
     frame = build(pl.concat([later, history]), stats, labels=more)
     assert (row(frame, "S9")["consignee_confirmed_before"],
             row(frame, "S9")["consignee_cleared_before"]) == (2, 1)
+
+
+def _lease_world():
+    """Leases of one lessee (L1-L3), of a subsidiary of its owner (L4) and of an
+    unrelated lessee elsewhere (L5); shipments to the lessee and to the subsidiary."""
+    owners = parties(party("TOP", "Dragon Holdings Co., Ltd.", "CN"),
+                     party("PA", "Tiny AI Sdn Bhd", "MY", parent_party_id="TOP"),
+                     party("PB", "Other Compute Ltd", "HK", parent_party_id="TOP"))
+    rented = leases(
+        lease("L1", start_date=date(2024, 7, 1)),
+        lease("L2", start_date=date(2024, 7, 20)),  # before L1's decision
+        lease("L3", start_date=date(2024, 9, 1)),   # after it
+        lease("L4", start_date=date(2024, 9, 1), lessee_name="Other Compute Ltd",
+              lessee_country="HK", provider_name="Far Cloud", datacenter_country="SG"),
+        lease("L5", start_date=date(2024, 9, 1), lessee_name="Unrelated Labs GmbH",
+              lessee_country="DE", provider_name="Euro Cloud", datacenter_country="DE"))
+    shipped = shipments(
+        shipment("S1", export_date=date(2024, 6, 1), consignee_name="Other Compute Ltd",
+                 consignee_country="HK", destination_country="HK"),
+        shipment("S2", export_date=date(2024, 10, 1), consignee_name="Tiny AI Sdn Bhd",
+                 consignee_country="MY", destination_country="MY"))
+    return shipped, rented, owners
+
+
+def test_a_lease_has_case_memory_of_its_lessee_provider_owner_and_route():
+    shipped, rented, owners = _lease_world()
+    decided = pl.concat([labels(("L1", 1, date(2024, 7, 31)), kind="lease"),
+                         labels(("S1", 1, date(2024, 6, 30)))])
+    memory = {}
+    frame = build_features(shipped, rented, owners, None, REF, None, labels=decided,
+                           memory_out=memory)
+    l1, l2, l3, l4, l5 = (row(frame, k) for k in ("L1", "L2", "L3", "L4", "L5"))
+    # its own decision never counts; L2 starts before L1 was decided
+    assert l1["consignee_confirmed_before"] == 0
+    assert l2["consignee_confirmed_before"] == 0
+    # L3: the lessee's confirmed lease, same provider, same data-centre → lessee route
+    assert (l3["consignee_confirmed_before"], l3["exporter_confirmed_before"],
+            l3["route_confirmed_before"]) == (1, 1, 1)
+    assert l3["consignee_confirmed_12m"] == 1
+    # linked parties: the owner's two subsidiaries, across kinds (L1 lease, S1 shipment)
+    assert l3["linked_confirmed_before"] == 2
+    # L4: another subsidiary of the same owner (its own shipment S1, and L1)
+    assert l4["consignee_confirmed_before"] == 1 and l4["linked_confirmed_before"] == 2
+    assert l4["route_confirmed_before"] == 0 and l4["exporter_confirmed_before"] == 0
+    # an unrelated lessee elsewhere has decisions known (a rate) but none of its own
+    assert (l5["consignee_confirmed_before"], l5["linked_confirmed_before"],
+            l5["route_confirmed_before"]) == (0, 0, 0)
+    assert l5["consignee_confirmed_rate"] == pytest.approx(1.0)
+    # a shipment to the lessee after the lease was decided counts the lease
+    assert row(frame, "S2")["consignee_confirmed_before"] == 1
+    # no forwarder or HS-4 heading for a lease
+    assert l3["forwarder_confirmed_before"] is None and l3["hs4_confirmed_before"] is None
+    assert memory["case_memory"]["decisions"] == 2
+    assert set(memory["case_memory"]["events"]["record_kind"]) == {"shipment", "lease"}
+    from features.registry import render_reason
+    assert render_reason("consignee_confirmed_12m", l3) == \
+        "lessee had 1 confirmed diversion(s) in the previous 12 months"
+
+
+def test_a_lease_decision_stored_with_the_model_counts_at_scoring():
+    shipped, rented, owners = _lease_world()
+    memory = {}
+    build_features(shipped, rented, owners, None, REF, None,
+                   labels=labels(("L1", 1, date(2024, 7, 31)), kind="lease"),
+                   memory_out=memory)
+    stats = FeatureStats.from_dict({"case_memory": memory["case_memory"]})
+    frame = build_features(shipped, rented, owners, None, REF, stats)
+    assert row(frame, "L3")["consignee_confirmed_before"] == 1
+    # a model stored before leases had a case memory: its events are shipments
+    old = dict(memory["case_memory"], events={
+        k: v for k, v in memory["case_memory"]["events"].items() if k != "record_kind"})
+    events, _ = case_memory.events_from_dict(old)
+    assert events["record_kind"].to_list() == ["shipment"]
 
 
 def test_without_any_decision_counts_are_zero_and_rates_missing():
