@@ -191,7 +191,6 @@ class ReviewSession:
         self._lock = threading.Lock()
         self._order_lock = threading.Lock()
         self._orders: dict[str, pl.Series] = {}
-        self._schemes: dict[str, list[str]] = {}
         self._registry = None
         context = record_context(batch.dataset.shipments, batch.dataset.leases)
         table = scores.join(context, on=KEY, how="left", suffix="_ctx", maintain_order="left")
@@ -218,6 +217,10 @@ class ReviewSession:
         self.records = self.table.height
         self.destinations = sorted(d for d in self.table["destination"].unique().to_list() if d)
         self.has_schemes = self.table["likely_scheme"].is_not_null().any()
+        # the likely schemes named in each scope (the filter's choices)
+        self._schemes = {scope: (self.index if scope == "all" else self.index.filter(
+            pl.col("queue_reason").is_not_null()))["likely_scheme"].drop_nulls().unique()
+            .to_list() for scope in SCOPES}
 
     # ------------------------------------------------------------------ queue
 
@@ -243,7 +246,7 @@ class ReviewSession:
         counts = dict(decided.group_by("status").len().iter_rows())
         if in_scope - decided.height:
             counts["undecided"] = in_scope - decided.height
-        schemes = sorted({*self.likely_schemes(query.scope),
+        schemes = sorted({*self._schemes[query.scope],
                           *decided["decided_scheme"].drop_nulls().to_list()})
         conditions = [] if scope is None else [scope]
         if query.kind:
@@ -297,15 +300,6 @@ class ReviewSession:
         """``column`` of the decisions at their rows' positions, null elsewhere."""
         return pl.repeat(None, n, dtype=pl.String, eager=True).alias(column) \
             .scatter(decided["__row"], decided[column].cast(pl.String))
-
-    def likely_schemes(self, scope: str) -> list[str]:
-        """The likely schemes named in a scope (computed once per scope)."""
-        with self._order_lock:
-            if scope not in self._schemes:
-                index = self.index if scope == "all" else \
-                    self.index.filter(pl.col("queue_reason").is_not_null())
-                self._schemes[scope] = index["likely_scheme"].drop_nulls().unique().to_list()
-            return self._schemes[scope]
 
     def order(self, sort: str) -> pl.Series:
         """Row positions of the table in ``sort`` order (ties by rank), computed once:
