@@ -125,7 +125,8 @@ def rank(frame: pl.DataFrame) -> pl.DataFrame:
 def _top_rows(layered: pl.DataFrame, top: int) -> pl.DataFrame:
     """The ``top`` highest-ranked rows of a part, gathered (a slice would keep the
     whole part's buffers alive)."""
-    order = rank(layered.with_row_index("__i"))["__i"].head(top)
+    keys = layered.select("risk_score", *KEY).with_row_index("__i")
+    order = rank(keys)["__i"].head(top)  # ranked on the keys alone, not the wide frame
     return layered[order]
 
 

@@ -382,6 +382,8 @@ def _read_rows(lf: pl.LazyFrame, table: Table, name: str, chunk_rows: int, path:
     # text row by row just in case)
     checks: list[tuple[Column, str, str, pl.Expr]] = []
     typed_by_name: dict[str, pl.Expr] = {}
+    # source column -> its checks, computed once per distinct text (`_by_value`)
+    per_value: dict[str, list[pl.Expr]] = {}
     for column in table.columns:
         src_name = by_key.get(column.name)
         if src_name is None:
@@ -389,22 +391,28 @@ def _read_rows(lf: pl.LazyFrame, table: Table, name: str, chunk_rows: int, path:
             continue
         source = source_schema[src_name]
         raw, text = pl.col(src_name), pl.col(f"__orig_{src_name}")
+        by_value = _by_value(column, source, table)
         if isinstance(source, pl.List):  # a native Parquet list: read as the ';'-joined text
             raw = raw.cast(pl.List(pl.String)).list.join(LIST_SEPARATOR)
             text = text.cast(pl.List(pl.String)).list.join(LIST_SEPARATOR)
             source = pl.String()
         typed, bad, expected = _parse(column, raw, source)
-        exprs.append(typed.cast(POLARS_TYPES[column.kind]).alias(column.name))
         typed_by_name[column.name] = typed.cast(POLARS_TYPES[column.kind])
-        exprs.append(bad.alias(f"__bad_{column.name}"))
+        outputs = [typed.cast(POLARS_TYPES[column.kind]).alias(f"__typed_{column.name}"),
+                   bad.alias(f"__bad_{column.name}")]
         checks.append((column, f"__bad_{column.name}", expected, text.cast(pl.String)))
         if column.required:
-            exprs.append(_clean_text(raw).is_null().alias(f"__null_{column.name}")
-                         if not source.is_temporal() and not source.is_numeric()
-                         and source != pl.Boolean
-                         else raw.is_null().alias(f"__null_{column.name}"))
+            outputs.append(_clean_text(raw).is_null().alias(f"__null_{column.name}")
+                           if not source.is_temporal() and not source.is_numeric()
+                           and source != pl.Boolean
+                           else raw.is_null().alias(f"__null_{column.name}"))
         if column.kind == ENUM:
-            exprs.append(_clean_text(raw).alias(f"__raw_{column.name}"))
+            outputs.append(_clean_text(raw).alias(f"__raw_{column.name}"))
+        if by_value:
+            per_value[src_name] = outputs
+            outputs = [pl.col(o.meta.output_name()) for o in outputs]
+        outputs[0] = outputs[0].alias(column.name)
+        exprs.extend(outputs)
 
     original = list(source_schema.names())
     # Record tables keep the columns the contract does not name ("extra columns": a real
@@ -428,7 +436,7 @@ def _read_rows(lf: pl.LazyFrame, table: Table, name: str, chunk_rows: int, path:
         part = lf.slice(offset, chunk_rows)
         if not numbered:  # a recovered frame numbers its rows as the file does
             part = part.with_row_index("__row", offset=offset + 1)
-        df = part.select(select).collect()
+        df = _with_checks_by_value(part, per_value).select(select).collect()
         if total == 0 and table.required and not bad_lines:
             raise _Unreadable(name, None, "the file has a header but no rows")
         passed, quarantined = _check_chunk(df, table, checks, original, findings,
@@ -443,6 +451,36 @@ def _read_rows(lf: pl.LazyFrame, table: Table, name: str, chunk_rows: int, path:
     quarantined = pl.concat(quarantined_parts, how="diagonal_relaxed") \
         if quarantined_parts else None
     return _Attempt(findings, data, quarantined, original)
+
+
+# Column kinds whose text takes few distinct values (codes, dates, flags): their checks
+# run once per distinct text and are joined back, instead of once per row.
+_FEW_VALUES = (COUNTRY, COUNTRY_LIST, ENUM, BOOL, DATE)
+
+
+def _by_value(column: Column, source: pl.DataType, table: Table) -> bool:
+    """Whether ``column``, read from text, is checked once per distinct value."""
+    return (source == pl.String and column.name != table.id_column
+            and (column.kind in _FEW_VALUES or (column.kind == STRING and column.pattern)))
+
+
+def _with_checks_by_value(part: pl.LazyFrame, per_value: dict[str, list[pl.Expr]]
+                          ) -> pl.LazyFrame:
+    """``part`` with the checks of ``per_value`` (source column -> expressions over it),
+    each evaluated on the column's distinct values and joined back by value (a null
+    value to the null row), row order kept. Every check is a function of the one value,
+    so each row gets what evaluating it row by row gives."""
+    if not per_value:
+        return part
+    rows = part.collect()  # read once; the distinct values come from it
+    checks = []
+    for src_name, outputs in per_value.items():
+        values = rows.select(src_name)
+        checked = values.unique().with_columns(outputs)
+        # joined on the one column (joining the whole frame would copy every column)
+        checks.append(values.join(checked, on=src_name, how="left", nulls_equal=True,
+                                  maintain_order="left").drop(src_name))
+    return rows.hstack([c for frame in checks for c in frame.get_columns()]).lazy()
 
 
 def _recovered_frame(recovered: Recovered) -> pl.LazyFrame:

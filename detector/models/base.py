@@ -42,8 +42,10 @@ def feature_matrix(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"feature frame lacks {len(missing)} model input(s): {missing[:8]}")
-    return (
-        frame.select(pl.col(c).cast(pl.Float64) for c in columns)
-        .to_numpy()
-        .astype(np.float64, copy=False)
-    )
+    # column by column into one column-major matrix (the layout DataFrame.to_numpy gives):
+    # casting every column first and then converting held the matrix twice; a column
+    # without nulls converts without a copy
+    out = np.empty((frame.height, len(columns)), dtype=np.float64, order="F")
+    for j, name in enumerate(columns):
+        out[:, j] = frame[name].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    return out
