@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from features.behaviour import SPLITTING_WINDOW_DAYS
 from features.parties import INDUSTRIES_THAT_DO_NOT_FIT
+from features.registry import counted
 from features.stats import DEFAULT_SMALL_SHIPMENT_VALUE_USD
 
 Mechanism = tuple[str, set[str]]
@@ -63,7 +64,7 @@ def transshipment(row: dict) -> Mechanism | None:
         what = (f"{units:,.0f} {_goods(row)}" if units and days <= 90
                 else _goods(row) if row.get("chip_model") else "GPUs")
         return (f"consignee re-exported {what} to {row.get('reexport_destination')} "
-                f"{days:,.0f} days later", {"reexport"})
+                f"{counted(days, 'day')} later", {"reexport"})
     if _true(row, "transit_via_hk_or_mo"):
         return (f"{_goods(row)} routed through {_transit(row)} on the way to "
                 f"{row.get('destination_country')}", {"route"})
@@ -94,16 +95,16 @@ def shell_company(row: dict) -> Mechanism | None:
     parts, facts = [], set()
     age = _num(row, f"{who}_age_days")
     if age is not None and 0 <= age < NEWLY_FORMED_DAYS:
-        parts.append(f"incorporated {age:,.0f} days before the "
+        parts.append(f"incorporated {counted(age, 'day')} before the "
                      f"{'lease' if who == 'lessee' else 'shipment'}")
         facts.add("age" if who == "consignee" else "lessee_age")
     employees = _num(row, f"{who}_employees")
     if employees is not None and employees < 10:
-        parts.append(f"{employees:,.0f} employees")
+        parts.append(counted(employees, "employee"))
         facts.add("employees")
     shared = _num(row, "consignee_address_shared_by")
     if who == "consignee" and shared is not None and shared >= 2:
-        parts.append(f"{shared:,.0f} other companies at its address")
+        parts.append(f"{counted(shared, 'other company', 'other companies')} at its address")
         facts.add("address")
     if _true(row, f"{who}_industry_misfit") or (
             who == "consignee" and _true(row, "consignee_industry_misfit")):
@@ -126,13 +127,13 @@ def _shell_exporter(row: dict) -> Mechanism | None:
     parts = []
     age = _num(row, "exporter_age_days")
     if age is not None and 0 <= age < NEWLY_FORMED_DAYS:
-        parts.append(f"incorporated {age:,.0f} days before the shipment")
+        parts.append(f"incorporated {counted(age, 'day')} before the shipment")
     employees = _num(row, "exporter_employees")
     if employees is not None and employees < 10:
-        parts.append(f"{employees:,.0f} employees")
+        parts.append(counted(employees, "employee"))
     shared = _num(row, "exporter_address_shared_by")
     if shared is not None and shared >= 2:
-        parts.append(f"{shared:,.0f} other companies at its address")
+        parts.append(f"{counted(shared, 'other company', 'other companies')} at its address")
     if row.get("exporter_industry") in INDUSTRIES_THAT_DO_NOT_FIT:
         parts.append(f"line of business {row['exporter_industry']}")
     if not parts:
@@ -218,7 +219,7 @@ def splitting(row: dict) -> Mechanism | None:
     if count is None or count < 3:
         return None
     total = _num(row, "linked_small_value_14d_usd")
-    return (f"{count:,.0f} small shipments of {_goods(row)} to linked consignees within "
+    return (f"{counted(count, 'small shipment')} of {_goods(row)} to linked consignees within "
             f"{SPLITTING_WINDOW_DAYS} days, each under ${DEFAULT_SMALL_SHIPMENT_VALUE_USD:,.0f}"
             + (f" (${total:,.0f} in all)" if total else ""), {"splitting"})
 

@@ -25,7 +25,9 @@ FACT_OF: dict[str, str] = {
     **dict.fromkeys(("transit_via_hk_or_mo", "transit_hk_mo"), "route"),
     **dict.fromkeys(("destination_is_hub", "hub_destination_controlled"), "hub"),
     **dict.fromkeys(("ultimate_parent_in_d5_or_macau", "d5_ultimate_parent"), "ownership"),
-    **dict.fromkeys(("screening_match_score", "screening_match"), "screening"),
+    # the name and the address score are the match score's parts: one screening fact
+    **dict.fromkeys(("screening_match_score", "screening_name_score", "screening_address_score",
+                     "screening_match"), "screening"),
     **dict.fromkeys(("consignee_age_days", "new_company_controlled"), "age"),
     **dict.fromkeys(("lessee_age_days", "new_lessee"), "lessee_age"),
     "consignee_employees": "employees",
@@ -191,8 +193,10 @@ def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str
     if contributions is not None:
         order = np.argsort(-contributions[:-1], kind="stable")
         top = names[order[0]] if len(order) and contributions[order[0]] > 0 else None
+        # the rule hits are stated at the end: their facts are not unusual values either
         if top is not None and top.startswith("unsupervised_"):
-            reasons.add("unusual", _unusual(row, unsupervised, set(reasons.texts)))
+            reasons.add("unusual", _unusual(row, unsupervised,
+                                            set(reasons.texts) | set(rule_texts)))
         added = 0
         for j in order:
             if contributions[j] <= 0 or added >= max_feature_reasons:
@@ -202,7 +206,8 @@ def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str
                 continue
             fact = "unusual" if name.startswith("unsupervised_") else fact_of(name)
             before = len(reasons.facts)
-            reasons.add(fact, feature_reason(name, row, unsupervised, set(reasons.texts)))
+            reasons.add(fact, feature_reason(name, row, unsupervised,
+                                             set(reasons.texts) | set(rule_texts)))
             added += len(reasons.facts) > before
     elif not row.get("rule_hits") and not stated:
         reasons.add("unusual", _unusual(row, unsupervised))

@@ -266,31 +266,39 @@ def _summary(metrics: dict, slices: dict, config: str) -> str:
 
 def fit_scheme_model(train: pl.DataFrame, test: pl.DataFrame, features: list[str],
                      log: Callable[[str], None] = lambda _: None):
-    """The scheme model from the confirmed diversions of ``train`` whose typology maps to
-    a scheme (None when fewer than two schemes can be told apart: scoring then uses the
-    rule families), and its accuracy on those of ``test``: the share whose likely scheme
-    is one of the schemes their typology names."""
+    """The scheme model from every confirmed diversion of ``train`` and ``test`` whose
+    typology maps to a scheme (None when fewer than two schemes can be told apart:
+    scoring then uses the rule families), and its held-out accuracy: a model fitted on
+    ``train``'s alone, scored on ``test``'s (the share whose likely scheme is one of the
+    schemes their typology names). The labelled diversions are few (a few dozen a
+    training run), so the saved model learns from all of them once measured."""
     from detector.models.scheme import SchemeModel
     from detector.schemes import scheme_columns, schemes_of
 
-    positives = train.filter(pl.col("label") == 1)
-    schemes = [schemes_of(t) for t in positives["typology"].to_list()]
-    keep = [i for i, s in enumerate(schemes) if s]
-    if not SchemeModel.trainable([schemes[i] for i in keep]):
+    def examples(part: pl.DataFrame) -> tuple[pl.DataFrame, list[list[str]]]:
+        positives = part.filter(pl.col("label") == 1)
+        schemes = [schemes_of(t) for t in positives["typology"].to_list()]
+        keep = [i for i, s in enumerate(schemes) if s]
+        return positives[keep], [schemes[i] for i in keep]
+
+    earlier, earlier_schemes = examples(train)
+    held, held_schemes = examples(test)
+    both = pl.concat([earlier, held], how="vertical_relaxed")
+    both_schemes = earlier_schemes + held_schemes
+    if not SchemeModel.trainable(both_schemes):
         log("likely schemes will come from the rule families: the labelled typologies name "
             "fewer than two schemes with enough examples")
         return None, {}
-    model = SchemeModel(features).fit(positives[keep], [schemes[i] for i in keep])
-    log(f"scheme model: {len(keep)} labelled diversions, schemes "
+    metrics = {}
+    if held.height and SchemeModel.trainable(earlier_schemes):
+        measured = SchemeModel(features).fit(earlier, earlier_schemes)
+        predicted = scheme_columns(held, measured)["likely_scheme"].to_list()
+        metrics["likely_scheme_accuracy"] = sum(
+            p in truth for p, truth in zip(predicted, held_schemes)) / held.height
+    model = SchemeModel(features).fit(both, both_schemes)
+    log(f"scheme model: {both.height} labelled diversions, schemes "
         + ", ".join(f"{s} {n}" for s, n in model.class_counts_.items()))
-    held = test.filter(pl.col("label") == 1)
-    truth = [schemes_of(t) for t in held["typology"].to_list()]
-    rows = [i for i, s in enumerate(truth) if s]
-    if not rows:
-        return model, {}
-    predicted = scheme_columns(held[rows], model)["likely_scheme"].to_list()
-    hits = sum(p in truth[i] for p, i in zip(predicted, rows))
-    return model, {"likely_scheme_accuracy": hits / len(rows)}
+    return model, metrics
 
 
 def _plots(importance: pl.DataFrame, y: np.ndarray, probability: np.ndarray,

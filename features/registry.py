@@ -159,9 +159,9 @@ _ALL: list[Feature] = [
        "6 no business history", S),
     _F("consignee_age_days", "days from the consignee's incorporation to the shipment",
        "6 newly formed", S,
-       reason="consignee incorporated {consignee_age_days:,.0f} days before the shipment"),
+       reason="consignee incorporated {consignee_age_days:,.0f|day} before the shipment"),
     _F("consignee_employees", "registered employees of the consignee", "4 stated capacity", S,
-       reason="consignee has {consignee_employees:,.0f} employees"),
+       reason="consignee has {consignee_employees:,.0f|employee}"),
     _F("consignee_industry_misfit", "consignee's industry (logistics, trading, other) does not "
        "buy data-centre chips in the ordinary course", "3 line of business", S,
        reason="consignee's line of business ({consignee_industry}) does not fit the goods"),
@@ -169,13 +169,13 @@ _ALL: list[Feature] = [
        "3 line of business", S),
     _F("consignee_address_shared_by", "other registered parties at the consignee's address",
        "6 shell companies / shared addresses", S,
-       reason="{consignee_address_shared_by} other companies registered at the consignee's "
-              "address"),
+       reason="{consignee_address_shared_by:,.0f|other company|other companies} registered at "
+              "the consignee's address"),
     _F("lessee_resolved", "lessee matched to a registered party", "6 no business history", L),
     _F("lessee_resolution_score", "name match score of that resolution", "6", L),
     _F("lessee_age_days", "days from the lessee's incorporation to the lease start",
        "6 newly formed", L,
-       reason="lessee incorporated {lessee_age_days:,.0f} days before the lease"),
+       reason="lessee incorporated {lessee_age_days:,.0f|day} before the lease"),
     _F("lessee_employees", "registered employees of the lessee", "10 capacity beyond size", L),
     _F("ownership_depth", "levels from the party to its ultimate parent", "11 ownership chains",
        B),
@@ -242,7 +242,7 @@ _ALL: list[Feature] = [
        reason="value {value_to_consignee_history_mean:,.1f}× the consignee's usual"),
     _F("linked_small_shipments_14d", "sub-threshold GPU lines to the consignee or linked "
        "consignees (same owner or address) in 14 days", "splitting", S,
-       reason="{linked_small_shipments_14d} small GPU shipments to linked consignees in 14 "
+       reason="{linked_small_shipments_14d:,.0f|small GPU shipment} to linked consignees in 14 "
               "days (${linked_small_value_14d_usd:,.0f})"),
     _F("linked_small_value_14d_usd", "their total value", "splitting", S),
     # ---- learned from the data itself (features.learned; any export, not only chips)
@@ -295,21 +295,21 @@ _ALL: list[Feature] = [
                          ("confirmed_rate", "smoothed confirmed rate of the decisions"))],
     _F("consignee_confirmed_12m", "confirmed diversions of the consignee (a lease: lessee) "
        "decided in the 365 days before this record", "case memory", B,
-       reason="consignee had {consignee_confirmed_12m} confirmed diversion(s) in the previous "
-              "12 months",
-       lease_reason="lessee had {consignee_confirmed_12m} confirmed diversion(s) in the "
+       reason="consignee had {consignee_confirmed_12m:,.0f|confirmed diversion} in the "
+              "previous 12 months",
+       lease_reason="lessee had {consignee_confirmed_12m:,.0f|confirmed diversion} in the "
                     "previous 12 months"),
     _F("exporter_confirmed_12m", "confirmed diversions of the exporter (a lease: provider) "
        "decided in the 365 days before this record", "case memory", B,
-       reason="exporter had {exporter_confirmed_12m} confirmed diversion(s) in the previous "
-              "12 months",
-       lease_reason="provider had {exporter_confirmed_12m} confirmed diversion(s) in the "
+       reason="exporter had {exporter_confirmed_12m:,.0f|confirmed diversion} in the "
+              "previous 12 months",
+       lease_reason="provider had {exporter_confirmed_12m:,.0f|confirmed diversion} in the "
                     "previous 12 months"),
     # ---- re-export (retrospective, looks forward)
     _F("later_reexported_to_d5_hk_mo", "consignee later exports controlled goods to D:5/HK/MO",
        "transshipment", S,
-       reason="consignee re-exported GPUs to {reexport_destination} {days_until_reexport:,.0f} "
-              "days later"),
+       reason="consignee re-exported GPUs to {reexport_destination} "
+              "{days_until_reexport:,.0f|day} later"),
     _F("days_until_reexport", "days from this shipment to that re-export", "transshipment", S),
     _F("reexported_unit_share_90d", "units re-exported within 90 days over units received",
        "transshipment", S,
@@ -328,7 +328,7 @@ _ALL: list[Feature] = [
        "catalogue price / 36 months)", "5 paying above market", L,
        reason="pays {lease_price_to_market:.1f}× the market rate per GPU-month"),
     _F("gpus_per_lessee_employee", "GPUs leased per lessee employee", "10 capacity beyond size",
-       L, reason="{chip_units:,.0f} GPUs for a lessee of {lessee_employees:,.0f} employees"),
+       L, reason="{chip_units:,.0f} GPUs for a lessee of {lessee_employees:,.0f|employee}"),
 ]
 
 _NO_MODEL = "no catalogue chip model recognised"
@@ -459,6 +459,28 @@ def render_reason(feature_name: str, row: dict) -> str | None:
     return fill_template(feature.reason, row)
 
 
+def counted(count: float, noun: str, plural: str | None = None, spec: str = ",.0f") -> str:
+    """``count`` formatted by ``spec``, then ``noun`` in the number it reads as: "1
+    employee", "3 employees", "0 days" (``plural``: irregular forms, "companies")."""
+    shown = format(count, spec)
+    one = shown.lstrip("+").replace(",", "") in ("1", "1.0")
+    return f"{shown} {noun if one else plural or noun + 's'}"
+
+
+class _Formatter(string.Formatter):
+    """str.format plus a counted noun: ``{n:,.0f|employee}`` gives "1 employee" or "3
+    employees"; ``{n:,.0f|other company|other companies}`` an irregular plural."""
+
+    def format_field(self, value, format_spec: str) -> str:
+        if "|" not in format_spec:
+            return super().format_field(value, format_spec)
+        spec, noun, *plural = format_spec.split("|")
+        return counted(value, noun, plural[0] if plural else None, spec)
+
+
+_FORMATTER = _Formatter()
+
+
 def fill_template(template: str, row: dict) -> str | None:
     values = {}
     for name in _placeholders(template):
@@ -469,7 +491,7 @@ def fill_template(template: str, row: dict) -> str | None:
             value = ", ".join(str(v) for v in value)
         values[name] = value
     try:
-        return template.format(**values)
+        return _FORMATTER.format(template, **values)
     except (ValueError, TypeError):  # a format spec that does not fit the value's type
         return None
 

@@ -14,7 +14,7 @@ from detector.errors import InputError
 from features import case_memory
 from features.build import build_features, fit_feature_stats
 from features.learned import fit_inputs, input_names
-from features.registry import FAMILIES, FEATURES, model_feature_names
+from features.registry import FAMILIES, model_feature_names, render_reason
 from features.stats import FeatureStats
 
 REF = FakeReference()
@@ -175,8 +175,8 @@ def test_case_memory_counts_only_decisions_dated_before_the_record():
     assert x1["exporter_confirmed_before"] == 1  # same exporter
     assert memory["case_memory"]["cutoff"] == "2024-03-01"
     assert memory["case_memory"]["decisions"] == 4 and memory["case_memory"]["prior"] == prior
-    reason = FEATURES["consignee_confirmed_12m"].reason.format(**s5)
-    assert reason == "consignee had 2 confirmed diversion(s) in the previous 12 months"
+    reason = render_reason("consignee_confirmed_12m", s5)
+    assert reason == "consignee had 2 confirmed diversions in the previous 12 months"
 
 
 def test_stored_case_memory_is_used_at_scoring_and_merges_with_history_labels():
@@ -252,7 +252,7 @@ def test_a_lease_has_case_memory_of_its_lessee_provider_owner_and_route():
     assert set(memory["case_memory"]["events"]["record_kind"]) == {"shipment", "lease"}
     from features.registry import render_reason
     assert render_reason("consignee_confirmed_12m", l3) == \
-        "lessee had 1 confirmed diversion(s) in the previous 12 months"
+        "lessee had 1 confirmed diversion in the previous 12 months"
 
 
 def test_a_lease_decision_stored_with_the_model_counts_at_scoring():

@@ -13,9 +13,11 @@ from detector.reasons import reasons_for_row, unusual_values
 from detector.schemes import (
     SCHEMES,
     UNCLEAR,
+    declared_to_restricted,
     exporter_signals,
     hk_parent,
     reexport_leg,
+    reexported_line,
     rule_family_schemes,
     shell_profile_flags,
     scheme_columns,
@@ -76,12 +78,17 @@ def test_rule_families_name_a_scheme_only_with_a_family_signal(labelled_frame):
     signals = labelled_frame.select(
         leg=reexport_leg(), shell=(shell_profile_flags() + exporter["shell_company"]) > 0,
         hk=hk_parent() | (exporter["restricted_parent"] > 0),
-        listed=exporter["screening_evasion"] > 0)
+        listed=exporter["screening_evasion"] > 0, direct=declared_to_restricted(),
+        line=reexported_line())
     kinds = labelled_frame["record_kind"].to_list()
     assert UNCLEAR in names and len(set(names) - {UNCLEAR}) >= 4
     for name, conf, hit, signal, kind in zip(names, confidence, hits,
                                              signals.iter_rows(named=True), kinds):
         family_hits = {s for s, rules in RULE_FAMILIES.items() if set(hit or []) & set(rules)}
+        if signal["direct"]:  # declared straight to CN/HK/MO: nothing trans-shipped
+            family_hits.discard("transshipment")
+        elif signal["line"]:
+            family_hits.add("transshipment")
         family_hits |= {s for s, key in (("transshipment", "leg"), ("shell_company", "shell"),
                                          ("restricted_parent", "hk"),
                                          ("screening_evasion", "listed")) if signal[key]}
@@ -112,6 +119,27 @@ def test_one_decisive_flag_is_not_outweighed_by_many_overlapping_ones(labelled_f
                        linked_small_shipments_14d=5)
     names, _ = rule_family_schemes(frame)
     assert names == ["splitting"]
+
+
+def test_a_line_declared_to_china_is_not_a_transshipment_and_a_resold_line_is(labelled_frame):
+    """A US export declared straight to Hong Kong passes through no third country: its later
+    re-export from HK does not make it a transshipment, its parts declaration says how it
+    went. A shell that sent on most of the line's units within 90 days is a transshipment
+    through a shell (three shell flags weigh 9, the resold line 10); one that kept them is
+    the buyer."""
+    to_hk = _blank_row(labelled_frame, exporter_country="US", destination_country="HK",
+                       chip_controlled=True, later_reexported_to_d5_hk_mo=True,
+                       days_until_reexport=20.0, reexported_unit_share_90d=1.0,
+                       vague_description=True, unit_value_usd=9_000.0)
+    assert rule_family_schemes(to_hk)[0] == ["misdeclaration"]
+    shell = dict(exporter_country="US", destination_country="MY", chip_controlled=True,
+                 consignee_age_days=200, consignee_employees=3.0,
+                 consignee_industry_misfit=True, later_reexported_to_d5_hk_mo=True,
+                 days_until_reexport=20.0)
+    resold = _blank_row(labelled_frame, **shell, reexported_unit_share_90d=0.9)
+    kept = _blank_row(labelled_frame, **shell, reexported_unit_share_90d=0.1)
+    assert rule_family_schemes(resold)[0] == ["transshipment"]
+    assert rule_family_schemes(kept)[0] == ["shell_company"]
 
 
 def test_rule_families_find_most_simulated_schemes(labelled_frame):
@@ -165,6 +193,23 @@ def test_a_combined_typology_counts_for_each_of_its_schemes(labelled_frame):
     added = sum(s == ["shell_company"] for s in schemes)
     assert both.class_counts_["splitting"] == plain.class_counts_["splitting"] + added
     assert added and both.class_counts_["shell_company"] == plain.class_counts_["shell_company"]
+
+
+def test_the_scheme_model_learns_from_every_labelled_diversion_once_measured(labelled_frame):
+    """The held-out accuracy comes from a model fitted on the earlier diversions alone;
+    the saved model then learns from the held-out ones too (they are a few dozen)."""
+    from detector.training import fit_scheme_model
+
+    train, held = _split(labelled_frame)
+    model, metrics = fit_scheme_model(train, held, model_feature_names())
+    every = pl.concat([train, held])["typology"].to_list()
+    assert model.class_counts_ == {s: every.count(s) for s in model.classes_}
+    assert sum(model.class_counts_.values()) > train.height
+    earlier = SchemeModel(model_feature_names()).fit(train, [schemes_of(t) for t in
+                                                             train["typology"]])
+    predicted = scheme_columns(held, earlier)["likely_scheme"].to_list()
+    assert metrics["likely_scheme_accuracy"] == pytest.approx(
+        np.mean([p == t for p, t in zip(predicted, held["typology"].to_list())]))
 
 
 def test_one_scheme_alone_is_not_trainable_so_rule_families_decide(labelled_frame):
@@ -390,3 +435,63 @@ def test_unusual_values_leave_out_a_fact_an_earlier_reason_stated():
              unsupervised_score=0.97, consignee_age_days=100, consignee_employees=3),
         np.array([2.0, 0.0]), ["unsupervised_iforest"], {}, Unsupervised())
     assert not any("unusual values" in r and "address" in r for r in reasons), reasons
+
+
+def test_unusual_values_leave_out_the_screening_scores_after_a_screening_reason():
+    # "name ... resembles Entity List entry ... (93/100)" was followed by "unusual values:
+    # screening name score 93 (typical 41)": the name and address scores are the
+    # screening fact too, and so is the screening rule's reason stated later in the list
+    class Unsupervised:
+        features = ["screening_name_score", "screening_address_score", "chip_units"]
+        center_ = np.array([41.0, 30.0, 8.0])
+        scale_ = np.array([10.0, 10.0, 20.0])
+
+    row = _row(likely_scheme="screening_evasion", counterparty_name="Kestrel Trading Limited",
+               screening_match_score=93.0, screening_name_score=93.0,
+               screening_address_score=88.0, screening_match_name="Kestrel Trading Ltd.",
+               screening_match_list="Entity List", chip_units=512.0, unsupervised_score=0.97,
+               rule_hits=["screening_match"])
+    names = ["unsupervised_iforest"]
+    reasons = reasons_for_row(row, np.array([2.0, 0.0]), names, {}, Unsupervised())
+    assert reasons[0].startswith("name 'Kestrel Trading Limited' resembles"), reasons
+    assert reasons[1] == "unusual values: chip units 512 (typical 8)", reasons
+    assert not any("screening" in r for r in reasons), reasons
+    # a transshipment first: the screening rule states the match after the anomaly reason
+    row.update(likely_scheme="transshipment")
+    reasons = reasons_for_row(row, np.array([2.0, 0.0]), names, {}, Unsupervised())
+    assert "unusual values: chip units 512 (typical 8)" in reasons, reasons
+    assert sum("93" in r for r in reasons) == 1, reasons
+
+
+def test_reasons_count_one_thing_in_the_singular():
+    from detector.mechanisms import shell_company, splitting, transshipment
+    from features.registry import render_reason
+
+    row = _row(consignee_age_days=1, consignee_employees=1.0, consignee_address_shared_by=1,
+               lessee_employees=1.0, chip_units=64.0, consignee_confirmed_12m=1,
+               later_reexported_to_d5_hk_mo=True, days_until_reexport=1,
+               reexport_destination="HK", linked_small_shipments_14d=1)
+    assert shell_company(row)[0] == ("shell-like consignee: incorporated 1 day before the "
+                                     "shipment, 1 employee")
+    assert transshipment(row)[0] == "consignee re-exported H100 SXM to HK 1 day later"
+    assert render_reason("consignee_employees", row) == "consignee has 1 employee"
+    assert render_reason("consignee_age_days", row) == \
+        "consignee incorporated 1 day before the shipment"
+    assert render_reason("consignee_address_shared_by", row) == \
+        "1 other company registered at the consignee's address"
+    assert render_reason("gpus_per_lessee_employee", row) == \
+        "64 GPUs for a lessee of 1 employee"
+    assert render_reason("consignee_confirmed_12m", row) == \
+        "consignee had 1 confirmed diversion in the previous 12 months"
+    assert render_reason("later_reexported_to_d5_hk_mo", row) == \
+        "consignee re-exported GPUs to HK 1 day later"
+    row.update(consignee_employees=3.0, consignee_age_days=40, consignee_address_shared_by=4,
+               linked_small_shipments_14d=5, consignee_confirmed_12m=2)
+    assert shell_company(row)[0] == ("shell-like consignee: incorporated 40 days before the "
+                                     "shipment, 3 employees, 4 other companies at its address")
+    assert render_reason("consignee_employees", row) == "consignee has 3 employees"
+    assert render_reason("consignee_confirmed_12m", row) == \
+        "consignee had 2 confirmed diversions in the previous 12 months"
+    assert splitting(row)[0].startswith("5 small shipments of H100 SXM")
+    assert render_reason("linked_small_shipments_14d", {**row, "linked_small_value_14d_usd":
+                                                         9e4}).startswith("5 small GPU shipments")
