@@ -129,6 +129,22 @@ def splitting(base: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def name_key(norm: pl.Expr, country: pl.Expr) -> pl.Expr:
+    """The key re-export linkage matches on, for a consignee and an exporter alike: a
+    normalised name and its country ('lion gate compute|SG')."""
+    return pl.concat_str(norm, country, separator="|")
+
+
+def reexport_event(d5_hk_mo) -> pl.Expr:
+    """Whether a shipment counts as a re-export event for the linkage: controlled chips,
+    goods that need a licence, or vaguely described GPU goods, to D:5, Hong Kong or
+    Macau (over a frame with the product features)."""
+    return (pl.col("destination_country").is_in(d5_hk_mo)
+            & (pl.col("chip_controlled").fill_null(False)
+               | pl.col("licence_required_for_item").fill_null(False)
+               | pl.col("vague_description").fill_null(False)))
+
+
 def reexport(base: pl.LazyFrame, reexports: pl.LazyFrame) -> pl.LazyFrame:
     """Later exports by the consignee (same normalised name and country) to D:5/HK/MO.
 

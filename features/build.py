@@ -180,18 +180,19 @@ def _shipment_records(ctx: _Context, shipments: pl.DataFrame, first_row: int) ->
         .alias("consignee_industry_misfit"),
         _code(industry, maps["industry"]).alias("consignee_industry_code"),
         # other registered parties at the consignee's address (its own registration excluded)
-        pl.when(pl.col("__address_norm").str.len_chars() > 0).then(
-            pl.col("__address_norm")).otherwise(pl.col("__p_address_norm")).alias("__addr"),
+        party_features.shared_address_key(pl.col("__address_norm"),
+                                          pl.col("__p_address_norm")).alias("__addr"),
     )
-    at_address = ctx.parties.lazy().select(
-        normalise_address(pl.col("address")).alias("__addr")).filter(
-        pl.col("__addr").str.len_chars() > 0).group_by("__addr").agg(pl.len().alias("__n_addr"))
+    at_address = party_features.registered_addresses(ctx.parties).group_by(
+        pl.col("address_norm").alias("__addr")).agg(pl.len().alias("__n_addr"))
     lf = lf.join(at_address, on="__addr", how="left").with_columns(
         (pl.col("__n_addr").fill_null(0)
          - (pl.col("__p_address_norm") == pl.col("__addr")).fill_null(False).cast(pl.UInt32))
         .cast(pl.Int64).alias("consignee_address_shared_by"))
     lf = product.recognise_chips(lf, "description", ref)
     lf = lf.with_columns(product.product_columns(ref, stats))
+    consignee_name_key = behaviour.name_key(pl.col("__consignee_norm"),
+                                            pl.col("consignee_country"))
     lf = lf.with_columns(
         *route.route_columns(ref),
         *route.money_columns(ref, "consignee_country"),
@@ -206,12 +207,10 @@ def _shipment_records(ctx: _Context, shipments: pl.DataFrame, first_row: int) ->
         _code(pl.col("payer_country"), maps["country"]).alias("payer_country_code"),
         pl.col("ref_order").cast(pl.Int64).fill_null(UNKNOWN_CODE).alias("chip_model_code"),
         # keys for behaviour windows and linkage
-        pl.coalesce(pl.col("__party_id"),
-                    pl.concat_str("__consignee_norm", "consignee_country", separator="|"))
-        .alias("consignee_key"),
-        pl.concat_str("__consignee_norm", "consignee_country", separator="|")
-        .alias("__consignee_name_key"),
-        pl.concat_str("__exporter_norm", "exporter_country", separator="|").alias("exporter_key"),
+        pl.coalesce(pl.col("__party_id"), consignee_name_key).alias("consignee_key"),
+        consignee_name_key.alias("__consignee_name_key"),
+        behaviour.name_key(pl.col("__exporter_norm"), pl.col("exporter_country"))
+        .alias("exporter_key"),
     )
     lf = ctx.screening(lf, "__consignee_norm", "__address_norm")
     lf = _exporter_profile(ctx, lf)
@@ -297,10 +296,7 @@ def _window_inputs(records: pl.LazyFrame, ref: RefView) -> pl.LazyFrame:
         "is_small", "__luv_kg",
         pl.col("__units_or_quantity").alias("chip_units"),
         *[pl.col(c).cast(pl.Categorical) for c in _KEY_COLUMNS],
-        (pl.col("destination_country").is_in(ref.d5_hk_mo)
-         & (pl.col("chip_controlled").fill_null(False)
-            | pl.col("licence_required_for_item").fill_null(False)
-            | pl.col("vague_description").fill_null(False))).alias("__reexport_event"),
+        behaviour.reexport_event(ref.d5_hk_mo).alias("__reexport_event"),
     )
 
 

@@ -70,6 +70,20 @@ def party_attributes(parties: pl.DataFrame, d5_or_macau: tuple[str, ...]) -> pl.
     )
 
 
+def registered_addresses(parties: pl.DataFrame) -> pl.LazyFrame:
+    """(address_norm, party_id) of every party with an address: who is registered where,
+    as the shared-address counts count them and the case cards list them."""
+    return (parties.lazy()
+            .select(normalise_address(pl.col("address")).alias("address_norm"), "party_id")
+            .filter(pl.col("address_norm").str.len_chars() > 0))
+
+
+def shared_address_key(declared: pl.Expr, registered: pl.Expr) -> pl.Expr:
+    """The (normalised) address whose other registrations count as shared with a
+    consignee: the declared one when there is one, else its party's registered one."""
+    return pl.when(declared.str.len_chars() > 0).then(declared).otherwise(registered)
+
+
 def resolve_names(keys: pl.DataFrame, parties: pl.DataFrame) -> pl.DataFrame:
     """Map (name_norm, country) to a party: exact normalised name or alias, else fuzzy.
 

@@ -446,9 +446,8 @@ def test_a_case_card_lists_a_few_parties_at_one_address_and_counts_the_rest():
 
     parties = {f"P{i:06d}": {"party_id": f"P{i:06d}", "name": f"Shell {i}", "country": "HK",
                              "address": "1 Harbour Road"} for i in range(5000)}
-    registry = Registry(parties, {}, {"1 harbour road": sorted(parties)},
-                         pl.DataFrame())
-    shown, more = shared_address(registry, None, "1 Harbour Road", {"P000000"})
+    registry = Registry(parties, {"1 harbour road": sorted(parties)}, pl.DataFrame())
+    shown, more = shared_address(registry, "1 harbour road", "P000000")
     assert len(shown) == MAX_LISTED
     assert more == 5000 - 1 - MAX_LISTED
 

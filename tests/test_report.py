@@ -345,10 +345,11 @@ def test_review_list_csv_is_embedded_and_matches_the_list(built):
 def test_payer_is_drawn_only_when_it_is_another_party():
     from detector.report.cards import network_diagram, separate_payer
 
-    assert not separate_payer("ACME PTE LTD", "SG", ["Acme Pte. Ltd."], "SG")  # itself
-    assert not separate_payer("Acme Holdings", "CN", ["Acme Pte. Ltd.", "Acme Holdings"], "SG")
-    assert separate_payer("Golden Bridge Trading", "HK", ["Acme Pte. Ltd."], "SG")
-    assert separate_payer(None, "HK", [], "SG") and not separate_payer(None, "SG", [], "SG")
+    # a named payer: as scoring decided (payer_is_other_party)
+    assert not separate_payer("ACME PTE LTD", "SG", False, "SG")
+    assert separate_payer("Golden Bridge Trading", "HK", True, "SG")
+    # an unnamed one: drawn when it pays from another country
+    assert separate_payer(None, "HK", None, "SG") and not separate_payer(None, "SG", None, "SG")
     assert network_diagram("Acme", "consignee", "SG", [], "nothing linked") == (None, 0)
 
 
@@ -370,3 +371,69 @@ def test_metrics_have_readable_labels_ceilings_beside_their_metric(built):
     assert html.index(">precision at 1%</td>") < html.index(
         ">precision at 1%: the most the held-out slice allows</td>") < html.index(
         ">recall at 5%</td>")
+
+
+def test_case_cards_agree_with_the_features_of_their_record(tmp_path):
+    """Issue #15: a case card shows what scoring computed for its record, never a second
+    reading of the data: the ownership chain as far as scoring followed it (six levels of
+    the eight here, its top the ultimate parent the features name), the payer drawn when
+    scoring calls it another party (here the consignee's own parent), as many parties at
+    the address as scoring counted, and as re-export trail the later exports scoring
+    linked (controlled chips to D:5/HK/MO), not the office chairs sent to Germany. The old
+    cards walked the whole chain, took the parent for the consignee itself and listed
+    every later export."""
+    from detector.contract import PARTIES, SHIPMENTS
+    from detector.reference import load_reference
+    from features.build import build_features
+
+    dataset, scores = make_dataset(tmp_path)
+    upstream = [{"party_id": f"P-UP{i}", "name": f"Upstream Holding {i} Ltd", "country": "KY",
+                 "parent_party_id": f"P-UP{i + 1}" if i < 6 else None} for i in range(1, 7)]
+    dataset.parties = pl.concat([
+        dataset.parties.with_columns(parent_party_id=pl.when(pl.col("party_id") == "P-ROOT")
+                                     .then(pl.lit("P-UP1")).otherwise("parent_party_id")),
+        pl.DataFrame(upstream, schema=PARTIES.schema)])
+    lion = dataset.shipments.filter(
+        (pl.col("consignee_name") == "Lion Gate Compute Pte. Ltd.")
+        & (pl.col("export_date") >= date(2024, 6, 1))).sort("export_date")
+    card_id, card_date = lion["shipment_id"][0], lion["export_date"][0]
+    chairs = lion.head(1).with_columns(
+        shipment_id=pl.lit("S202406-CHAIRS"), export_date=pl.lit(date(2024, 6, 27)),
+        exporter_name=pl.lit("Lion Gate Compute Pte. Ltd."), exporter_country=pl.lit("SG"),
+        consignee_name=pl.lit("Berlin Office Supplies GmbH"), consignee_country=pl.lit("DE"),
+        destination_country=pl.lit("DE"), description=pl.lit("Office chairs, swivel"),
+        hs_code=pl.lit("940130"), eccn=pl.lit(None, pl.String))
+    dataset.shipments = pl.concat([
+        dataset.shipments.with_columns(
+            payer_name=pl.when(pl.col("shipment_id") == card_id)
+            .then(pl.lit("Lion Gate Group Pte. Ltd.")).otherwise("payer_name"),
+            payer_country=pl.when(pl.col("shipment_id") == card_id).then(pl.lit("SG"))
+            .otherwise("payer_country")),
+        chairs]).cast(SHIPMENTS.schema)
+    scores = pl.concat([scores, scores.tail(1).with_columns(
+        record_kind=pl.lit("shipment"), record_id=pl.lit("S202406-CHAIRS"),
+        rank=pl.lit(scores.height + 1, pl.Int64),
+        risk_score=pl.lit(0.01))])
+    features = build_features(dataset.shipments, dataset.leases, dataset.parties, None,
+                              load_reference())
+    scored = features.filter(pl.col("record_id") == card_id).row(0, named=True)
+    html = build_report(dataset, scores, model_info=None, capacity="100%",
+                        scored_rows=features)
+    card = html.split(f'id="case-shipment-{card_id}"')[1].split("</article>")[0]
+
+    chain = re.findall(r"<li>([^<]+?) \((\w\w)\) \[(P-[\w-]+)\]",
+                       card.split('<ol class="chain">')[1].split("</ol>")[0])
+    assert scored["ownership_depth"] == 6 and len(chain) == 6
+    assert chain[-1][0] == scored["ultimate_parent_name"] == "Upstream Holding 4 Ltd"
+    assert "Upstream Holding 5 Ltd" in card.split("</ol>")[1]  # named as beyond, not chain
+    assert scored["payer_is_other_party"] and "payer · SG" in card
+    shared = re.findall(r"<li>([^<]+?) \((\w\w)\) \[(P-[\w-]+)\]",
+                        card.split("<h3>Same address</h3>")[1].split("</ul>")[0])
+    assert len(shared) == scored["consignee_address_shared_by"] == 1
+    trail = re.findall(r"<tr><td>(\d{4}-\d\d-\d\d)</td><td>([^<]+)</td>",
+                       card.split("<h3>Re-export trail</h3>")[1].split("<h3>")[0])
+    assert [sid for _, sid in trail] == ["S202406-RX1"] and "CHAIRS" not in card
+    assert scored["later_reexported_to_d5_hk_mo"]
+    assert (date.fromisoformat(trail[0][0]) - card_date).days == scored["days_until_reexport"]
+    # a page made from the scores table alone reads the same features
+    assert build_report(dataset, scores, model_info=None, capacity="100%") == html

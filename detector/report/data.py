@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from detector.errors import InputError, UsageError
-import detector.report.charts as charts
+from detector.report.charts import money
 from features import names as features_names
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ def headline(current: dict, previous: dict | None, key: str, kind: str,
 
 def _format(value: float, kind: str, signed: bool = False) -> str:
     if kind == "money":
-        text = charts.money(abs(value))
+        text = money(abs(value))
         return ("+" if value >= 0 else "−") + text if signed else text
     return f"{value:+,}" if signed else f"{value:,}"
 

@@ -13,8 +13,21 @@ import polars as pl
 from detector.contract import BIDI_CONTROLS
 from detector.errors import EnvironmentFailure, InputError, UsageError
 from detector.queue import parse_capacity
-import detector.report.charts as charts
-from detector.report.cards import anchor, build_registry, lease_card, shipment_card
+from detector.report.cards import (
+    anchor,
+    build_registry,
+    card_rows,
+    consignee_key,
+    lease_card,
+    shipment_card,
+)
+from detector.report.charts import (
+    money,
+    ranked_bars,
+    risk_over_time,
+    score_distribution,
+    typology_mix,
+)
 from detector.report.data import (
     COUNT_METRICS,
     FALLBACK_MODEL,
@@ -59,7 +72,7 @@ def environment():
         undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
     )
-    env.filters["money"] = charts.money
+    env.filters["money"] = money
     env.filters["score"] = lambda v: f"{v:.3f}"
     env.filters["country_or_dash"] = lambda v: v or "—"
     return env
@@ -72,7 +85,9 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
     """The risk report for one month of ``dataset`` as one self-contained HTML page.
 
     ``scored_rows``: the review records' scored feature rows (record_kind, record_id and
-    `CARD_FEATURES`), so their case cards name the parties scoring resolved; ``drift``:
+    `CARD_FEATURES`), so their case cards show what scoring computed (without them, the
+    feature builders compute them for the review records: a page made from a scores
+    table alone); ``drift``:
     the batch's `detector.drift.DriftReport` (None without a trained model: the page
     then has no "what changed" section)."""
     history = list(history)
@@ -123,25 +138,25 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
 
     months = month_range(months_present[0], max(months_present[-1], period))
     charts_svg = {
-        "over_time": charts.risk_over_time(
+        "over_time": risk_over_time(
             "chart-time", months,
             [("by destination", over_time(scored, threshold, "destination", months)),
              ("by hub (first hub on the route; data-centre country for leases)",
               over_time(scored, threshold, "hub", months))],
             period, "records at or above threshold"),
-        "distribution": charts.score_distribution(
+        "distribution": score_distribution(
             "chart-dist", in_period["risk_score"].to_list(), threshold, k),
-        "consignees": charts.ranked_bars(
+        "consignees": ranked_bars(
             "chart-consignees", "Top consignees and lessees by risk",
             ranked_parties(in_period, "party_name", threshold, "party_country"),
             "highest risk score of a record"),
-        "forwarders": charts.ranked_bars(
+        "forwarders": ranked_bars(
             "chart-forwarders", "Top forwarders by risk",
             ranked_parties(in_period, "forwarder_name", threshold),
             "highest risk score of a record"),
     }
     typologies = typology_counts(dataset, history, in_period.select("record_kind", "record_id"))
-    charts_svg["typology"] = (charts.typology_mix("chart-typology", typologies, period)
+    charts_svg["typology"] = (typology_mix("chart-typology", typologies, period)
                               if typologies else None)
 
     registry = build_registry(dataset, history)
@@ -151,8 +166,11 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
     leases_by_id = {r["lease_id"]: r for r in dataset.leases.filter(
         pl.col("lease_id").is_in(review.filter(pl.col("record_kind") == "lease")
                                  ["record_id"].implode())).to_dicts()}
-    by_record = {} if scored_rows is None else {
-        (r["record_kind"], r["record_id"]): r for r in scored_rows.to_dicts()}
+    if scored_rows is None:
+        scored_rows = card_rows(dataset, history, review.select("record_kind", "record_id"))
+    by_record = {(r["record_kind"], r["record_id"]): r for r in scored_rows.to_dicts()}
+    # which later exports of the review's consignees count as re-exports, decided at once
+    registry.prepare_trails([consignee_key(r) for r in shipments_by_id.values()])
     cards = []
     for position, rec in enumerate(review.to_dicts(), start=1):
         record = rec | {
