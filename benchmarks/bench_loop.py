@@ -17,12 +17,16 @@ before the loop starts). Then, for each later month:
 4. retrain on all labels so far (the warm-up labels and the stored decisions, merged by
    detector.decisions.merge_labels) with the training protocol's split (older labels fit,
    the latest quarter early-stops and calibrates; ``--calibrate`` sets that share), the
-   features rebuilt with the month's decisions in the case memory. The model's labelled
-   cells go with it to the queue (detector.queue.labelled_cells).
+   features rebuilt with the month's decisions in the case memory (shipments' and
+   leases'). The model's labelled cells (of the fit slice, as `detector train` stores
+   them) go with it to the queue (detector.queue.labelled_cells).
 
 Printed: diversions caught per month and in total for each explore share, and the
 late scheme's recall at capacity (caught / present) over the last three months; on
-stderr, what each explore slot took (kind|destination, unusualness, risk, outcome).
+stderr, what each explore slot took (kind|destination, unusualness, risk, outcome);
+with ``--diagnose``, each month's late-scheme cases (rank, risk, unusualness, case
+memory), how many of them were confirmed before, and at each retraining how many
+confirmed late cases sit in the fit slice and how many in the calibration slice.
 Simplifications: retraining calls the model layers directly (no MLflow run per month),
 and the learned feature statistics are fitted once on the warm-up months.
 

@@ -114,6 +114,75 @@ def test_queue_filters_sort_and_pages(client, review):
     assert bad.status_code == 400 and "sort: expected one of" in bad.text
 
 
+def _expected_page(session, query):
+    """The queue page by its definition: the whole table with each record's latest
+    decision, filtered, sorted (ties by rank) and sliced."""
+    from detector.review.session import BANDS, SORTS
+
+    table = session.table.join(session.statuses(), on=["record_kind", "record_id"],
+                               how="left", maintain_order="left")
+    if query.scope == "queue":
+        table = table.filter(pl.col("queue_reason").is_not_null())
+    counts = dict(table.group_by(pl.col("status").fill_null("undecided")).len().iter_rows())
+    keep = pl.lit(True)
+    if query.kind:
+        keep &= pl.col("record_kind") == query.kind
+    if query.status == "undecided":
+        keep &= pl.col("status").is_null()
+    elif query.status:
+        keep &= pl.col("status") == query.status
+    if query.band:
+        low, high = BANDS[query.band]
+        keep &= (pl.col("risk_score") >= (low if low is not None else -1.0)) \
+            & (pl.col("risk_score") < (high if high is not None else 2.0))
+    if query.scheme:
+        keep &= (pl.col("likely_scheme") == query.scheme).fill_null(False) \
+            | (pl.col("decided_scheme") == query.scheme).fill_null(False)
+    table = table.filter(keep)
+    column, descending = SORTS[query.sort]
+    table = table.sort([column, "rank"], descending=[descending, False], nulls_last=True)
+    return (table.slice((query.page - 1) * query.per_page, query.per_page)
+            .select("record_kind", "record_id", "status", "decided_scheme").rows(),
+            table.height, counts)
+
+
+def test_queue_page_equals_filtering_and_sorting_the_whole_table(review, tmp_path):
+    """The page is computed on a narrow index with the decisions placed by position; it
+    must equal the definition over the whole table, for every filter and sort."""
+    import itertools
+
+    from detector.decisions import make_decision
+    from detector.review.session import SORTS, QueueQuery
+
+    session = review.session
+    table = session.table
+    store = DecisionStore(tmp_path / "decisions.sqlite")
+    picks = table.select("record_kind", "record_id").gather([0, 1, 2, 5, 40, 300, 301])
+    verdicts = ["confirm", "clear", "needs_info", "confirm", "clear", "confirm", "clear"]
+    store.add([make_decision(k, i, v, "Ana", typology="transshipment" if v == "confirm"
+                             else None) for (k, i), v in zip(picks.rows(), verdicts)])
+    store.add([make_decision("shipment", "NOT-IN-THIS-BATCH", "confirm", "Ana",
+                             typology="splitting")])
+    kept, session.store = session.store, store
+    try:
+        scheme = table["likely_scheme"].drop_nulls().head(1).to_list() or [None]
+        for scope, kind, status, band, sort in itertools.product(
+                ("queue", "all"), (None, "lease"), (None, "undecided", "confirm", "clear"),
+                (None, "elevated"), list(SORTS)):
+            for page, extra in ((1, {}), (2, {"scheme": scheme[0]})):
+                query = QueueQuery(scope=scope, kind=kind, status=status, band=band,
+                                   sort=sort, page=page, per_page=20, **extra)
+                got = session.queue_page(query)
+                rows, total, counts = _expected_page(session, query)
+                assert got.total == total, query
+                assert got.counts == counts, query
+                if got.page == page:
+                    assert [(r["record_kind"], r["record_id"], r["status"],
+                             r["decided_scheme"]) for r in got.rows] == rows, query
+    finally:
+        session.store = kept
+
+
 # ------------------------------------------------------------------ case and decisions
 
 

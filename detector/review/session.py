@@ -217,6 +217,10 @@ class ReviewSession:
         self.records = self.table.height
         self.destinations = sorted(d for d in self.table["destination"].unique().to_list() if d)
         self.has_schemes = self.table["likely_scheme"].is_not_null().any()
+        # the likely schemes named in each scope (the filter's choices)
+        self._schemes = {scope: (self.index if scope == "all" else self.index.filter(
+            pl.col("queue_reason").is_not_null()))["likely_scheme"].drop_nulls().unique()
+            .to_list() for scope in SCOPES}
 
     # ------------------------------------------------------------------ queue
 
@@ -228,48 +232,74 @@ class ReviewSession:
                              pl.col("decided_at"))
 
     def queue_page(self, query: QueueQuery) -> QueuePage:
-        """One page of the queue: filter and sort a narrow index of the table, then
-        gather only the page's rows from the wide table (a 1M-row batch stays fast)."""
-        table = self.index if query.sort == "rank" else self.index[self.order(query.sort)]
-        if query.scope == "queue":
-            table = table.filter(pl.col("queue_reason").is_not_null())
-        table = table.join(self.statuses(), on=KEY, how="left", maintain_order="left")
-        counts = dict(table.group_by(pl.col("status").fill_null("undecided")).len().iter_rows())
-        schemes = sorted({s for s in [*table["likely_scheme"].drop_nulls().unique().to_list(),
-                                      *table["decided_scheme"].drop_nulls().unique().to_list()]})
-        conditions = []
+        """One page of the queue: a mask over a narrow index of the table, the positions
+        in the sort's order that pass it (computed once per sort), then only the page's
+        rows gathered from the wide table. The decisions (few) are placed by position,
+        never joined to every row, so a 1M-row batch stays fast."""
+        index = self.index
+        n = index.height
+        scope = index["queue_reason"].is_not_null() if query.scope == "queue" else None
+        decided = self.statuses().join(index.select(*KEY, "__row"), on=KEY, how="inner")
+        if scope is not None:
+            decided = decided.filter(scope.gather(decided["__row"]))
+        in_scope = n if scope is None else int(scope.sum())
+        counts = dict(decided.group_by("status").len().iter_rows())
+        if in_scope - decided.height:
+            counts["undecided"] = in_scope - decided.height
+        schemes = sorted({*self._schemes[query.scope],
+                          *decided["decided_scheme"].drop_nulls().to_list()})
+        conditions = [] if scope is None else [scope]
         if query.kind:
-            conditions.append(pl.col("record_kind") == query.kind)
+            conditions.append(index["record_kind"] == query.kind)
         if query.destination:
-            conditions.append(pl.col("destination") == query.destination.upper())
+            conditions.append(index["destination"] == query.destination.upper())
+        if query.status or query.scheme:
+            status = self._by_position(decided, "status", n)
         if query.status == "undecided":
-            conditions.append(pl.col("status").is_null())
+            conditions.append(status.is_null())
         elif query.status:
-            conditions.append(pl.col("status") == query.status)
+            conditions.append((status == query.status).fill_null(False))
         if query.band:
             low, high = BANDS[query.band]
             if low is not None:
-                conditions.append(pl.col("risk_score") >= low)
+                conditions.append((index["risk_score"] >= low).fill_null(False))
             if high is not None:
-                conditions.append(pl.col("risk_score") < high)
+                conditions.append((index["risk_score"] < high).fill_null(False))
         if query.scheme:
-            conditions.append((pl.col("likely_scheme") == query.scheme)
-                              | (pl.col("decided_scheme") == query.scheme))
+            scheme = self._by_position(decided, "decided_scheme", n)
+            conditions.append((index["likely_scheme"] == query.scheme).fill_null(False)
+                              | (scheme == query.scheme).fill_null(False))
         if query.party:
-            conditions.append(pl.col("counterparty") == query.party)
-        if conditions:
-            table = table.filter(pl.all_horizontal(conditions))
-        total = table.height
+            conditions.append((index["counterparty"] == query.party).fill_null(False))
+        mask = None
+        for condition in conditions:
+            mask = condition if mask is None else mask & condition
+        if query.sort == "rank":  # the table is in rank order
+            rows = index["__row"] if mask is None else index["__row"].filter(mask)
+        else:
+            order = self.order(query.sort)
+            rows = order if mask is None else order.filter(mask.gather(order))
+        total = rows.len()
         pages = max(1, math.ceil(total / query.per_page))
         page = min(query.page, pages)
-        shown = table.slice((page - 1) * query.per_page, query.per_page)
-        wide = self.table[shown["__row"]]
-        rows = []
-        for row, status in zip(wide.to_dicts(), shown.select(
+        shown = rows.slice((page - 1) * query.per_page, query.per_page)
+        wide = self.table[shown]
+        marks = wide.select(*KEY).join(
+            decided.select(*KEY, "status", "decided_scheme", "decided_by"), on=KEY,
+            how="left", maintain_order="left")
+        rows_out = []
+        for row, status in zip(wide.to_dicts(), marks.select(
                 "status", "decided_scheme", "decided_by").to_dicts()):
             row.update(status, status_text=STATUS_TEXT[status["status"] or "undecided"])
-            rows.append(row)
-        return QueuePage(rows, total, page, pages, query, self.destinations, schemes, counts)
+            rows_out.append(row)
+        return QueuePage(rows_out, total, page, pages, query, self.destinations, schemes,
+                         counts)
+
+    @staticmethod
+    def _by_position(decided: pl.DataFrame, column: str, n: int) -> pl.Series:
+        """``column`` of the decisions at their rows' positions, null elsewhere."""
+        return pl.repeat(None, n, dtype=pl.String, eager=True).alias(column) \
+            .scatter(decided["__row"], decided[column].cast(pl.String))
 
     def order(self, sort: str) -> pl.Series:
         """Row positions of the table in ``sort`` order (ties by rank), computed once:
