@@ -139,8 +139,11 @@ def case_memory(base: pl.LazyFrame, events: pl.DataFrame, prior: float | None) -
     for entity, keys in ENTITIES.items():
         pieces = []
         for key in keys:
+            # only records whose key has a decision look one up: the others read 0
+            # (filled below), and they are nearly all of a batch
+            decided_keys = ev.select(pl.col(key).drop_nulls().unique()).collect()[key]
             records = base.select("record_id", "record_date", pl.col(key).cast(pl.String)) \
-                .filter(pl.col(key).is_not_null())
+                .filter(pl.col(key).is_in(decided_keys.implode()))
             offsets = {"before": -1}
             if entity in RECENT_ENTITIES:
                 offsets["year"] = -1 - RECENT_DAYS

@@ -84,3 +84,43 @@ def test_scheme_names_gathered_as_the_row_loop_named_them():
                 for b, c in zip(best, confidence)]
     assert _names(best, confidence >= MIN_CONFIDENCE).to_list() == expected
     assert UNCLEAR in expected and len(set(expected)) == len(SCHEMES) + 1
+
+
+def test_iforest_scores_equal_on_a_row_major_float32_copy():
+    """`_decision_function` hands IForest a row-major float32 copy of the matrix (faster
+    trees); its scores equal pyod's on the matrix as given, column-major float64."""
+    from pyod.models.iforest import IForest
+
+    from detector.models.unsupervised import _decision_function
+
+    rng = np.random.default_rng(7)
+    train = _data(rng, 3_000, 8)
+    det = IForest(n_estimators=20, max_samples=256, random_state=0, n_jobs=1).fit(train)
+    test = np.asfortranarray(_data(rng, 5_000, 8))
+    assert np.array_equal(_decision_function(det, test), det.decision_function(test))
+    other = IForest(n_estimators=20, max_samples=256, random_state=1, n_jobs=1).fit(train)
+    assert not np.array_equal(_decision_function(other, test), det.decision_function(test))
+
+
+def test_detectors_score_the_same_side_by_side():
+    """The unsupervised layer's detectors run on threads for large parts; each
+    detector's percentiles equal those of running them one after another."""
+    import polars as pl
+
+    from detector.models import unsupervised
+
+    rng = np.random.default_rng(8)
+    columns = [f"f{i}" for i in range(6)]
+    train = pl.DataFrame(_data(rng, 4_000, 6), schema=columns)
+    test = pl.DataFrame(_data(rng, 6_000, 6), schema=columns)
+    ensemble = unsupervised.UnsupervisedEnsemble(columns).fit(train)
+    one_by_one = ensemble.detector_scores(test)
+    old = unsupervised.PARALLEL_MIN_ROWS
+    try:
+        unsupervised.PARALLEL_MIN_ROWS = 1
+        side_by_side = ensemble.detector_scores(test)
+    finally:
+        unsupervised.PARALLEL_MIN_ROWS = old
+    assert list(side_by_side) == list(one_by_one) == list(ensemble.detectors_)
+    for name in one_by_one:
+        assert np.array_equal(side_by_side[name], one_by_one[name])
