@@ -3,6 +3,8 @@ chosen for learning, and each row says why it is there."""
 
 from __future__ import annotations
 
+from datetime import date
+
 import numpy as np
 import polars as pl
 import pytest
@@ -166,3 +168,43 @@ def test_a_trained_model_stores_what_it_learned_from_per_cell(trained):
     assert cells["shipment"] + cells.get("lease", 0) == confirmed
     assert slices["calibrate"]["records"] > 0
     assert any(c.startswith("lease|") for c in cells)
+
+
+@pytest.mark.parametrize("supervised", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_report_candidates_hold_every_record_the_queue_takes(seed, supervised):
+    """`detector report` keeps only the rows a month's queue can take while it scores
+    (report.generate.queue_candidates); each month's queue (mark_queue over the whole
+    month) must find every record it takes among them. The candidates once used raw cell
+    counts (0 for an unseen cell: division by zero) and |risk - 0.5| where the queue uses
+    (1 + kind) x (1 + cell) and p(1-p) over its square root, so records were cut."""
+    from detector.report.generate import queue_candidates
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    kinds = rng.choice(["shipment", "lease"], n, p=[0.8, 0.2])
+    frame = pl.DataFrame({
+        "record_kind": kinds,
+        "record_id": [f"R{i:05d}" for i in range(n)],
+        "risk_score": rng.beta(0.5, 3, n),
+        "unsupervised_score": rng.random(n),
+        "destination": rng.choice(["HK", "SG", "AE", "MY", "DE", "KZ"], n),
+        "record_date": pl.Series([date(2025, 1 + int(m), 1) for m in rng.integers(0, 3, n)]),
+    })
+    familiar = {"shipment": 40, "lease": 1, "shipment|HK": 500, "shipment|SG": 30,
+                "lease|AE": 2}
+    months = frame["record_date"].dt.strftime("%Y-%m")
+    capacities = {m: 40 for m in months.unique().to_list()}
+    kept = queue_candidates(frame, capacities, supervised, 0.25, familiar)
+    kept_ids = set(kept["record_id"].to_list())
+    taken = 0
+    for month in capacities:
+        ranked = (frame.filter(months == month)
+                  .sort(["risk_score", "record_kind", "record_id"],
+                        descending=[True, False, False]))
+        marked = mark_queue(ranked, 40, 0.25, supervised=supervised, familiar=familiar)
+        ids = set(marked.filter(pl.col("queue_reason").is_not_null())["record_id"].to_list())
+        assert len(ids) == 40
+        assert ids <= kept_ids, sorted(ids - kept_ids)[:5]
+        taken += len(ids)
+    assert taken == 120

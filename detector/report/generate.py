@@ -28,7 +28,7 @@ def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised
       takes is among the first (explore slots x 2 + records by risk) of its month and
       cell in that list's order; so also within its part.
     """
-    from detector.queue import cell_expr, explore_slots, novelty_order
+    from detector.queue import cell_expr, explore_slots, familiarity, novelty_order, unsureness
 
     ranked = frame.sort(["risk_score", "record_kind", "record_id"],
                         descending=[True, False, False])
@@ -40,16 +40,14 @@ def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised
         reach = {m: c + slots[m] for m, c in capacities.items()}
         within = pl.int_range(pl.len()).over(month, cell_expr()) < month.replace_strict(
             reach, default=0)
-        orders = []
+        # The same sort values as choose_queue, or a record it takes could be cut here.
+        known = None if familiar is None else familiarity(ranked, familiar)
+        values = [novelty_order(ranked["unsupervised_score"].to_numpy(), known)]
         if supervised:
-            orders.append(ranked.sort((pl.col("risk_score") - 0.5).abs(), maintain_order=True))
-        cells = ranked.select(cell_expr())[:, 0]
-        familiarity = None if familiar is None else cells.replace_strict(
-            familiar, default=0, return_dtype=pl.Int64).to_numpy()
-        novelty = novelty_order(ranked["unsupervised_score"].to_numpy(), familiarity)
-        orders.append(ranked.with_columns(__novelty=pl.Series(novelty))
-                      .sort("__novelty", descending=True, maintain_order=True)
-                      .drop("__novelty"))
+            values.append(unsureness(ranked["risk_score"].to_numpy(), known))
+        orders = [ranked.with_columns(__order=pl.Series(v))
+                  .sort("__order", descending=True, maintain_order=True).drop("__order")
+                  for v in values]
         kept += [o.filter(within) for o in orders]
     return pl.concat(kept).unique(["record_kind", "record_id"], maintain_order=True)
 
