@@ -365,10 +365,11 @@ class ReviewSession:
         row = scored.frame.filter((pl.col("record_kind") == kind)
                                   & (pl.col("record_id") == record_id))
         explained = explain_record(row, scored.frame.height, self.model)
-        # the features that matter: a contribution, or a value that is a red flag
-        features = [f for f in explained["features"]
-                    if (f["contribution"] is not None and abs(f["contribution"]) >= 0.005)
-                    or (f["contribution"] is None and f["reason"])]
+        # the features that matter: a contribution, or a value that is a red flag; like
+        # explain's drivers, never a null or another kind's feature
+        features = [f for f in explained["features"] if f["applies"] and (
+                    (f["contribution"] is not None and abs(f["contribution"]) >= 0.005)
+                    or (f["contribution"] is None and f["reason"]))]
         features.sort(key=lambda f: -abs(f["contribution"] or 0.0))
         explained["features_shown"] = features[:FEATURES_SHOWN]
         explained["features_hidden"] = max(0, len(features) - FEATURES_SHOWN)
