@@ -9,7 +9,8 @@ from pathlib import Path
 import polars as pl
 
 from detector.errors import UsageError
-from detector.queue import check_explore, familiar_cells, mark_queue, parse_capacity
+from detector.queue import (cell_expr, check_explore, explore_slots, familiar_cells, familiarity,
+                            mark_queue, novelty_order, parse_capacity, unsureness)
 from detector.report.cards import CARD_FEATURES
 from detector.report.data import parse_period, report_records
 from detector.report.render import build_report, write_report
@@ -23,13 +24,12 @@ def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised
 
     - by risk: in each month, the first ``capacities[month]``: a record the queue takes
       by risk has fewer than the capacity ahead of it, so also within its part;
-    - to explore (closest to 0.5 when supervised; new to the model: unusual over the
-      familiarity of its cell): the queue spreads these lists over cells, so a record it
-      takes is among the first (explore slots x 2 + records by risk) of its month and
-      cell in that list's order; so also within its part.
+    - to explore (least sure when supervised: p(1-p); new to the model: unusualness;
+      each over the square root of its cell's familiarity): the queue spreads these
+      lists over cells, so a record it takes is among the first (explore slots x 2 +
+      records by risk) of its month and cell in that list's order; so also within its
+      part.
     """
-    from detector.queue import cell_expr, explore_slots, familiarity, novelty_order, unsureness
-
     ranked = frame.sort(["risk_score", "record_kind", "record_id"],
                         descending=[True, False, False])
     month = pl.col("record_date").dt.strftime("%Y-%m")
