@@ -150,18 +150,43 @@ class DecisionStore:
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else store_path()
+        self._prepared = False
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self._prepared:
+                self._prepare()
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                    isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(_SCHEMA)
             return conn
         except (sqlite3.Error, OSError) as exc:
             raise EnvironmentFailure(f"decision store {self.path}: {exc}") from exc
+
+    def _prepare(self) -> None:
+        """Create the table and switch to WAL once, under a file lock: SQLite answers
+        'database is locked' at once, without waiting out the busy timeout, when two
+        processes switch a new file's journal mode together."""
+        from filelock import FileLock, Timeout
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path) + ".lock", timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            with lock:
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                       isolation_level=None)
+                try:
+                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        conn.execute("PRAGMA journal_mode = WAL")
+                    conn.executescript(_SCHEMA)
+                finally:
+                    conn.close()
+        except Timeout as exc:
+            raise EnvironmentFailure(f"decision store {self.path}: another process holds "
+                                     f"{lock.lock_file} for over {BUSY_TIMEOUT_MS // 1000} s"
+                                     ) from exc
+        self._prepared = True
 
     def add(self, decisions: list[Decision]) -> int:
         """Append decisions in one transaction; returns how many were stored."""
