@@ -148,9 +148,8 @@ def confusion_table(pairs: list[tuple[str, str]]) -> str:
 
 def demo(workdir: Path, scale_shipments: int | None) -> dict:
     from detector.batch import load_batch
-    from detector.reasons import explain_record
     from detector.report import parse_capacity
-    from detector.scoring import load_model, record_frame, score_batch
+    from detector.scoring import load_model, score_batch
     from detector.simulation import simulate
     from detector.training import train
 
@@ -176,13 +175,11 @@ def demo(workdir: Path, scale_shipments: int | None) -> dict:
     picks = scored.frame.head(10)["record_id"].to_list() + \
         scored.frame.sample(10, seed=0)["record_id"].to_list()
     kinds = dict(zip(scored.frame["record_id"], scored.frame["record_kind"]))
-    seconds = []
-    for record_id in picks:
-        t = time.perf_counter()
-        row = record_frame(batch, model, kinds[record_id], record_id)
-        explain_record(row, None, model)
-        seconds.append(time.perf_counter() - t)
-    out["explain_warm"] = seconds
+    t = time.perf_counter()
+    batch.shipment_index()  # prepared once per batch (the review page keeps it)
+    out["index"] = time.perf_counter() - t
+    out["explain_warm"], out["explain_warm_cpu"] = _time_explains(batch, model, picks, kinds)
+    out["load_warm"] = os.getloadavg()[0]
     scores = workdir / "demo-scores.csv"
     scored.scores_table().write_csv(scores)
     t = time.perf_counter()
@@ -197,14 +194,31 @@ def demo(workdir: Path, scale_shipments: int | None) -> dict:
         t = time.perf_counter()
         big_batch = load_batch(big)
         out["big_load"] = time.perf_counter() - t
+        t = time.perf_counter()
+        big_batch.shipment_index()
+        out["big_index"] = time.perf_counter() - t
         ids = big_batch.dataset.shipments["shipment_id"].sample(10, seed=0).to_list()
-        big_seconds = []
-        for record_id in ids:
-            t = time.perf_counter()
-            explain_record(record_frame(big_batch, model, "shipment", record_id), None, model)
-            big_seconds.append(time.perf_counter() - t)
-        out["explain_big"] = big_seconds
+        out["explain_big"], out["explain_big_cpu"] = _time_explains(
+            big_batch, model, ids, dict.fromkeys(ids, "shipment"))
+        out["load_big"] = os.getloadavg()[0]
     return out
+
+
+def _time_explains(batch, model, ids: list[str], kinds: dict[str, str]
+                   ) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds (this process, every thread) of `record_frame` +
+    `explain_record` per record: on a shared machine the wall time is the load's as
+    much as the work's."""
+    from detector.reasons import explain_record
+    from detector.scoring import record_frame
+
+    wall, cpu = [], []
+    for record_id in ids:
+        t, c = time.perf_counter(), time.process_time()
+        explain_record(record_frame(batch, model, kinds[record_id], record_id), None, model)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return wall, cpu
 
 
 def main() -> None:
@@ -270,16 +284,21 @@ def main() -> None:
               f"{d['review']}; top 10 true diversions: {d['top10_true']}/10 (target >= 5)")
         for record_id, scheme, typology in d["top10"]:
             print(f"    {record_id}  likely {scheme:<18} truth {typology or 'legitimate'}")
-        warm = d["explain_warm"]
-        print(f"explain, batch and model loaded: median {statistics.median(warm):.2f} s, "
-              f"max {max(warm):.2f} s per record over {len(warm)} records (target <= 1 s)")
+        warm, cpu = d["explain_warm"], d["explain_warm_cpu"]
+        print(f"explain, batch and model loaded (neighbourhood index {d['index']:.2f} s once): "
+              f"median {statistics.median(warm):.2f} s, max {max(warm):.2f} s per record over "
+              f"{len(warm)} records (target <= 1 s); CPU median {statistics.median(cpu):.2f} s, "
+              f"max {max(cpu):.2f} s; load average {d['load_warm']:.1f}")
         print(f"explain, one cold command (process, imports, MLflow, bundle): "
               f"{d['explain_cold']:.1f} s")
         if "explain_big" in d:
-            big = d["explain_big"]
+            big, cpu = d["explain_big"], d["explain_big_cpu"]
             print(f"explain on {args.scale_shipments:,} shipments: reading the batch "
-                  f"{d['big_load']:.1f} s once, then median {statistics.median(big):.2f} s, "
-                  f"max {max(big):.2f} s per record (target <= 3 s)")
+                  f"{d['big_load']:.1f} s and preparing its neighbourhood index "
+                  f"{d['big_index']:.1f} s once, then median {statistics.median(big):.2f} s, "
+                  f"max {max(big):.2f} s per record (target <= 3 s); CPU median "
+                  f"{statistics.median(cpu):.2f} s, max {max(cpu):.2f} s; load average "
+                  f"{d['load_big']:.1f}")
 
 
 if __name__ == "__main__":

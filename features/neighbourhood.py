@@ -37,47 +37,50 @@ def _ultimate_parents(parties: pl.DataFrame) -> dict[str, str]:
     return out
 
 
-def _distinct(shipments: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    """The distinct values of ``columns``: a batch of a million lines holds far fewer
-    names, addresses and codes, so each is normalised once, not once per line."""
-    return shipments.select(columns).unique()
-
-
-def _lines_with(shipments: pl.DataFrame, keys: pl.DataFrame) -> pl.Series:
-    """The shipment ids whose raw values of ``keys``' columns are one of its rows."""
-    if keys.height == 0:
-        return pl.Series("shipment_id", [], dtype=shipments.schema["shipment_id"])
-    return shipments.join(keys, on=keys.columns, how="semi")["shipment_id"]
-
-
 class ShipmentIndex:
     """What `around` looks up, prepared once per batch: the distinct consignee names,
-    exporter names, addresses, HS codes and origins with their normalised forms (a batch
-    of a million lines holds far fewer), the parties and their ownership groups. Each
-    record's neighbourhood then joins on the raw values that qualify; `detector explain`
-    and the review page keep one index per batch (detector.batch.Batch.shipment_index)."""
+    exporter names, addresses, party ids and HS codes with their normalised forms and
+    the rows that hold each (a batch of a million lines holds far fewer distinct values),
+    the earliest line of each HS-6 and origin, the parties and their ownership groups.
+    Each record's neighbourhood is then gathered by row number, never by a join over the
+    whole batch; `detector explain` and the review page keep one index per batch
+    (detector.batch.Batch.shipment_index)."""
 
     def __init__(self, shipments: pl.DataFrame, parties: pl.DataFrame):
         self.shipments = shipments
         self.parties = unique_parties(parties)
         self.party_ids = set(self.parties["party_id"].to_list())
         self._tops: dict[str, str] | None = None
-        self.consignees = _distinct(shipments, ["consignee_name", "consignee_country"]) \
-            .with_columns(pl.col("consignee_country").str.to_uppercase().alias("country"),
-                          normalise_name(pl.col("consignee_name")).alias("name_norm"))
+        rows = shipments.select(
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias("__i"), "shipment_id",
+            "consignee_name", "consignee_country", "exporter_name", "exporter_country",
+            "consignee_address", "consignee_party_id", "hs_code", "export_date")
+
+        def rows_by(columns: list[str]) -> pl.DataFrame:
+            return rows.group_by(columns).agg("__i")
+
+        self.consignees = rows_by(["consignee_name", "consignee_country"]).with_columns(
+            pl.col("consignee_country").str.to_uppercase().alias("country"),
+            normalise_name(pl.col("consignee_name")).alias("name_norm"))
         self.names_by_country = {
             country: block["name_norm"].to_list() for (country,), block in
             self.consignees.select("name_norm", "country").unique().drop_nulls()
             .group_by("country")}
-        self.exporters = _distinct(shipments, ["exporter_name", "exporter_country"]) \
-            .with_columns(pl.col("exporter_country").str.to_uppercase().alias("country"),
-                          normalise_name(pl.col("exporter_name")).alias("exporter_norm"))
-        self.hs_codes = _distinct(shipments, ["hs_code"]).with_columns(
-            hs_digits(pl.col("hs_code"), 6).alias("__hs6"))
-        self.origins = _distinct(shipments, ["exporter_country"]).with_columns(
-            pl.col("exporter_country").str.to_uppercase().alias("country"))
-        self.addresses = _distinct(shipments, ["consignee_address"]).with_columns(
+        self.exporters = rows_by(["exporter_name", "exporter_country"]).with_columns(
+            pl.col("exporter_country").str.to_uppercase().alias("country"),
+            normalise_name(pl.col("exporter_name")).alias("exporter_norm"))
+        self.addresses = rows_by(["consignee_address"]).with_columns(
             normalise_address(pl.col("consignee_address")).alias("address_norm"))
+        self.by_party = rows_by(["consignee_party_id"]).drop_nulls("consignee_party_id")
+        # the earliest line of each HS-6 from each origin (the learned inputs' novelty)
+        self.first_of_hs6 = (
+            rows.select("__i", "export_date", "shipment_id",
+                        hs_digits(pl.col("hs_code"), 6).alias("hs6"),
+                        pl.col("exporter_country").str.to_uppercase().alias("origin"))
+            .filter(pl.col("hs6").is_not_null() & (pl.col("hs6") != ""))
+            .sort("export_date", "shipment_id", nulls_last=False)
+            .group_by("hs6", "origin", maintain_order=True).first())
+        self.dates = rows["export_date"]
 
     @property
     def tops(self) -> dict[str, str]:
@@ -89,9 +92,10 @@ class ShipmentIndex:
         """The shipments (contract columns, any order) that the features of
         ``shipment_id`` read, itself included; a superset, never fewer."""
         shipments = self.shipments
-        target = shipments.filter(pl.col("shipment_id") == shipment_id)
-        if target.height == 0:
-            return target
+        position = shipments["shipment_id"].index_of(shipment_id)
+        if position is None:
+            return shipments.clear()
+        target = shipments.slice(position, 1)
         row = target.row(0, named=True)
         country = (row["consignee_country"] or "").upper()
         name_norm = target.select(normalise_name(pl.col("consignee_name"))).item() or ""
@@ -115,7 +119,6 @@ class ShipmentIndex:
             pl.col("country").str.to_uppercase(),
             pl.concat_list(pl.col("name"), pl.col("aliases").fill_null([])).alias("names")
         ).explode("names").select("country", normalise_name(pl.col("names")).alias("name_norm"))
-        consignees = self.consignees
         wanted = [(name_norm, country)]
         for (member_country,), block in members.group_by("country"):
             names = self.names_by_country.get(member_country, [])
@@ -124,41 +127,30 @@ class ShipmentIndex:
             wanted += [(n, member_country) for n, s in zip(names, scores) if s > 0]
         wanted_frame = pl.DataFrame(wanted, schema={"name_norm": pl.String, "country": pl.String},
                                     orient="row").unique()
-        exporters = self.exporters
-        raw_exporter = ["exporter_name", "exporter_country"]
-        near = (
-            _lines_with(shipments, consignees.join(wanted_frame, on=["name_norm", "country"],
-                                                   how="semi")
-                        .select("consignee_name", "consignee_country"))
-            .append(shipments.filter(pl.col("consignee_party_id").is_in(list(group)))
-                    ["shipment_id"])
-            .append(_lines_with(shipments, exporters.filter(
-                (pl.col("exporter_norm") == name_norm) & (pl.col("country") == country))
-                .select(raw_exporter)))
-        )
-        # the learned inputs: the exporter's own earlier lines, and whether the HS-6 came
-        # from this origin before (the pair's earliest shipment decides that)
-        record_date = row["export_date"]
         exporter_norm = target.select(normalise_name(pl.col("exporter_name"))).item()
         origin = (row["exporter_country"] or "").upper()
-        same_exporter = exporters.filter((pl.col("exporter_norm") == exporter_norm)
-                                         & (pl.col("country") == origin)).select(raw_exporter)
-        near = near.append(shipments.join(same_exporter, on=raw_exporter, how="semi")
-                           .filter(pl.col("export_date") <= record_date)["shipment_id"])
-        hs6 = target.select(hs_digits(pl.col("hs_code"), 6)).item()
-        if hs6:
-            codes = self.hs_codes.filter(pl.col("__hs6") == hs6).select("hs_code")
-            origins = self.origins.filter(pl.col("country") == origin).select("exporter_country")
-            near = near.append(
-                shipments.join(codes, on="hs_code", how="semi")
-                .join(origins, on="exporter_country", how="semi")
-                .sort("export_date", "shipment_id").head(1)["shipment_id"])
+        found = [
+            self.consignees.join(wanted_frame, on=["name_norm", "country"], how="semi"),
+            self.by_party.filter(pl.col("consignee_party_id").is_in(list(group))),
+            # every shipment exported under the consignee's name (re-export linkage)
+            self.exporters.filter((pl.col("exporter_norm") == name_norm)
+                                  & (pl.col("country") == country)),
+        ]
         if address_norm:
-            addresses = self.addresses.filter(pl.col("address_norm") == address_norm) \
-                .select("consignee_address")
-            near = near.append(_lines_with(shipments, addresses))
-        return shipments.filter(pl.col("shipment_id").is_in(near.append(
-            pl.Series([shipment_id])).unique().implode()))
+            found.append(self.addresses.filter(pl.col("address_norm") == address_norm))
+        near = pl.concat([f.select("__i") for f in found]).explode("__i")["__i"]
+        # the learned inputs: the exporter's own earlier lines, and whether the HS-6 came
+        # from this origin before (the pair's earliest shipment decides that)
+        exported = self.exporters.filter((pl.col("exporter_norm") == exporter_norm)
+                                         & (pl.col("country") == origin)) \
+            .select("__i").explode("__i")["__i"]
+        earlier = exported.filter(self.dates.gather(exported) <= row["export_date"])
+        hs6 = target.select(hs_digits(pl.col("hs_code"), 6)).item()
+        first = self.first_of_hs6.filter((pl.col("hs6") == hs6) & (pl.col("origin") == origin))[
+            "__i"] if hs6 else pl.Series("__i", [], dtype=pl.UInt32)
+        index = pl.concat([near, earlier, first, pl.Series("__i", [position], dtype=pl.UInt32)]
+                          ).unique().sort()
+        return shipments.gather(index)
 
 
 def shipments_around(shipments: pl.DataFrame, parties: pl.DataFrame, shipment_id: str
