@@ -176,7 +176,7 @@ def demo(workdir: Path, scale_shipments: int | None) -> dict:
         scored.frame.sample(10, seed=0)["record_id"].to_list()
     kinds = dict(zip(scored.frame["record_id"], scored.frame["record_kind"]))
     t = time.perf_counter()
-    batch.shipment_index()  # prepared once per batch (the review page keeps it)
+    batch.shipment_index()  # prepared once per batch, kept with it
     out["index"] = time.perf_counter() - t
     out["explain_warm"], out["explain_warm_cpu"] = _time_explains(batch, model, picks, kinds)
     out["load_warm"] = os.getloadavg()[0]

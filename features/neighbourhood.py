@@ -43,7 +43,7 @@ class ShipmentIndex:
     the rows that hold each (a batch of a million lines holds far fewer distinct values),
     the earliest line of each HS-6 and origin, the parties and their ownership groups.
     Each record's neighbourhood is then gathered by row number, never by a join over the
-    whole batch; `detector explain` and the review page keep one index per batch
+    whole batch; a caller that explains several records of one batch keeps one index
     (detector.batch.Batch.shipment_index)."""
 
     def __init__(self, shipments: pl.DataFrame, parties: pl.DataFrame):
