@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from detector.models import trees
 from detector.models.base import feature_matrix
 from detector.models.scheme import SchemeModel
 from detector.models.supervised import SupervisedModel
@@ -59,27 +60,31 @@ def train() -> tuple[pl.DataFrame, np.ndarray]:
 
 
 @pytest.mark.parametrize("params", [{}, {"zero_as_missing": True}, {"use_missing": False}])
-def test_binary_margins_and_probabilities_equal_lightgbm_bit_for_bit(train, params):
+def test_binary_margins_and_probabilities_equal_lightgbm_bit_for_bit(train, params,
+                                                                    monkeypatch):
+    # blocks smaller than the frames, not a multiple of their heights
+    monkeypatch.setattr(trees, "PREDICT_BLOCK_ROWS", 701)
     frame, y = train
     booster = lgb.train({"objective": "binary", "num_leaves": 15, "min_data_in_leaf": 5,
                          "verbosity": -1, **params}, lgb.Dataset(feature_matrix(frame, COLUMNS), y),
                         num_boost_round=40)
     test = _with_edges(_frame(3000, 1))
     assert test.n_chunks("all") == [2] * len(COLUMNS)
-    trees = TreePredictor(booster, 30)
+    first30 = TreePredictor(booster, 30)
     for rows in (test, test.slice(1234, 1700), test.filter(pl.col("flag").fill_null(True))):
         x = feature_matrix(rows, COLUMNS)
         for raw in (True, False):
             expected = booster.predict(x, raw_score=raw, num_iteration=30)
-            got = trees.predict(rows, COLUMNS, raw_score=raw)
-            assert got.dtype == np.float64
+            got = first30.predict(rows, COLUMNS, raw_score=raw)
+            assert got.dtype == np.float64 and got.shape == (rows.height,)
             np.testing.assert_array_equal(got, expected)
     # all 40 iterations differ from the first 30: the iteration count is honoured
     assert not np.array_equal(TreePredictor(booster).predict(test, COLUMNS, raw_score=True),
-                              trees.predict(test, COLUMNS, raw_score=True))
+                              first30.predict(test, COLUMNS, raw_score=True))
 
 
-def test_scheme_model_probabilities_equal_lightgbm_bit_for_bit(train):
+def test_scheme_model_probabilities_equal_lightgbm_bit_for_bit(train, monkeypatch):
+    monkeypatch.setattr(trees, "PREDICT_BLOCK_ROWS", 999)
     frame, _ = train
     rng = np.random.default_rng(2)
     schemes = [["transshipment"], ["shell_company"], ["misdeclaration"]]
@@ -87,6 +92,7 @@ def test_scheme_model_probabilities_equal_lightgbm_bit_for_bit(train):
     model = SchemeModel(COLUMNS).fit(frame, rows)
     test = _with_edges(_frame(2000, 3))
     expected = model.booster_.predict(feature_matrix(test, COLUMNS))
+    assert expected.shape == (test.height, 3)
     np.testing.assert_array_equal(model.predict_proba(test), expected)
     # saved and loaded (the bundle's path), and pickled (Dask ships the model to workers)
     state, text = model.to_state()
@@ -121,3 +127,10 @@ def test_missing_model_input_is_refused_by_name(train):
                         lgb.Dataset(feature_matrix(frame, COLUMNS), y), num_boost_round=3)
     with pytest.raises(ValueError, match="lacks 1 model input.*ratio"):
         TreePredictor(booster).predict(frame.drop("ratio"), COLUMNS)
+
+
+def test_an_empty_frame_predicts_nothing(train):
+    frame, y = train
+    booster = lgb.train({"objective": "binary", "verbosity": -1},
+                        lgb.Dataset(feature_matrix(frame, COLUMNS), y), num_boost_round=3)
+    assert TreePredictor(booster).predict(frame.head(0), COLUMNS).shape == (0,)
