@@ -319,11 +319,11 @@ def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
     linkage = behaviour.reexport(
         base.drop("consignee_key").rename({"__consignee_name_key": "consignee_key"}),
         reexports.with_columns(pl.col("exporter_key").cast(pl.Categorical)))
-    keyed = lf.select("record_id", "record_date", "__luv_kg",
-                      *[pl.col(c).cast(pl.String) for c in _KEY_COLUMNS])
-    own = learned.own_history(keyed)
-    new = learned.novelty(lf)  # categorical keys: same equality, cheaper groups
-    memory = case_memory.case_memory(keyed, case_memory.empty_events() if events is None
+    # categorical keys: the same equality as the text, cheaper to group, sort and join
+    own = learned.own_history(lf.select("record_id", "record_date", "__luv_kg",
+                                        "exporter_key", "consignee_key"))
+    new = learned.novelty(lf)
+    memory = case_memory.case_memory(lf, case_memory.empty_events() if events is None
                                      else events, prior)
     # collected one at a time: one plan over every shipment held all three at its peak
     out = inputs.select("record_id")
@@ -415,12 +415,25 @@ class FeatureBuilder:
             learned.check_inputs(self._part(i).columns, list(inputs_config.get("categorical", {})),
                                  inputs_config.get("numeric", []), "the shipments")
         self.first_rows = []
+        # One part (every batch up to DEFAULT_CHUNK_ROWS shipments): its record-level frame
+        # is collected once and serves both the window inputs and its features, instead of
+        # planning and running the same joins twice. Several parts: rebuilt per part, so
+        # memory holds one part's frame at a time.
+        self._records: dict[int, pl.DataFrame] = {}
         inputs, row = [], 0
         for i in range(len(self.parts)):
             part = self._part(i)
             self.first_rows.append(row)
-            inputs.append(_window_inputs(_shipment_records(self.ctx, part, row), self.ctx.ref)
-                          .collect(engine="in-memory"))
+            records = _shipment_records(self.ctx, part, row)
+            if len(self.parts) == 1:
+                collected = records.collect(engine="in-memory")
+                records = collected.lazy()
+                # kept: what its feature frame reads (`shipment_lazy`), not the inputs
+                wanted = {"__row", *KEY, "record_date", *FEATURES, *self.input_names}
+                self._records[i] = collected.select(c for c in collected.columns
+                                                    if c in wanted)
+            inputs.append(_window_inputs(records, self.ctx.ref).collect(engine="in-memory"))
+            del records
             row += part.height
         inputs = pl.concat(inputs)
         # case memory: the decisions stored with the model, then those of ``labels``, on
@@ -454,10 +467,15 @@ class FeatureBuilder:
         return _frame(self.parts[i], SHIPMENTS)
 
     def shipment_lazy(self, i: int, carry: list[str] = ()) -> pl.LazyFrame:
-        part = self._part(i)
-        records = _shipment_records(self.ctx, part, self.first_rows[i])
+        if i in self._records and all(c in self._records[i].columns for c in carry):
+            records = self._records[i].lazy()
+            height = self._records[i].height
+        else:
+            part = self._part(i)
+            records = _shipment_records(self.ctx, part, self.first_rows[i])
+            height = part.height
         cross = self.cross.lazy().filter(pl.col("__row").is_between(
-            self.first_rows[i], self.first_rows[i] + part.height - 1))
+            self.first_rows[i], self.first_rows[i] + height - 1))
         return _select(records.join(cross, on="__row", how="left"), list(carry),
                        self.input_names)
 
@@ -484,10 +502,21 @@ class FeatureBuilder:
 
     def shipment_features(self, i: int) -> pl.DataFrame:
         """The feature frame of part ``i``'s shipments, sorted by record_id."""
-        return self._typed(self.shipment_lazy(i).sort(KEY).collect(engine="in-memory"))
+        frame = self.shipment_lazy(i).collect(engine="in-memory")
+        self._records.pop(i, None)  # built: its record-level frame is no longer needed
+        return self._typed(_sorted(frame))
 
     def lease_features(self) -> pl.DataFrame:
         return self._typed(self.lease_lazy().sort(KEY).collect(engine="in-memory"))
+
+
+def _sorted(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` sorted by `KEY` (one kind, ids unique). Records usually arrive in id
+    order (the wide frame is then not gathered again)."""
+    ids = frame["record_id"]
+    if frame["record_kind"].n_unique() <= 1 and ids.is_sorted() and ids.null_count() == 0:
+        return frame
+    return frame.sort(KEY)
 
 
 def _finite(frame: pl.DataFrame) -> pl.DataFrame:
