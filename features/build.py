@@ -289,15 +289,19 @@ _KEY_COLUMNS = ("consignee_key", "group_key", "address_key", "__consignee_name_k
                 "__origin", "__route")
 
 
-def _window_inputs(records: pl.LazyFrame, ref: RefView) -> pl.LazyFrame:
-    """The narrow per-shipment frame the behaviour windows and re-export linkage need."""
-    return records.select(
-        pl.col("__row").alias("record_id"), "shipment_id", "record_date", "value_usd",
-        "is_small", "__luv_kg",
+def _window_columns(ref: RefView) -> list[pl.Expr]:
+    return [
+        pl.col("__row").alias("record_id"), pl.col("shipment_id"), pl.col("record_date"),
+        pl.col("value_usd"), pl.col("is_small"), pl.col("__luv_kg"),
         pl.col("__units_or_quantity").alias("chip_units"),
         *[pl.col(c).cast(pl.Categorical) for c in _KEY_COLUMNS],
         behaviour.reexport_event(ref.d5_hk_mo).alias("__reexport_event"),
-    )
+    ]
+
+
+def _window_inputs(records: pl.LazyFrame, ref: RefView) -> pl.LazyFrame:
+    """The narrow per-shipment frame the behaviour windows and re-export linkage need."""
+    return records.select(_window_columns(ref))
 
 
 def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
@@ -406,13 +410,20 @@ class FeatureBuilder:
         self.leases = _frame(leases, LEASES)
         party = _frame(parties, PARTIES)
         screen = None if screening_list is None else _frame(screening_list, SCREENING_LIST)
-        texts = _merge_text_inputs([_text_inputs(self._part(i), self.leases)
+        # one part is prepared once here (several: each when needed, one in memory at once)
+        only = self._part(0) if len(self.parts) == 1 else None
+
+        def part_frame(i: int) -> pl.DataFrame:
+            return only if only is not None else self._part(i)
+
+        texts = _merge_text_inputs([_text_inputs(part_frame(i), self.leases)
                                     for i in range(len(self.parts))])
         self.ctx = _Context(texts, party, screen, reference, stats)
         inputs_config = self.ctx.stats.inputs or {}
         self.input_names = learned.input_names(inputs_config)
         for i in range(len(self.parts)):
-            learned.check_inputs(self._part(i).columns, list(inputs_config.get("categorical", {})),
+            learned.check_inputs(self._part_columns(i),
+                                 list(inputs_config.get("categorical", {})),
                                  inputs_config.get("numeric", []), "the shipments")
         self.first_rows = []
         # One part (every batch up to DEFAULT_CHUNK_ROWS shipments): its record-level frame
@@ -422,19 +433,26 @@ class FeatureBuilder:
         self._records: dict[int, pl.DataFrame] = {}
         inputs, row = [], 0
         for i in range(len(self.parts)):
-            part = self._part(i)
+            part = part_frame(i)
             self.first_rows.append(row)
             records = _shipment_records(self.ctx, part, row)
             if len(self.parts) == 1:
+                # only the columns its features and the window inputs read are built
+                wanted = {"__row", *KEY, "record_date", *FEATURES, *self.input_names}
+                window = {n for e in _window_columns(self.ctx.ref) for n in e.meta.root_names()}
+                records = records.select(c for c in records.collect_schema().names()
+                                         if c in wanted or c in window)
                 collected = records.collect(engine="in-memory")
                 records = collected.lazy()
-                # kept: what its feature frame reads (`shipment_lazy`), not the inputs
-                wanted = {"__row", *KEY, "record_date", *FEATURES, *self.input_names}
+                # kept: what its feature frame reads (`shipment_lazy`)
                 self._records[i] = collected.select(c for c in collected.columns
                                                     if c in wanted)
+                del collected
             inputs.append(_window_inputs(records, self.ctx.ref).collect(engine="in-memory"))
             del records
             row += part.height
+            del part
+        del only
         inputs = pl.concat(inputs)
         # case memory: the decisions stored with the model, then those of ``labels``, on
         # shipments and leases alike (features.case_memory)
@@ -465,6 +483,13 @@ class FeatureBuilder:
 
     def _part(self, i: int) -> pl.DataFrame:
         return _frame(self.parts[i], SHIPMENTS)
+
+    def _part_columns(self, i: int) -> list[str]:
+        """The columns `_part(i)` has (its own and the contract's), without reading it."""
+        part = self.parts[i]
+        names = part.collect_schema().names() if isinstance(part, pl.LazyFrame) \
+            else part.columns
+        return [*names, *[n for n in SHIPMENTS.schema if n not in names]]
 
     def shipment_lazy(self, i: int, carry: list[str] = ()) -> pl.LazyFrame:
         if i in self._records and all(c in self._records[i].columns for c in carry):
