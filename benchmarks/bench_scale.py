@@ -21,7 +21,9 @@ whether issue #15's target is met):
 5. with --parquet-shipments N (e.g. 10000000): writes a world of N shipments as Parquet
    (the 1M world repeated with new ids and shifted dates; or reuse --parquet-world) and
    scores it with `detector score` as a child process, in parts of --chunk-rows
-   shipments (default 1,000,000): wall time and peak RSS (targets: 120 s, 6 GiB).
+   shipments (default 1,000,000): wall time and peak RSS (targets: 120 s, 6 GiB);
+   then `detector explain` on its top record and `detector report` on it, each within
+   the same 6 GiB (unless --skip-big-explain-report).
 
 Peak RSS of a child comes from os.wait4 (ru_maxrss of that child alone).
 """
@@ -276,6 +278,8 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=None,
                     help="pass --chunk-rows to detector score (default: its own)")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--skip-big-explain-report", action="store_true",
+                    help="with --parquet-shipments: do not also run explain and report on it")
     ap.add_argument("--skip-parquet-1m", action="store_true",
                     help="do not also score the world as Parquet (step 3b)")
     args = ap.parse_args()
@@ -376,8 +380,32 @@ def main() -> None:
             big = parquet_world(world, work / "world_parquet", args.parquet_shipments)
             print(f"\nParquet world of {args.parquet_shipments:,} shipments written in "
                   f"{time.perf_counter() - t:.1f} s")
-        score_child(big, "scores_big", " (Parquet)", SCORE_10M_TARGET_S, SCORE_10M_TARGET_GIB,
-                    floor=False)
+        rc = score_child(big, "scores_big", " (Parquet)", SCORE_10M_TARGET_S,
+                         SCORE_10M_TARGET_GIB, floor=False)
+        if rc == 0 and not args.skip_big_explain_report:
+            common = ["--screening-list", str(screening)]
+            big_explain_and_report(big, work, detector, env,
+                                   common + (["--model", model_uri] if model_uri else []))
+
+
+def big_explain_and_report(big: Path, work: Path, detector: list[str], env: dict,
+                           common: list[str]) -> None:
+    """`detector explain` on the top record and `detector report` on the big batch, each as
+    a child process: wall time and peak RSS against the 10M memory target (issue #15:
+    explain and report on the 10M batch within the same memory)."""
+    scores = work / "scores_big.parquet"
+    top = (pl.scan_parquet(scores).filter(pl.col("rank") == 1)
+           .select("record_id").collect().item())
+    runs = [("explain", [*detector, "explain", str(big), top, "--scores", str(scores),
+                         *common]),
+            ("report", [*detector, "report", str(big), "--out", str(work / "report_big.html"),
+                        *common])]
+    for name, cmd in runs:
+        wall, peak, rc, _ = run_child(cmd, env, work / f"{name}_big.log")
+        print(f"\ndetector {name} on the big batch: {wall:.1f} s wall, peak RSS {peak:.2f} GiB, "
+              f"exit {rc} (target: {SCORE_10M_TARGET_GIB} GiB: "
+              f"{_met(rc == 0 and peak <= SCORE_10M_TARGET_GIB)}); load average {_load()}")
+        print("  " + "\n  ".join((work / f"{name}_big.log").read_text().splitlines()[-12:]))
 
 
 if __name__ == "__main__":

@@ -437,3 +437,35 @@ def test_case_cards_agree_with_the_features_of_their_record(tmp_path):
     assert (date.fromisoformat(trail[0][0]) - card_date).days == scored["days_until_reexport"]
     # a page made from the scores table alone reads the same features
     assert build_report(dataset, scores, model_info=None, capacity="100%") == html
+
+
+def test_a_parent_that_pays_is_drawn_once():
+    from datetime import date
+
+    from detector.report.cards import TRAIL_COLUMNS, Registry, shipment_card
+
+    parties = {
+        "P1": {"party_id": "P1", "name": "Lotus Trading Pte Ltd", "country": "SG",
+               "parent_party_id": "P2", "address": "1 Harbour Rd"},
+        "P2": {"party_id": "P2", "name": "Northern Star Holdings", "country": "CN",
+               "parent_party_id": None, "address": "9 Long St"},
+    }
+    shipments = pl.DataFrame(schema={c: pl.String for c in TRAIL_COLUMNS}
+                             | {"export_date": pl.Date, "exporter_key": pl.String})
+    registry = Registry(parties, {}, shipments)
+    row = {"shipment_id": "S1", "export_date": date(2024, 5, 1), "consignee_party_id": "P1",
+           "consignee_name": "Lotus Trading Pte Ltd", "consignee_country": "SG",
+           "consignee_address": "1 Harbour Rd", "destination_country": "SG",
+           "exporter_name": "Chips Inc", "exporter_country": "US",
+           "payer_name": "NORTHERN STAR HOLDINGS", "payer_country": "CN",
+           "payment_method": "wire"}
+    scored = {"consignee_party": "P1", "ownership_depth": 1, "payer_is_other_party": True}
+    card = shipment_card(row, {}, registry, scored)
+    svg = card["network"]
+    assert svg.count("<g><title>") == 2, svg  # the consignee and its paying parent
+    assert "NORTHERN STAR" not in svg and "parent and payer" in svg
+    assert "owned by; paid (wire)" in svg
+    # a payer that is not a parent is its own node
+    other = shipment_card(row | {"payer_name": "Golden Bridge Ltd", "payer_country": "HK"},
+                          {}, registry, scored)["network"]
+    assert other.count("<g><title>") == 3 and "Golden Bridge" in other

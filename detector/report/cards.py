@@ -268,6 +268,18 @@ def separate_payer(payer_name: str | None, payer_country: str | None,
     return bool(payer_country) and (payer_country or "").upper() != (own_country or "").upper()
 
 
+def parent_named(chain: list[dict], name: str | None, country: str | None) -> int | None:
+    """The position in ``chain`` of the parent a payer names (same normalised name and
+    country), so a parent that pays is drawn once."""
+    if not name:
+        return None
+    key = (normalise_name(name), (country or "").upper())
+    for i, parent in enumerate(chain):
+        if (normalise_name(parent["name"]), (parent["country"] or "").upper()) == key:
+            return i
+    return None
+
+
 def network_diagram(centre_name: str, centre_role: str, centre_country: str,
                     related: list[tuple[str, str, str, int, str]], label: str
                     ) -> tuple[str | None, int]:
@@ -300,9 +312,15 @@ def shipment_card(row: dict, record: dict, registry: Registry, scored: dict | No
         related.append((parent["name"], "parent", parent["country"], i, "owned by"))
     if separate_payer(row.get("payer_name"), row.get("payer_country"),
                       scored.get("payer_is_other_party"), row["consignee_country"]):
-        related.append((row.get("payer_name") or "(unnamed payer)", "payer",
-                        row.get("payer_country") or "", 0,
-                        f"paid ({row.get('payment_method') or 'unknown'})"))
+        paying_parent = parent_named(chain, row.get("payer_name"), row.get("payer_country"))
+        if paying_parent is not None:  # one node for one party: the parent pays
+            name, _, country, link, edge = related[paying_parent]
+            related[paying_parent] = (name, "parent and payer", country, link,
+                                      f"{edge}; paid ({row.get('payment_method') or 'unknown'})")
+        else:
+            related.append((row.get("payer_name") or "(unnamed payer)", "payer",
+                            row.get("payer_country") or "", 0,
+                            f"paid ({row.get('payment_method') or 'unknown'})"))
     for other in shared:
         related.append((other["name"], "shared address", other["country"], 0, "same address"))
     for leg in counterparties:

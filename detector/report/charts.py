@@ -214,6 +214,7 @@ def typology_mix(chart_id: str, rows: Sequence[tuple[str, int, int]], period: st
 
 ROLE_COLOURS = {
     "consignee": "#fde0dd", "lessee": "#fde0dd", "parent": "#deebf7", "payer": "#fee6ce",
+    "parent and payer": "#deebf7",
     "shared address": "#efedf5", "re-export": "#e5f5e0", "provider": "#f0f0f0",
     "exporter": "#f0f0f0",
 }
