@@ -60,8 +60,7 @@ class NotTrainable(ValueError):
 
 
 def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: list[str],
-                calibrate: float = 0.25, diagnose: str | None = None,
-                metric: str | None = None):
+                calibrate: float = 0.25, diagnose: str | None = None):
     from detector.models.ensemble import DiversionModel
     from detector.training import _labelled, split_by_time
 
@@ -91,11 +90,8 @@ def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: lis
                 if n != "test"}
         print(f"  retrain: late/positives/labels in fit {diag['fit']}, calibrate "
               f"{diag['calibrate']}", file=sys.stderr)
-    params = config.lightgbm_params()
-    if metric is not None:
-        params = {**params, "metric": metric}
     model = DiversionModel(
-        features, lightgbm_params=params,
+        features, lightgbm_params=config.lightgbm_params(),
         num_boost_round=config.lightgbm.num_boost_round,
         early_stopping_rounds=config.lightgbm.early_stopping_rounds,
         unsupervised_detectors=config.unsupervised.detectors,
@@ -141,7 +137,7 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                                   leases.filter(pl.col("start_date") <= warm_end),
                                   batch.parties, reference)
         features = model_feature_names()
-        config = load_config(None)
+        config = load_config(args.config)
 
         def frame_until(end: date, labels: pl.DataFrame | None) -> pl.DataFrame:
             """Every record dated up to ``end``; the case memory from ``labels`` (each
@@ -164,8 +160,7 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                                                 how="semi")
         try:
             first_model = train_model(frame_until(warm_last, warm_labels), warm_labels,
-                                      config, features, args.calibrate,
-                                      metric=args.metric)
+                                      config, features, args.calibrate)
         except NotTrainable as exc:
             # as `detector score` without a champion: rules + unsupervised detectors fitted
             # on the batch, until the decisions can train a model
@@ -243,8 +238,7 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                 try:
                     model, cells = train_model(frame, labels, config, features,
                                                args.calibrate,
-                                               args.late_scheme if args.diagnose else None,
-                                               metric=args.metric)
+                                               args.late_scheme if args.diagnose else None)
                 except NotTrainable as exc:
                     print(f"seed {seed}, explore {share}, {first:%Y-%m}: no retraining "
                           f"({exc}); next month scores with "
@@ -334,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="on stderr, per month: the late scheme's cases, their rank, "
                              "risk and case memory, and where its confirmed cases went in "
                              "each retraining (fit or calibrate slice)")
-    parser.add_argument("--metric", default=None,
-                        help="LightGBM early-stopping metric (default: the model's)")
+    parser.add_argument("--config", default=None,
+                        help="training config (TOML, as `detector train --config`), e.g. "
+                             "experiments/early_stop_logloss.toml")
     parser.add_argument("--dump", default=None,
                         help="folder: write each month's ranked records (features, truth "
                              "and the model's labelled cells) as Parquet, for study")

@@ -57,3 +57,43 @@ def test_simulator_holds_a_late_scheme_back(tmp_path):
     with pytest.raises(UsageError, match="late-from-month"):
         simulate(tmp_path / "y", shipments=100, months=6, late_scheme="splitting",
                  late_from_month=9)
+
+
+def test_a_stored_decision_reaches_the_case_memory_at_scoring(tmp_path, monkeypatch):
+    """A diversion confirmed on the review page (the decision store) counts for the later
+    records of the same consignee when the batch is scored again, before any
+    retraining; never for its own record, nor for records dated before the decision."""
+    from detector.batch import feature_frame, load_batch
+    from detector.decisions import DecisionStore, make_decision
+
+    monkeypatch.setenv("DETECTOR_HOME", str(tmp_path / "home"))
+    world = tmp_path / "world"
+    simulate(world, seed=5, shipments=1500, start=date(2024, 1, 1), months=6)
+    before = feature_frame(load_batch(world))
+    ships = before.filter((pl.col("record_kind") == "shipment")
+                          & pl.col("consignee_party").is_not_null()) \
+        .select("record_id", "record_date", "consignee_party").sort("record_date")
+    # a consignee with records on at least three different dates
+    party = ships.group_by("consignee_party").agg(pl.col("record_date").n_unique().alias("n")) \
+        .filter(pl.col("n") >= 3).sort("consignee_party")["consignee_party"][0]
+    own = ships.filter(pl.col("consignee_party") == party)
+    dates = own["record_date"].unique().sort()
+    decided, middle, last = own.filter(pl.col("record_date") == dates[0])["record_id"][0], \
+        dates[1], dates[-1]
+
+    def memory(frame: pl.DataFrame) -> dict[str, int]:
+        return dict(frame.filter(pl.col("record_kind") == "shipment")
+                    .select("record_id", "consignee_confirmed_before").iter_rows())
+
+    # decided on the second date: the records of that date and before do not see it
+    DecisionStore().add([make_decision("shipment", decided, "confirm", "tester",
+                                       typology="transshipment", decided_on=middle)])
+    after = memory(feature_frame(load_batch(world)))
+    was = memory(before)
+    for record_id, record_date in own.select("record_id", "record_date").iter_rows():
+        gained = after[record_id] - was[record_id]
+        assert gained == (1 if record_date > middle else 0), (record_id, record_date)
+    assert own.filter(pl.col("record_date") == last).height >= 1
+    # records of other parties are untouched
+    others = ships.filter(pl.col("consignee_party") != party)["record_id"].to_list()
+    assert all(after[r] == was[r] for r in others)
