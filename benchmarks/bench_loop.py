@@ -16,7 +16,8 @@ before the loop starts). Then, for each later month:
    store (detector.decisions) like an analyst's decision;
 4. retrain on all labels so far (the warm-up labels and the stored decisions, merged by
    detector.decisions.merge_labels) with the training protocol's split (older labels fit,
-   the latest quarter early-stops and calibrates; ``--calibrate`` sets that share), the
+   the latest quarter early-stops and calibrates; ``--calibrate`` sets that share;
+   ``--config`` the training settings, as `detector train --config`), the
    features rebuilt with the month's decisions in the case memory (shipments' and
    leases'). The model's labelled cells (of the fit slice, as `detector train` stores
    them) go with it to the queue (detector.queue.labelled_cells).
@@ -27,11 +28,17 @@ stderr, what each explore slot took (kind|destination, unusualness, risk, outcom
 with ``--diagnose``, each month's late-scheme cases (rank, risk, unusualness, case
 memory), how many of them were confirmed before, and at each retraining how many
 confirmed late cases sit in the fit slice and how many in the calibration slice.
+Labels that cannot train a model (no confirmed case, or none cleared, in the fit slice:
+seed 21's warm-up) are said on stderr: the loop then scores with rules + unsupervised
+detectors fitted on the month (as `detector score` without a champion) until the
+decisions can train one, and a retraining that cannot train keeps the previous model.
 Simplifications: retraining calls the model layers directly (no MLflow run per month),
 and the learned feature statistics are fitted once on the warm-up months.
 
     python benchmarks/bench_loop.py                       # defaults below
     python benchmarks/bench_loop.py --explore 0 0.1 0.2 --capacity 25 --seeds 11 12 13
+    python benchmarks/bench_loop.py --seeds 22 23 --diagnose --calibrate 0.1
+        --config experiments/early_stop_logloss.toml     # (one command line)
 """
 
 from __future__ import annotations
@@ -62,9 +69,8 @@ class NotTrainable(ValueError):
 def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: list[str],
                 calibrate: float = 0.25, diagnose: str | None = None):
     from detector.models.ensemble import DiversionModel
-    from detector.training import _labelled, split_by_time
-
     from detector.queue import labelled_cells
+    from detector.training import _labelled, split_by_time
 
     labelled = _labelled(frame, labels)
     slices = split_by_time(labelled, 1.0 - calibrate, calibrate)
