@@ -123,29 +123,10 @@ def read_batch(progress: Progress, dataset_dir: str | Path,
 
 
 def history_labels(batch: Batch) -> pl.DataFrame | None:
-    """The case memory's decisions at scoring, beside those stored with the model: the
-    labels of the --history datasets and the analysts' stored decisions
-    (detector.decisions, under $DETECTOR_HOME), so a diversion confirmed on the review
-    page counts for the later records of its parties at once, not only after the next
-    retraining. The scored dataset's own labels table is not used. A record decided in
-    both counts once, by its latest decision (decided_on; on equal dates the stored one).
-    Each record still sees only decisions dated before it (features.case_memory)."""
-    from detector.decisions import DecisionStore, store_path
-
+    """The labels of the --history datasets: the case memory's decisions at scoring,
+    beside those stored with the model (the scored dataset's own are not used)."""
     frames = [h.labels for h in batch.history if h.labels.height]
-    if store_path().exists():
-        stored = DecisionStore().labels()
-        if stored.height:
-            frames.append(stored.select("record_kind", "record_id", "label", "typology",
-                                        "decided_on"))
-    if not frames:
-        return None
-    merged = pl.concat(frames, how="diagonal_relaxed")
-    # latest decided_on wins; stable sort: on equal dates the later frame (the store)
-    return merged.with_row_index("__order") \
-        .sort(["decided_on", "__order"], nulls_last=False) \
-        .unique(["record_kind", "record_id"], keep="last", maintain_order=True) \
-        .sort("__order").drop("__order")
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
 
 def feature_frame(batch: Batch, stats=None, *, labels: pl.DataFrame | None = None,

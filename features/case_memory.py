@@ -27,8 +27,7 @@ record, is dated at its record (a decision cannot precede what it decides), so a
 never sees its own label nor any label decided on or after its date. In training this is
 the out-of-fold rule: every row's case memory comes only from labels decided before it.
 At scoring the decisions are those stored in the bundle (every training label, with
-their cut-off date) plus the labels of the `--history` datasets and the analysts' stored
-decisions (detector.batch.history_labels).
+their cut-off date) plus the labels of the `--history` datasets.
 """
 
 from __future__ import annotations
