@@ -36,6 +36,15 @@ class Batch:
         part, the own shipments are moved there first (`_spill_own_shipments`)."""
         return _records(self, chunk_rows, spill_dir)
 
+    def shipment_index(self):
+        """The batch's features.neighbourhood.ShipmentIndex, prepared on first use and kept:
+        each record `explain` builds then pays only for its own neighbourhood."""
+        if getattr(self, "_shipment_index", None) is None:
+            from features.neighbourhood import ShipmentIndex
+
+            self._shipment_index = ShipmentIndex(self.shipments, self.parties)
+        return self._shipment_index
+
     def batch_keys(self) -> pl.DataFrame:
         """(record_kind, record_id) of the records being scored: the dataset's own."""
         return pl.concat([

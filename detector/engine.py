@@ -343,9 +343,10 @@ def score_record(records: Records, model: LoadedModel, kind: str, record_id: str
     if model.fallback:
         raise ValueError("score_record: expected a trained model; the fallback is fitted "
                          "on the whole batch (score it with score_records)")
+    # only the first shipment part (or the leases) is built: the rest is context
     builder = FeatureBuilder(records.shipment_parts, records.leases, records.parties,
                              records.screening_list, records.reference, model.feature_stats(),
-                             records.labels)
+                             records.labels, built_parts=1)
     only = keep_record(kind, record_id)
 
     def part() -> pl.DataFrame:

@@ -17,9 +17,11 @@ _RULES = {r.name: r for r in RULES}
 # HK" (a feature) and "paid from HK for a party in another country" (a rule) are one
 # fact, and the fuller text — the mechanism's, else the rule's — is kept.
 FACT_OF: dict[str, str] = {
+    # who paid, from where and how is one fact: "paid from HK" and "paid by third_party"
+    # are stated together (`payment_text`), not as two reasons
     **dict.fromkeys(("payer_country_mismatch", "payer_in_d5_hk_or_mo", "china_payer",
-                     "payer_is_other_party"), "payer"),
-    **dict.fromkeys(("unusual_payment_method", "unusual_payment"), "payment_method"),
+                     "payer_is_other_party", "unusual_payment_method", "unusual_payment"),
+                    "payer"),
     **dict.fromkeys(("later_reexported_to_d5_hk_mo", "reexported_unit_share_90d",
                      "later_reexport", "days_until_reexport"), "reexport"),
     **dict.fromkeys(("transit_via_hk_or_mo", "transit_hk_mo"), "route"),
@@ -55,6 +57,23 @@ FACT_OF: dict[str, str] = {
 
 def fact_of(name: str) -> str:
     return FACT_OF.get(name, name)
+
+
+_PAID = {"third_party": "paid by a third party", "cash": "paid in cash",
+         "crypto": "paid in crypto"}
+
+
+def payment_text(row: dict) -> str | None:
+    """The payer fact in one statement when the record shows both an unusual payment
+    method and a payer country that is a red flag ("paid by a third party from HK for a
+    party in another country"); None when it shows one of them (its own text says it)."""
+    method = row.get("payment_method") if row.get("unusual_payment_method") is True else None
+    mismatch = row.get("payer_country_mismatch") is True
+    country = row.get("payer_country")
+    if method is None or not country or not (mismatch or row.get("payer_in_d5_hk_or_mo") is True):
+        return None
+    text = f"{_PAID.get(method, f'paid by {method}')} from {country}"
+    return text + " for a party in another country" if mismatch else text
 
 
 def rule_reasons(row: dict) -> list[str]:
@@ -177,6 +196,8 @@ def reasons_for_row(row: dict, contributions: np.ndarray | None, names: list[str
         text = render_rule_reason(hit, row)
         if text is not None:
             rule_texts.setdefault(fact_of(hit), text)
+    if (paid := payment_text(row)) is not None:
+        rule_texts["payer"] = paid
     reasons = _ReasonList(dict(rule_texts))
     stated = 0
     for scheme in [row.get("likely_scheme"), *other_schemes]:

@@ -300,15 +300,17 @@ def record_frame(batch: Batch, model: LoadedModel, kind: str, record_id: str) ->
     whole batch: what `detector explain` needs in about a second. A model is required
     (the fallback's detectors are fitted on the whole batch)."""
     from detector.reference import load_reference
-    from features.neighbourhood import shipments_around
-
     if kind == "shipment":
-        shipments = shipments_around(batch.shipments, batch.parties, record_id)
+        around = batch.shipment_index().around(record_id)
+        # the record alone in the first part, the only one whose features are built; its
+        # neighbours are the context its cross-record features read
+        one = pl.col("shipment_id") == record_id
+        parts = [around.filter(one), around.filter(~one)]
         leases = batch.leases.clear()
     else:
-        shipments = batch.shipments.clear()
+        parts = [batch.shipments.clear()]
         leases = batch.leases.filter(pl.col("lease_id") == record_id)
-    records = score_engine.Records([shipments], leases, batch.parties, batch.screening_list,
+    records = score_engine.Records(parts, leases, batch.parties, batch.screening_list,
                                    load_reference(), labels=history_labels(batch))
     return score_engine.score_record(records, model, kind, record_id)
 

@@ -97,10 +97,13 @@ class _Context:
 
     Built from the *distinct* names, addresses and (name, country) keys of every record
     (``texts``, see `_text_inputs`), so the records themselves need not be in memory.
+    ``screened``: the texts of the records whose features will be built, when fewer
+    (one record explained among its neighbours): only those are screened against the
+    list, the costliest lookup; the others' screening columns are never read.
     """
 
     def __init__(self, texts: dict[str, pl.DataFrame], parties, screening_list, reference,
-                 stats):
+                 stats, screened: dict[str, pl.DataFrame] | None = None):
         self.ref: RefView = view(reference)
         self.stats = stats or FeatureStats.default()
         self.maps = {**default_category_maps(), **self.stats.category_maps}
@@ -118,8 +121,13 @@ class _Context:
             self.parties, self.ref.d5_or_macau).collect().lazy()
         self.party_ids = self.parties["party_id"].drop_nulls().unique()
         names, addresses = party_features.screening_choices(self.screening_list)
-        self.name_hits = party_features.screen(keys["name_norm"], names)
-        self.address_hits = party_features.screen(self.addresses["address_norm"], addresses)
+        queries, query_addresses = keys["name_norm"], self.addresses["address_norm"]
+        if screened is not None:
+            queries = screened["keys"].join(self.names, on="raw", how="left")["name_norm"]
+            query_addresses = screened["addresses"].join(self.addresses, on="raw",
+                                                         how="left")["address_norm"]
+        self.name_hits = party_features.screen(queries, names)
+        self.address_hits = party_features.screen(query_addresses, addresses)
 
     def resolve(self, lf: pl.LazyFrame, norm: str, country: str, given: str, prefix: str
                 ) -> pl.LazyFrame:
@@ -401,14 +409,20 @@ class FeatureBuilder:
 
     def __init__(self, shipment_parts: list, leases, parties,
                  screening_list: pl.DataFrame | None, reference,
-                 stats: FeatureStats | None = None, labels: pl.DataFrame | None = None):
+                 stats: FeatureStats | None = None, labels: pl.DataFrame | None = None,
+                 built_parts: int | None = None):
+        """``built_parts``: when only the first this many shipment parts (and the
+        leases) will have their features built, the other parts are context for the
+        cross-record features only, and their names are not screened (`_Context`)."""
         self.parts = shipment_parts or [pl.DataFrame(schema=SHIPMENTS.schema)]
         self.leases = _frame(leases, LEASES)
         party = _frame(parties, PARTIES)
         screen = None if screening_list is None else _frame(screening_list, SCREENING_LIST)
-        texts = _merge_text_inputs([_text_inputs(self._part(i), self.leases)
-                                    for i in range(len(self.parts))])
-        self.ctx = _Context(texts, party, screen, reference, stats)
+        part_texts = [_text_inputs(self._part(i), self.leases) for i in range(len(self.parts))]
+        texts = _merge_text_inputs(part_texts)
+        screened = None if built_parts is None or built_parts >= len(self.parts) else \
+            _merge_text_inputs(part_texts[:max(built_parts, 1)])
+        self.ctx = _Context(texts, party, screen, reference, stats, screened)
         inputs_config = self.ctx.stats.inputs or {}
         self.input_names = learned.input_names(inputs_config)
         for i in range(len(self.parts)):

@@ -24,7 +24,9 @@ re-made once the merged code matched main's own code at a2d55df on scores, repor
 pyfunc and fallback digests, explain differing only by the intended party keys above
 (checked by diffing explain's JSON of the top 3 records on world10k). world200k was
 re-made at the same time, its scores, report and pyfunc digests equal to main's own code
-at a2d55df (computed with that code) and explain differing as above.
+at a2d55df (computed with that code) and explain differing as above. Issue 12's "the payer
+is one fact" (reasons) changed the reasons, explain and report digests of all three worlds,
+re-made with --write --with-200k; ranking and risk digests unchanged.
 
 A change that is *meant* to change scores (a new feature, new reason wording) changes
 these digests too: regenerate them, and say so in the commit, with

@@ -264,6 +264,32 @@ def test_reasons_lead_with_the_transshipment_mechanism_and_its_values():
     assert sum("re-exported" in r for r in reasons) == 1, reasons
 
 
+def test_the_payer_is_one_fact_whether_a_rule_or_a_feature_states_it():
+    # "paid from HK" (payer-country feature) and "paid by third_party" (the payment rule)
+    # were two reasons for one payer
+    row = _row(likely_scheme=UNCLEAR, payer_country="HK", payer_country_mismatch=True,
+               payer_in_d5_hk_or_mo=True, unusual_payment_method=True,
+               payment_method="third_party", rule_hits=["unusual_payment", "china_payer"])
+    names = ["payer_in_d5_hk_or_mo", "unusual_payment_method"]
+    flags = {"payer_in_d5_hk_or_mo": True, "unusual_payment_method": True}
+    reasons = reasons_for_row(row, np.array([0.9, 0.5, 0.0]), names, flags)
+    assert [r for r in reasons if "paid" in r] == [
+        "paid by a third party from HK for a party in another country"], reasons
+    # cash from a payer in the consignee's own country: how it was paid, and from where
+    cash = _row(likely_scheme=UNCLEAR, payer_country="HK", consignee_country="HK",
+                payer_country_mismatch=False, payer_in_d5_hk_or_mo=True,
+                unusual_payment_method=True, payment_method="cash",
+                rule_hits=["unusual_payment"])
+    assert [r for r in reasons_for_row(cash, np.array([0.9, 0.5, 0.0]), names, flags)
+            if "paid" in r] == ["paid in cash from HK"]
+    # a shell's mechanism that names the payer states the fact: no payment rule after it
+    shell = _row(likely_scheme="shell_company", consignee_age_days=90, consignee_employees=3.0,
+                 payer_is_other_party=True, payer_country="HK", unusual_payment_method=True,
+                 payment_method="third_party", rule_hits=["unusual_payment"])
+    stated = reasons_for_row(shell, None, [], {})
+    assert sum("paid" in r for r in stated) == 1, stated
+
+
 def test_splitting_mechanism_states_the_burst():
     row = _row(likely_scheme="splitting", linked_small_shipments_14d=5,
                linked_small_value_14d_usd=212_400.0, rule_hits=["splitting"])

@@ -257,9 +257,10 @@ class ModelBundle:
 
 def import_model_libraries() -> None:
     """Import what loading and running a bundle needs (skops, pyod's detectors, LightGBM
-    and scikit-learn beneath them): seconds of work that `detector score` does on a side
+    and lignum, scikit-learn beneath them): seconds of work that `detector score` does on a side
     thread while it reads the batch."""
     import lightgbm  # noqa: F401
+    import lignum  # noqa: F401
     import pyod.models.hbos  # noqa: F401
     import pyod.models.iforest  # noqa: F401
     import pyod.models.loda  # noqa: F401

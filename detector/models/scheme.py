@@ -86,8 +86,24 @@ class SchemeModel:
     def predict_proba(self, frame: pl.DataFrame) -> np.ndarray:
         if frame.height == 0:
             return np.zeros((0, len(self.classes_)))
-        out = self.booster_.predict(feature_matrix(frame, self.features))
+        # the booster's class probabilities bit for bit, without a matrix (models.trees)
+        out = self._trees().predict(frame, self.features)
         return np.asarray(out).reshape(frame.height, len(self.classes_))
+
+    def _trees(self):
+        """The booster's trees for scoring, made once per booster (not pickled)."""
+        from detector.models.trees import TreePredictor
+
+        cached = self.__dict__.get("_trees_cache")
+        if cached is None or cached[0] is not self.booster_:
+            cached = (self.booster_, TreePredictor(self.booster_))
+            self.__dict__["_trees_cache"] = cached
+        return cached[1]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_trees_cache", None)
+        return state
 
     # -- persistence: LightGBM text + JSON-able state
     def to_state(self) -> tuple[dict, str]:

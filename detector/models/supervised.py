@@ -105,10 +105,29 @@ class SupervisedModel(RiskModel):
         self.calibrated_ = True
 
     def margin(self, frame: pl.DataFrame) -> np.ndarray:
+        """The booster's raw score (its first ``best_iteration_`` iterations), as
+        ``booster_.predict(..., raw_score=True)`` gives it, bit for bit, at a third of
+        the cost (detector.models.trees)."""
         if frame.height == 0:
             return np.zeros(0)
-        return self.booster_.predict(feature_matrix(frame, self.features), raw_score=True,
-                                     num_iteration=self.best_iteration_)
+        return self._trees().predict(frame, self.features, raw_score=True)
+
+    def _trees(self):
+        """The booster's trees for scoring, made once per booster (not pickled: Dask
+        workers make their own)."""
+        from detector.models.trees import TreePredictor
+
+        cached = self.__dict__.get("_trees_cache")
+        if cached is None or cached[0] is not self.booster_ or cached[1] != self.best_iteration_:
+            cached = (self.booster_, self.best_iteration_,
+                      TreePredictor(self.booster_, self.best_iteration_))
+            self.__dict__["_trees_cache"] = cached
+        return cached[2]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_trees_cache", None)
+        return state
 
     def decision_function(self, frame: pl.DataFrame) -> np.ndarray:
         a, b = self.calibration_
