@@ -64,16 +64,23 @@ def count_records(path: Path, block_bytes: int = BLOCK_BYTES) -> RecordCount:
                 # a header of one line: a quote there must not swallow the records below
                 clean &= header is not None and _lines_in(header.group(0).rstrip(b"\r\n")) == 0
                 clean &= not chunk.startswith((b"\n", b"\r"))
-            pieces = chunk.split(b'"')
-            if len(pieces) % 2 == 0:
-                clean = False  # a quote opened and never closed
-            outside = b"\x00".join(pieces[0::2])  # the text outside quoted fields
-            newlines += outside.count(b"\n")
-            commas += outside.count(b",")
-            if b"\r" in outside and outside.count(b"\r") != outside.count(b"\r\n"):
-                clean = False  # a bare carriage return ends a line for some readers only
-            if b"\n\n" in outside or b"\n\r\n" in outside:
-                clean = False  # blank lines: the careful reader says what they hold
+            if b"\r" not in chunk and b"\n\n" not in chunk:
+                # no carriage return, no blank line anywhere: only the count is left
+                n, c, balanced = _count_outside_quotes(chunk)
+                newlines += n
+                commas += c
+                clean &= balanced
+            else:
+                pieces = chunk.split(b'"')
+                if len(pieces) % 2 == 0:
+                    clean = False  # a quote opened and never closed
+                outside = b"\x00".join(pieces[0::2])  # the text outside quoted fields
+                newlines += outside.count(b"\n")
+                commas += outside.count(b",")
+                if b"\r" in outside and outside.count(b"\r") != outside.count(b"\r\n"):
+                    clean = False  # a bare carriage return ends a line for some readers only
+                if b"\n\n" in outside or b"\n\r\n" in outside:
+                    clean = False  # blank lines: the careful reader says what they hold
             ends_with_newline = chunk.endswith(b"\n")
             if eof:
                 break
@@ -81,6 +88,25 @@ def count_records(path: Path, block_bytes: int = BLOCK_BYTES) -> RecordCount:
     width = width or 0
     clean = clean and commas == records * (width - 1)
     return RecordCount(max(records - 1, 0), clean, width)
+
+
+# every byte but the quote, the newline and the comma: deleted before counting
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"\n,')
+
+
+def _count_outside_quotes(chunk: bytes) -> tuple[int, int, bool]:
+    """(newlines, commas) outside quoted fields of ``chunk`` (which starts outside
+    quotes), and whether every quote is closed. A byte is outside when an even number
+    of quotes precede it; only the quotes, newlines and commas are kept to count
+    (most of a record is text between them)."""
+    import numpy as np
+
+    marks = np.frombuffer(chunk.translate(None, _NOT_STRUCTURE), dtype=np.uint8)
+    quotes = marks == ord('"')
+    outside = (np.cumsum(quotes, dtype=np.int64) & 1) == 0
+    return (int(np.count_nonzero(outside & (marks == ord("\n")))),
+            int(np.count_nonzero(outside & (marks == ord(",")))),
+            int(np.count_nonzero(quotes)) % 2 == 0)
 
 
 def _record_end(text: bytes) -> int | None:

@@ -638,8 +638,16 @@ def _warn_recoverable(df: pl.DataFrame, table: Table, findings: _Findings):
         "labels": [("label", ~pl.col("label").is_in([0, 1]),
                     "label must be 0 or 1; the row is ignored for training")],
     }.get(table.name, [])
-    for k, (column, mask, message) in enumerate(checks):
-        hit = df.filter(mask.fill_null(False))
+    if not checks:
+        return
+    # the masks over the few columns they read, then rows only where one hits (filtering
+    # the whole wide chunk per check cost more than the checks)
+    masks = df.select(mask.fill_null(False).alias(str(k))
+                      for k, (_, mask, _) in enumerate(checks))
+    for k, (column, _, message) in enumerate(checks):
+        if not masks[str(k)].any():
+            continue
+        hit = df.select("__row", column).filter(masks[str(k)])
         if hit.height:
             findings.add(_RECOVERABLE_ORDER + k, "warning", column, message + " (row kept)",
                          rows=hit["__row"].head(MAX_ROWS_SHOWN).to_list(), count=hit.height,
@@ -739,8 +747,7 @@ def read_dataset(directory: str | Path, *, allow_errors: bool = False) -> Datase
         fatal |= not reads[table.name].readable  # nothing to quarantine row by row
 
     labels = resolve_labels(reads["labels"].data, report, files.get("labels"))
-    _check_references(reads, labels, report, files)
-    labels = _known_labels(labels, reads)
+    labels = _check_references(reads, labels, report, files)
 
     quarantined = {k: r.quarantined for k, r in reads.items() if r.quarantined is not None}
     if report.errors and (fatal or not allow_errors):
@@ -782,7 +789,9 @@ def _ids(df: pl.DataFrame, column: str) -> pl.Series:
 
 
 def _check_references(reads: dict[str, TableRead], labels: pl.DataFrame,
-                      report: ValidationReport, files: dict[str, Path]) -> None:
+                      report: ValidationReport, files: dict[str, Path]) -> pl.DataFrame:
+    """Warn of dangling party references and of labels for records not in the dataset;
+    the labels of records in the dataset."""
     party_ids = _ids(reads["parties"].data, "party_id")
     for table, column in [("shipments", "consignee_party_id"), ("parties", "parent_party_id"),
                           ("leases", "provider_party_id"), ("leases", "lessee_party_id")]:
@@ -792,21 +801,18 @@ def _check_references(reads: dict[str, TableRead], labels: pl.DataFrame,
             report.warn(files[table].name, column,
                         "refers to a party_id not in parties (resolved by name instead)",
                         count=dangling.len(), values=_distinct(dangling))
+    keep = []
     for kind, table in RECORD_TABLES.items():
-        ids = _ids(reads[table.name].data, table.id_column)
-        unknown = labels.filter((pl.col("record_kind") == kind) & ~pl.col("record_id").is_in(ids.implode()))
+        # the record ids as read (is_in ignores their nulls and repeats: no unique pass)
+        ids = reads[table.name].data[table.id_column]
+        of_kind = labels.filter(pl.col("record_kind") == kind)
+        known = of_kind["record_id"].is_in(ids.implode())
+        unknown = of_kind.filter(~known)
         if unknown.height:
             report.warn(files["labels"].name, "record_id",
                         f"label for a {kind} not in the dataset; ignored",
                         count=unknown.height, values=_distinct(unknown["record_id"]))
-
-
-def _known_labels(labels: pl.DataFrame, reads: dict[str, TableRead]) -> pl.DataFrame:
-    keep = []
-    for kind, table in RECORD_TABLES.items():
-        ids = _ids(reads[table.name].data, table.id_column)
-        keep.append(labels.filter((pl.col("record_kind") == kind)
-                                  & pl.col("record_id").is_in(ids.implode())))
+        keep.append(of_kind.filter(known))
     return pl.concat(keep)
 
 

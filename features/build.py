@@ -297,15 +297,19 @@ _KEY_COLUMNS = ("consignee_key", "group_key", "address_key", "__consignee_name_k
                 "__origin", "__route")
 
 
-def _window_inputs(records: pl.LazyFrame, ref: RefView) -> pl.LazyFrame:
-    """The narrow per-shipment frame the behaviour windows and re-export linkage need."""
-    return records.select(
-        pl.col("__row").alias("record_id"), "shipment_id", "record_date", "value_usd",
-        "is_small", "__luv_kg",
+def _window_columns(ref: RefView) -> list[pl.Expr]:
+    return [
+        pl.col("__row").alias("record_id"), pl.col("shipment_id"), pl.col("record_date"),
+        pl.col("value_usd"), pl.col("is_small"), pl.col("__luv_kg"),
         pl.col("__units_or_quantity").alias("chip_units"),
         *[pl.col(c).cast(pl.Categorical) for c in _KEY_COLUMNS],
         behaviour.reexport_event(ref.d5_hk_mo).alias("__reexport_event"),
-    )
+    ]
+
+
+def _window_inputs(records: pl.LazyFrame, ref: RefView) -> pl.LazyFrame:
+    """The narrow per-shipment frame the behaviour windows and re-export linkage need."""
+    return records.select(_window_columns(ref))
 
 
 def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
@@ -327,11 +331,11 @@ def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
     linkage = behaviour.reexport(
         base.drop("consignee_key").rename({"__consignee_name_key": "consignee_key"}),
         reexports.with_columns(pl.col("exporter_key").cast(pl.Categorical)))
-    keyed = lf.select("record_id", "record_date", "__luv_kg",
-                      *[pl.col(c).cast(pl.String) for c in _KEY_COLUMNS])
-    own = learned.own_history(keyed)
-    new = learned.novelty(lf)  # categorical keys: same equality, cheaper groups
-    memory = case_memory.case_memory(keyed, case_memory.empty_events() if events is None
+    # categorical keys: the same equality as the text, cheaper to group, sort and join
+    own = learned.own_history(lf.select("record_id", "record_date", "__luv_kg",
+                                        "exporter_key", "consignee_key"))
+    new = learned.novelty(lf)
+    memory = case_memory.case_memory(lf, case_memory.empty_events() if events is None
                                      else events, prior)
     # collected one at a time: one plan over every shipment held all three at its peak
     out = inputs.select("record_id")
@@ -418,7 +422,13 @@ class FeatureBuilder:
         self.leases = _frame(leases, LEASES)
         party = _frame(parties, PARTIES)
         screen = None if screening_list is None else _frame(screening_list, SCREENING_LIST)
-        part_texts = [_text_inputs(self._part(i), self.leases) for i in range(len(self.parts))]
+        # one part is prepared once here (several: each when needed, one in memory at once)
+        only = self._part(0) if len(self.parts) == 1 else None
+
+        def part_frame(i: int) -> pl.DataFrame:
+            return only if only is not None else self._part(i)
+
+        part_texts = [_text_inputs(part_frame(i), self.leases) for i in range(len(self.parts))]
         texts = _merge_text_inputs(part_texts)
         screened = None if built_parts is None or built_parts >= len(self.parts) else \
             _merge_text_inputs(part_texts[:max(built_parts, 1)])
@@ -426,16 +436,37 @@ class FeatureBuilder:
         inputs_config = self.ctx.stats.inputs or {}
         self.input_names = learned.input_names(inputs_config)
         for i in range(len(self.parts)):
-            learned.check_inputs(self._part(i).columns, list(inputs_config.get("categorical", {})),
+            learned.check_inputs(self._part_columns(i),
+                                 list(inputs_config.get("categorical", {})),
                                  inputs_config.get("numeric", []), "the shipments")
         self.first_rows = []
+        # One part (every batch up to DEFAULT_CHUNK_ROWS shipments): its record-level frame
+        # is collected once and serves both the window inputs and its features, instead of
+        # planning and running the same joins twice. Several parts: rebuilt per part, so
+        # memory holds one part's frame at a time.
+        self._records: dict[int, pl.DataFrame] = {}
         inputs, row = [], 0
         for i in range(len(self.parts)):
-            part = self._part(i)
+            part = part_frame(i)
             self.first_rows.append(row)
-            inputs.append(_window_inputs(_shipment_records(self.ctx, part, row), self.ctx.ref)
-                          .collect(engine="in-memory"))
+            records = _shipment_records(self.ctx, part, row)
+            if len(self.parts) == 1:
+                # only the columns its features and the window inputs read are built
+                wanted = {"__row", *KEY, "record_date", *FEATURES, *self.input_names}
+                window = {n for e in _window_columns(self.ctx.ref) for n in e.meta.root_names()}
+                records = records.select(c for c in records.collect_schema().names()
+                                         if c in wanted or c in window)
+                collected = records.collect(engine="in-memory")
+                records = collected.lazy()
+                # kept: what its feature frame reads (`shipment_lazy`)
+                self._records[i] = collected.select(c for c in collected.columns
+                                                    if c in wanted)
+                del collected
+            inputs.append(_window_inputs(records, self.ctx.ref).collect(engine="in-memory"))
+            del records
             row += part.height
+            del part
+        del only
         inputs = pl.concat(inputs)
         # case memory: the decisions stored with the model, then those of ``labels``, on
         # shipments and leases alike (features.case_memory)
@@ -467,11 +498,23 @@ class FeatureBuilder:
     def _part(self, i: int) -> pl.DataFrame:
         return _frame(self.parts[i], SHIPMENTS)
 
+    def _part_columns(self, i: int) -> list[str]:
+        """The columns `_part(i)` has (its own and the contract's), without reading it."""
+        part = self.parts[i]
+        names = part.collect_schema().names() if isinstance(part, pl.LazyFrame) \
+            else part.columns
+        return [*names, *[n for n in SHIPMENTS.schema if n not in names]]
+
     def shipment_lazy(self, i: int, carry: list[str] = ()) -> pl.LazyFrame:
-        part = self._part(i)
-        records = _shipment_records(self.ctx, part, self.first_rows[i])
+        if i in self._records and all(c in self._records[i].columns for c in carry):
+            records = self._records[i].lazy()
+            height = self._records[i].height
+        else:
+            part = self._part(i)
+            records = _shipment_records(self.ctx, part, self.first_rows[i])
+            height = part.height
         cross = self.cross.lazy().filter(pl.col("__row").is_between(
-            self.first_rows[i], self.first_rows[i] + part.height - 1))
+            self.first_rows[i], self.first_rows[i] + height - 1))
         return _select(records.join(cross, on="__row", how="left"), list(carry),
                        self.input_names)
 
@@ -498,10 +541,21 @@ class FeatureBuilder:
 
     def shipment_features(self, i: int) -> pl.DataFrame:
         """The feature frame of part ``i``'s shipments, sorted by record_id."""
-        return self._typed(self.shipment_lazy(i).sort(KEY).collect(engine="in-memory"))
+        frame = self.shipment_lazy(i).collect(engine="in-memory")
+        self._records.pop(i, None)  # built: its record-level frame is no longer needed
+        return self._typed(_sorted(frame))
 
     def lease_features(self) -> pl.DataFrame:
         return self._typed(self.lease_lazy().sort(KEY).collect(engine="in-memory"))
+
+
+def _sorted(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` sorted by `KEY` (one kind, ids unique). Records usually arrive in id
+    order (the wide frame is then not gathered again)."""
+    ids = frame["record_id"]
+    if frame["record_kind"].n_unique() <= 1 and ids.is_sorted() and ids.null_count() == 0:
+        return frame
+    return frame.sort(KEY)
 
 
 def _finite(frame: pl.DataFrame) -> pl.DataFrame:

@@ -132,22 +132,25 @@ def prior_rate(events: pl.DataFrame) -> float | None:
 def case_memory(base: pl.LazyFrame, events: pl.DataFrame, prior: float | None) -> pl.LazyFrame:
     """Case-memory features for every record of ``base`` (record_id, record_date and the
     `KEY_COLUMNS`), from ``events`` (`case_events`) dated strictly before each record."""
-    out = base.select("record_id")
     ev = events.lazy().with_columns(pl.col("label").cast(pl.Float64).alias("confirmed"),
                                     (1 - pl.col("label")).cast(pl.Float64).alias("cleared"),
                                     pl.col("event_date").alias("__event_date"))
+    # Only records whose key has a decision look one up (nearly all of a batch have
+    # none): each key's counts are computed for those few records, put side by side on
+    # them, and joined onto every record once; the others read 0 (filled below).
+    # keys as ``base`` has them (categorical keys: the same equality, cheaper to group)
+    types = base.collect_schema()
+    pieces = []
     for entity, keys in ENTITIES.items():
-        pieces = []
         for key in keys:
-            # only records whose key has a decision look one up: the others read 0
-            # (filled below), and they are nearly all of a batch
             decided_keys = ev.select(pl.col(key).drop_nulls().unique()).collect()[key]
-            records = base.select("record_id", "record_date", pl.col(key).cast(pl.String)) \
+            records = base.select("record_id", "record_date", key) \
                 .filter(pl.col(key).is_in(decided_keys.implode()))
             offsets = {"before": -1}
             if entity in RECENT_ENTITIES:
                 offsets["year"] = -1 - RECENT_DAYS
-            cum = cumulative_at(records, ev.select(key, "__event_date", "confirmed", "cleared")
+            cum = cumulative_at(records, ev.select(pl.col(key).cast(types[key]), "__event_date",
+                                                   "confirmed", "cleared")
                                 .filter(pl.col(key).is_not_null()), key,
                                 ["confirmed", "cleared"], offsets)
             cols = [pl.col("before_confirmed").alias(f"__c_{key}"),
@@ -155,18 +158,21 @@ def case_memory(base: pl.LazyFrame, events: pl.DataFrame, prior: float | None) -
             if entity in RECENT_ENTITIES:
                 cols.append((pl.col("before_confirmed") - pl.col("year_confirmed"))
                             .alias(f"__y_{key}"))
-            pieces.append(cum.select("record_id", *cols))
-        joined = base.select("record_id")
-        for piece in pieces:
-            joined = joined.join(piece, on="record_id", how="left")
+            pieces.append(cum.select("record_id", *cols).collect())
+    decided = pl.concat([p.select("record_id") for p in pieces]).unique()
+    for piece in pieces:
+        decided = decided.join(piece, on="record_id", how="left")
+    counts = base.select("record_id").join(decided.lazy(), on="record_id", how="left")
+    out = []
+    for entity, keys in ENTITIES.items():
         # several linkages: the one with the most decisions speaks
-        decided = [pl.col(f"__c_{k}").fill_null(0) + pl.col(f"__k_{k}").fill_null(0)
-                   for k in keys]
+        decisions = [pl.col(f"__c_{k}").fill_null(0) + pl.col(f"__k_{k}").fill_null(0)
+                     for k in keys]
         if len(keys) == 1:
             confirmed = pl.col(f"__c_{keys[0]}").fill_null(0.0)
             cleared = pl.col(f"__k_{keys[0]}").fill_null(0.0)
         else:
-            best = pl.when(decided[0] >= decided[1])
+            best = pl.when(decisions[0] >= decisions[1])
             confirmed = best.then(pl.col(f"__c_{keys[0]}")).otherwise(
                 pl.col(f"__c_{keys[1]}")).fill_null(0.0)
             cleared = best.then(pl.col(f"__k_{keys[0]}")).otherwise(
@@ -174,14 +180,13 @@ def case_memory(base: pl.LazyFrame, events: pl.DataFrame, prior: float | None) -
         known = pl.lit(prior is not None)
         rate = pl.when(known).then((confirmed + PRIOR_WEIGHT * (prior or 0.0))
                                    / (confirmed + cleared + PRIOR_WEIGHT))
-        cols = [confirmed.cast(pl.Int64).alias(f"{entity}_confirmed_before"),
+        out += [confirmed.cast(pl.Int64).alias(f"{entity}_confirmed_before"),
                 cleared.cast(pl.Int64).alias(f"{entity}_cleared_before"),
                 rate.alias(f"{entity}_confirmed_rate")]
         if entity in RECENT_ENTITIES:
-            cols.append(pl.col(f"__y_{keys[0]}").fill_null(0.0).cast(pl.Int64)
-                        .alias(f"{entity}_confirmed_12m"))
-        out = out.join(joined.select("record_id", *cols), on="record_id", how="left")
-    return out
+            out.append(pl.col(f"__y_{keys[0]}").fill_null(0.0).cast(pl.Int64)
+                       .alias(f"{entity}_confirmed_12m"))
+    return counts.select("record_id", *out)
 
 
 def events_to_dict(events: pl.DataFrame, prior: float | None) -> dict:
