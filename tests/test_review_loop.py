@@ -57,4 +57,3 @@ def test_simulator_holds_a_late_scheme_back(tmp_path):
     with pytest.raises(UsageError, match="late-from-month"):
         simulate(tmp_path / "y", shipments=100, months=6, late_scheme="splitting",
                  late_from_month=9)
-
