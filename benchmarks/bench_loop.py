@@ -16,7 +16,8 @@ before the loop starts). Then, for each later month:
    store (detector.decisions) like an analyst's decision;
 4. retrain on all labels so far (the warm-up labels and the stored decisions, merged by
    detector.decisions.merge_labels) with the training protocol's split (older labels fit,
-   the latest quarter early-stops and calibrates; ``--calibrate`` sets that share), the
+   the latest quarter early-stops and calibrates; ``--calibrate`` sets that share;
+   ``--config`` the training settings, as `detector train --config`), the
    features rebuilt with the month's decisions in the case memory (shipments' and
    leases'). The model's labelled cells (of the fit slice, as `detector train` stores
    them) go with it to the queue (detector.queue.labelled_cells).
@@ -27,16 +28,23 @@ stderr, what each explore slot took (kind|destination, unusualness, risk, outcom
 with ``--diagnose``, each month's late-scheme cases (rank, risk, unusualness, case
 memory), how many of them were confirmed before, and at each retraining how many
 confirmed late cases sit in the fit slice and how many in the calibration slice.
+Labels that cannot train a model (no confirmed case, or none cleared, in the fit slice:
+seed 21's warm-up) are said on stderr: the loop then scores with rules + unsupervised
+detectors fitted on the month (as `detector score` without a champion) until the
+decisions can train one, and a retraining that cannot train keeps the previous model.
 Simplifications: retraining calls the model layers directly (no MLflow run per month),
 and the learned feature statistics are fitted once on the warm-up months.
 
     python benchmarks/bench_loop.py                       # defaults below
     python benchmarks/bench_loop.py --explore 0 0.1 0.2 --capacity 25 --seeds 11 12 13
+    python benchmarks/bench_loop.py --seeds 22 23 --diagnose --calibrate 0.1
+        --config experiments/early_stop_logloss.toml     # (one command line)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -53,15 +61,28 @@ def month_bounds(start: date, months: int) -> list[tuple[date, date]]:
             for m in range(months)]
 
 
+class NotTrainable(ValueError):
+    """The labels so far cannot train a model (no confirmed case, or none cleared, in the
+    fit slice)."""
+
+
 def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: list[str],
                 calibrate: float = 0.25, diagnose: str | None = None):
     from detector.models.ensemble import DiversionModel
-    from detector.training import _labelled, split_by_time
-
     from detector.queue import labelled_cells
+    from detector.training import _labelled, split_by_time
 
     labelled = _labelled(frame, labels)
     slices = split_by_time(labelled, 1.0 - calibrate, calibrate)
+    fit_labels = set(slices["fit"]["label"].unique().to_list())
+    if not {0, 1} <= fit_labels:
+        # `detector train` refuses such labels (CLI.md: training needs labels 0 and 1); the
+        # loop keeps scoring with what it had (the caller says so)
+        raise NotTrainable(
+            f"{labelled.height} labels up to {labelled['record_date'].max()}, "
+            f"{int(labelled['label'].sum())} confirmed; the fit slice (the oldest "
+            f"{1 - calibrate:.0%}, {slices['fit'].height} labels) has label values "
+            f"{sorted(fit_labels) or 'none'}, training needs 0 and 1")
     # what the model's trees learned from, per cell: the queue's familiarity (as `detector
     # train` stores it with a model: the fit slice)
     cells = labelled_cells(slices["fit"])
@@ -83,6 +104,9 @@ def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: lis
         max_fit_rows=config.unsupervised.max_fit_rows, random_state=config.seed,
     ).fit(slices["fit"], slices["fit"]["label"].to_numpy(), unlabelled=unlabelled,
           valid_frame=slices["calibrate"], valid_labels=slices["calibrate"]["label"].to_numpy())
+    if diagnose is not None:
+        print(f"  retrain: best iteration {model.supervised_.best_iteration_}, calibration "
+              f"{model.supervised_.calibration_}", file=sys.stderr)
     return model, cells
 
 
@@ -119,7 +143,7 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                                   leases.filter(pl.col("start_date") <= warm_end),
                                   batch.parties, reference)
         features = model_feature_names()
-        config = load_config(None)
+        config = load_config(args.config)
 
         def frame_until(end: date, labels: pl.DataFrame | None) -> pl.DataFrame:
             """Every record dated up to ``end``; the case memory from ``labels`` (each
@@ -140,8 +164,15 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                     .alias("record_id"))])
         warm_labels = batch.dataset.labels.join(warm_ids, on=["record_kind", "record_id"],
                                                 how="semi")
-        first_model = train_model(frame_until(warm_last, warm_labels), warm_labels, config,
-                                  features, args.calibrate)
+        try:
+            first_model = train_model(frame_until(warm_last, warm_labels), warm_labels,
+                                      config, features, args.calibrate)
+        except NotTrainable as exc:
+            # as `detector score` without a champion: rules + unsupervised detectors fitted
+            # on the batch, until the decisions can train a model
+            print(f"seed {seed}: no warm-up model ({exc}); the loop starts with rules + "
+                  f"unsupervised detectors fitted on each month", file=sys.stderr)
+            first_model = (None, None)
 
         results = {}
         for share in args.explore:
@@ -153,10 +184,15 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                 first, last = months[m]
                 frame = frame_until(last, labels)  # decisions so far: the case memory
                 month = frame.filter(pl.col("record_date").is_between(first, last))
-                bundle = ModelBundle(model, features, stats.to_dict(), reference.version,
-                                     provenance={LABELLED_CELLS: cells})
-                ranked = score_frame(month, LoadedModel(bundle, "replay"), top=0)
-                queued = mark_queue(ranked, args.capacity, share, supervised=True,
+                if model is None:
+                    loaded = LoadedModel(None, "rules+unsupervised")
+                else:
+                    loaded = LoadedModel(ModelBundle(model, features, stats.to_dict(),
+                                                     reference.version,
+                                                     provenance={LABELLED_CELLS: cells}),
+                                         "replay")
+                ranked = score_frame(month, loaded, top=0)
+                queued = mark_queue(ranked, args.capacity, share, supervised=model is not None,
                                     familiar=cells) \
                     .filter(pl.col("queue_reason").is_not_null()) \
                     .select("record_kind", "record_id", "risk_score", "queue_reason",
@@ -173,6 +209,7 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                 late = pl.col("typology") == args.late_scheme
                 rows.append({
                     "month": first.strftime("%Y-%m"), "records": month.height,
+                    "trained_model": model is not None,
                     "diversions": int((present["label"] == 1).sum()),
                     "caught": int((queued["label"] == 1).sum()),
                     "caught_by_explore": int(((queued["label"] == 1)
@@ -185,6 +222,15 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                 })
                 if args.diagnose:
                     diagnose(ranked, month, queued, truth, labels, args)
+                if args.dump is not None:
+                    dump = Path(args.dump) / f"seed{seed}-explore{share}-{first:%Y-%m}.parquet"
+                    dump.parent.mkdir(parents=True, exist_ok=True)
+                    ranked.join(month.select("record_kind", "record_id", *[
+                        c for c in month.columns if c not in ranked.columns]),
+                        on=["record_kind", "record_id"], how="left") \
+                        .join(truth, on=["record_kind", "record_id"], how="left") \
+                        .with_columns(pl.lit(json.dumps(cells)).alias("__cells")) \
+                        .write_parquet(dump)
                 explored = queued.filter(pl.col("queue_reason") == "explore")
                 if explored.height:
                     print("  explored: " + ", ".join(
@@ -195,8 +241,15 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                                          frame.select("record_kind", "record_id"))
                 if args.case_memory:  # the month's decisions join the case memory
                     frame = frame_until(last, labels)
-                model, cells = train_model(frame, labels, config, features, args.calibrate,
-                                           args.late_scheme if args.diagnose else None)
+                try:
+                    model, cells = train_model(frame, labels, config, features,
+                                               args.calibrate,
+                                               args.late_scheme if args.diagnose else None)
+                except NotTrainable as exc:
+                    print(f"seed {seed}, explore {share}, {first:%Y-%m}: no retraining "
+                          f"({exc}); next month scores with "
+                          f"{'the previous model' if model is not None else 'rules + unsupervised detectors'}",
+                          file=sys.stderr)
                 print(f"seed {seed}, explore {share}: {rows[-1]}", file=sys.stderr)
             results[share] = rows
     return results
@@ -247,6 +300,12 @@ def print_table(args, seed: int, results: dict[float, list[dict]]) -> None:
               f"{sum(r['caught'] for r in results[s]):>10}" for s in shares) + " "
           + f"{sum(r['late_present'] for r in base[-3:]):>5} (last 3 months) " + " ".join(
               f"{sum(r['late_caught'] for r in results[s][-3:]):>8}" for s in shares))
+    for s in shares:
+        untrained = [r["month"] for r in results[s] if not r["trained_model"]]
+        if untrained:
+            print(f"explore {s}: no trained model yet in {', '.join(untrained)} (the labels "
+                  f"so far had no confirmed case, or none cleared, in the fit slice): "
+                  f"scored by rules + unsupervised detectors fitted on the month")
     print()
 
 
@@ -275,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="on stderr, per month: the late scheme's cases, their rank, "
                              "risk and case memory, and where its confirmed cases went in "
                              "each retraining (fit or calibrate slice)")
+    parser.add_argument("--config", default=None,
+                        help="training config (TOML, as `detector train --config`), e.g. "
+                             "experiments/early_stop_logloss.toml")
+    parser.add_argument("--dump", default=None,
+                        help="folder: write each month's ranked records (features, truth "
+                             "and the model's labelled cells) as Parquet, for study")
     args = parser.parse_args(argv)
 
     wall = time.perf_counter()

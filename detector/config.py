@@ -9,6 +9,7 @@ from pathlib import Path
 from detector.errors import InputError
 
 KNOWN_DETECTORS = ("iforest", "hbos", "loda")
+EARLY_STOPPING_METRICS = ("average_precision", "binary_logloss", "auc")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class LightGBMSettings:
     scale_pos_weight: float = 0.0
     num_boost_round: int = 250
     early_stopping_rounds: int = 30
+    # what early stopping watches on the later slice: average_precision (ranking of the
+    # few confirmed cases), binary_logloss (smoother on a small slice; see README
+    # "Inspection budget") or auc
+    metric: str = "average_precision"
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,9 @@ def load_config(path: str | Path | None) -> TrainingConfig:
     sections = {k: _build(cls, raw.get(k, {}), f"{path} [{k}]") for k, cls in _SECTIONS.items()}
     config = _build(TrainingConfig, top, str(path))
     config = TrainingConfig(**{**asdict(config), **sections, "source": str(path)})
+    if config.lightgbm.metric not in EARLY_STOPPING_METRICS:
+        raise InputError(f"{path} [lightgbm].metric: expected one of "
+                         f"{list(EARLY_STOPPING_METRICS)}, got {config.lightgbm.metric!r}")
     bad = [d for d in config.unsupervised.detectors if d not in KNOWN_DETECTORS]
     if bad:
         raise InputError(f"{path} [unsupervised].detectors: unknown {bad}; "

@@ -116,7 +116,8 @@ def test_typology_recall_by_hand():
 # ------------------------------------------------------------------ settings
 
 
-@pytest.mark.parametrize("name", ["baseline", "deeper_trees", "iforest_only"])
+@pytest.mark.parametrize("name", ["baseline", "deeper_trees", "iforest_only",
+                                  "early_stop_logloss"])
 def test_shipped_experiment_configs_load(name):
     config = load_config(EXPERIMENTS / f"{name}.toml")
     assert config.name == name
@@ -132,6 +133,10 @@ def test_variant_overrides_only_what_it_names():
     assert deeper.lightgbm.num_leaves == 63 and baseline.lightgbm.num_leaves == 15
     assert deeper.split == baseline.split
     assert load_config(EXPERIMENTS / "iforest_only.toml").unsupervised.detectors == ("iforest",)
+    logloss = load_config(EXPERIMENTS / "early_stop_logloss.toml")
+    assert logloss.lightgbm_params()["metric"] == "binary_logloss"
+    assert baseline.lightgbm_params()["metric"] == "average_precision"
+    assert logloss.lightgbm.num_leaves == baseline.lightgbm.num_leaves
     assert load_config(None).lightgbm == baseline.lightgbm  # baseline = defaults written out
 
 
@@ -145,6 +150,7 @@ def test_variant_overrides_only_what_it_names():
     ("[split]\nfit = 0.7\ncalibrate = 0.3\n", ["[split]", "fit=0.7", "calibrate=0.3"]),
     ("[split]\nfit = 0\n", ["[split]", "fit=0"]),
     ("[split\nfit = 0.5\n", ["not valid TOML"]),
+    ("[lightgbm]\nmetric = 'f1'\n", ["[lightgbm].metric", "binary_logloss", "'f1'"]),
     ("split = 0.5\n", ["split", "table"]),
     ("seed = 'zero'\n", ["seed", "expected int"]),
 ])
