@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from detector.models.base import feature_matrix
+from detector.models.trees import CachedTrees
 
 PARAMS = {
     "objective": "multiclass",
@@ -29,7 +30,7 @@ PARAMS = {
 MIN_EXAMPLES_PER_SCHEME = 3
 
 
-class SchemeModel:
+class SchemeModel(CachedTrees):
     """fit(frame, schemes per row) + predict_proba(frame) over ``classes_``."""
 
     # 20 rounds (140 trees for 7 classes): on simulated worlds (seeds 4-6, a few dozen
@@ -89,21 +90,6 @@ class SchemeModel:
         # the booster's class probabilities bit for bit, without a matrix (models.trees)
         out = self._trees().predict(frame, self.features)
         return np.asarray(out).reshape(frame.height, len(self.classes_))
-
-    def _trees(self):
-        """The booster's trees for scoring, made once per booster (not pickled)."""
-        from detector.models.trees import TreePredictor
-
-        cached = self.__dict__.get("_trees_cache")
-        if cached is None or cached[0] is not self.booster_:
-            cached = (self.booster_, TreePredictor(self.booster_))
-            self.__dict__["_trees_cache"] = cached
-        return cached[1]
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_trees_cache", None)
-        return state
 
     # -- persistence: LightGBM text + JSON-able state
     def to_state(self) -> tuple[dict, str]:

@@ -13,6 +13,7 @@ import polars as pl
 
 from detector.config import TrainingConfig
 from detector.models.base import RiskModel, feature_matrix
+from detector.models.trees import CachedTrees
 
 # What is not a training setting: the objective, bagging, threads, determinism.
 FIXED_PARAMS = {
@@ -31,7 +32,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -35, 35)))
 
 
-class SupervisedModel(RiskModel):
+class SupervisedModel(CachedTrees, RiskModel):
     """LightGBM booster + Platt calibration; ``decision_function`` is a probability."""
 
     def __init__(self, features: list[str], params: dict | None = None,
@@ -110,24 +111,7 @@ class SupervisedModel(RiskModel):
         the cost (detector.models.trees)."""
         if frame.height == 0:
             return np.zeros(0)
-        return self._trees().predict(frame, self.features, raw_score=True)
-
-    def _trees(self):
-        """The booster's trees for scoring, made once per booster (not pickled: Dask
-        workers make their own)."""
-        from detector.models.trees import TreePredictor
-
-        cached = self.__dict__.get("_trees_cache")
-        if cached is None or cached[0] is not self.booster_ or cached[1] != self.best_iteration_:
-            cached = (self.booster_, self.best_iteration_,
-                      TreePredictor(self.booster_, self.best_iteration_))
-            self.__dict__["_trees_cache"] = cached
-        return cached[2]
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_trees_cache", None)
-        return state
+        return self._trees(self.best_iteration_).predict(frame, self.features, raw_score=True)
 
     def decision_function(self, frame: pl.DataFrame) -> np.ndarray:
         a, b = self.calibration_

@@ -57,3 +57,20 @@ class TreePredictor:
         return np.concatenate([
             self.model_.predict(inputs.slice(start, PREDICT_BLOCK_ROWS), raw_score=raw_score)
             for start in range(0, max(inputs.height, 1), PREDICT_BLOCK_ROWS)])
+
+
+class CachedTrees:
+    """For a model holding a fitted ``booster_``: its `TreePredictor`, made once per
+    booster and iteration count and left out of pickles (Dask workers make their own)."""
+
+    def _trees(self, num_iteration: int | None = None) -> TreePredictor:
+        cached = self.__dict__.get("_trees_cache")
+        if cached is None or cached[0] is not self.booster_ or cached[1] != num_iteration:
+            cached = (self.booster_, num_iteration, TreePredictor(self.booster_, num_iteration))
+            self.__dict__["_trees_cache"] = cached
+        return cached[2]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_trees_cache", None)
+        return state
