@@ -6,6 +6,8 @@ inside the library functions the commands call, so `detector --help` stays insta
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -644,6 +646,21 @@ def adjudicate(
         _fail(exc)
     typer.echo(f"stored: {d.record_kind} {d.record_id} {DECISION_TEXT[d.decision]}"
                + (f" ({d.typology})" if d.typology else "") + f" by {d.analyst}")
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """Each help paragraph after the first reads as one paragraph in `--help`: typer's rich
+    mode keeps the docstrings' line breaks there, which cut sentences mid-line."""
+    infos = [*typer_app.registered_commands, typer_app.registered_callback]
+    for info in filter(None, infos):
+        text = info.help or inspect.getdoc(info.callback) or ""
+        first, *rest = text.split("\n\n")
+        info.help = "\n\n".join([first, *(re.sub(r"\s*\n\s*", " ", p) for p in rest)])
+    for group in typer_app.registered_groups:
+        _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
 
 
 def main() -> None:

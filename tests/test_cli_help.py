@@ -36,3 +36,14 @@ def test_every_command_help_shows_its_whole_docstring():
                 assert _words(param.help) in shown, (path, param.name, param.help)
         checked += 1
     assert checked >= 10
+
+
+def test_help_paragraphs_are_not_cut_at_the_docstring_line_breaks():
+    """At a wide terminal a later paragraph is one line: typer's rich mode kept the
+    docstring's line breaks there ("..., so" / "one record takes ...")."""
+    runner = CliRunner()
+    result = runner.invoke(app, ["explain", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.output.splitlines()]
+    assert any(line.startswith("With a model only") and line.endswith("comes from --scores.")
+               for line in lines), result.output
