@@ -7,6 +7,7 @@ DETECTOR_HOME), score the last 6 months, and evaluate against truth.parquet. Thr
 baselines run on the same split. Prints mean and spread over the seeds.
 
     python benchmarks/bench_evaluation.py --shipments 200000 --seeds 1 2 3
+    python benchmarks/bench_evaluation.py --seeds 1 --config experiments/balance_schemes.toml
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def split_world(world: Path, train_dir: Path, test_dir: Path, cutoff: date) -> N
     write_table(labels, train_dir / "labels.csv")
 
 
-def run_seed(seed: int, shipments: int, workdir: Path) -> dict[str, dict[str, float]]:
+def run_seed(seed: int, shipments: int, workdir: Path,
+             config: str | None = None) -> dict[str, dict[str, float]]:
     from detector.batch import load_batch
     from detector.models.baselines import (
         ChecklistBaseline,
@@ -77,7 +79,8 @@ def run_seed(seed: int, shipments: int, workdir: Path) -> dict[str, dict[str, fl
     truth = pl.read_parquet(world / "truth.parquet")
     t1 = time.perf_counter()
     os.environ["DETECTOR_HOME"] = str(workdir / "home")
-    trained = train(train_dir, experiment=f"bench-seed-{seed}", model_name="chip-diversion")
+    trained = train(train_dir, config_path=config, experiment=f"bench-seed-{seed}",
+                    model_name="chip-diversion")
     t2 = time.perf_counter()
     batch = load_batch(test_dir, [train_dir])
     scored = score_batch(batch, load_model(None), top=1000)
@@ -116,17 +119,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shipments", type=int, default=200_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--config", default=None,
+                        help="training config (TOML, as `detector train --config`)")
     args = parser.parse_args()
     t0 = time.perf_counter()
     per_seed = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            per_seed.append(run_seed(seed, args.shipments, Path(tmp)))
+            per_seed.append(run_seed(seed, args.shipments, Path(tmp), args.config))
     models = list(per_seed[0])
     metrics = ["pr_auc", "precision_at_1pct", "recall_at_5pct", "brier"]
     typologies = sorted({k for r in per_seed for m in r.values() for k in m
                          if k.startswith("recall_at_5pct_")})
-    print(f"\nHeld-out evaluation: {args.shipments:,} shipments per world, seeds {args.seeds}; "
+    print(f"\nHeld-out evaluation: {args.shipments:,} shipments per world, seeds {args.seeds}, "
+          f"training config {args.config or 'the defaults'}; "
           "train on months 1-18 (partial labels), score months 19-24, truth from the simulator.")
     print("mean ± standard deviation over seeds\n")
     header = f"{'metric':<38}" + "".join(f"{m:>20}" for m in models)

@@ -69,6 +69,7 @@ class NotTrainable(ValueError):
 def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: list[str],
                 calibrate: float = 0.25, diagnose: str | None = None):
     from detector.models.ensemble import DiversionModel
+    from detector.models.supervised import scheme_weights
     from detector.queue import labelled_cells
     from detector.training import _labelled, split_by_time
 
@@ -103,7 +104,10 @@ def train_model(frame: pl.DataFrame, labels: pl.DataFrame, config, features: lis
         unsupervised_detectors=config.unsupervised.detectors,
         max_fit_rows=config.unsupervised.max_fit_rows, random_state=config.seed,
     ).fit(slices["fit"], slices["fit"]["label"].to_numpy(), unlabelled=unlabelled,
-          valid_frame=slices["calibrate"], valid_labels=slices["calibrate"]["label"].to_numpy())
+          valid_frame=slices["calibrate"], valid_labels=slices["calibrate"]["label"].to_numpy(),
+          sample_weight=scheme_weights(slices["fit"]["label"].to_numpy(),
+                                       slices["fit"]["typology"].to_list(),
+                                       config.lightgbm.balance_schemes))
     if diagnose is not None:
         print(f"  retrain: best iteration {model.supervised_.best_iteration_}, calibration "
               f"{model.supervised_.calibration_}", file=sys.stderr)

@@ -41,6 +41,11 @@ class LightGBMSettings:
     # few confirmed cases), binary_logloss (smoother on a small slice; see README
     # "Inspection budget") or auc
     metric: str = "average_precision"
+    # weights that balance the schemes among the confirmed diversions of the fit slice
+    # (detector.models.supervised.scheme_weights): 0 none, 1 every scheme the same total
+    # weight; so that the first confirmed cases of a new scheme count (README "Inspection
+    # budget")
+    balance_schemes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class TrainingConfig:
         lgb = asdict(self.lightgbm)
         lgb.pop("num_boost_round")
         lgb.pop("early_stopping_rounds")
+        lgb.pop("balance_schemes")  # row weights, not a LightGBM parameter
         if lgb["scale_pos_weight"] <= 0:  # automatic: SupervisedModel.training_params
             lgb.pop("scale_pos_weight")
         return {**lgb, "seed": self.seed}
@@ -177,6 +183,9 @@ def load_config(path: str | Path | None) -> TrainingConfig:
     if config.lightgbm.metric not in EARLY_STOPPING_METRICS:
         raise InputError(f"{path} [lightgbm].metric: expected one of "
                          f"{list(EARLY_STOPPING_METRICS)}, got {config.lightgbm.metric!r}")
+    if not 0 <= config.lightgbm.balance_schemes <= 1:
+        raise InputError(f"{path} [lightgbm].balance_schemes: expected a number from 0 "
+                         f"to 1, got {config.lightgbm.balance_schemes!r}")
     bad = [d for d in config.unsupervised.detectors if d not in KNOWN_DETECTORS]
     if bad:
         raise InputError(f"{path} [unsupervised].detectors: unknown {bad}; "

@@ -89,6 +89,7 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
     if engine not in ("local", "dask"):
         raise UsageError(f"--engine {engine}: expected local or dask")
     from detector.models.ensemble import DiversionModel, ModelBundle
+    from detector.models.supervised import scheme_weights
     from features.build import fit_feature_stats
     from features.learned import input_names
     from features.registry import model_feature_names
@@ -156,7 +157,10 @@ def train(dataset_dir: str | Path, history_dirs: list[str | Path] = (), *,
             random_state=config.seed,
         ).fit(slices["fit"], slices["fit"]["label"].to_numpy(), unlabelled=unlabelled,
               valid_frame=slices["calibrate"],
-              valid_labels=slices["calibrate"]["label"].to_numpy(), dask_client=client)
+              valid_labels=slices["calibrate"]["label"].to_numpy(), dask_client=client,
+              sample_weight=scheme_weights(slices["fit"]["label"].to_numpy(),
+                                           slices["fit"]["typology"].to_list(),
+                                           config.lightgbm.balance_schemes))
         phase.finish(f"{model.supervised_.best_iteration_} trees")
 
     test = slices["test"]

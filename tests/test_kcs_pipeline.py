@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from pipeline_fixtures import detector_env
@@ -88,6 +89,7 @@ calibrate = 0.2
 [lightgbm]
 num_boost_round = 60
 scale_pos_weight = 1.0
+balance_schemes = 1.0
 [inputs]
 categorical = ["office_id", "hs_code", "country_of_origin"]
 numeric = ["tax_rate", "net_mass"]
@@ -95,10 +97,12 @@ without = ["behaviour"]
 """
 
 
-def test_configured_inputs_case_memory_in_bundle_and_refusal(kcs_datasets, tmp_path):
+def test_configured_inputs_case_memory_in_bundle_and_refusal(kcs_datasets, tmp_path,
+                                                            monkeypatch):
     import mlflow
 
     from detector.errors import InputError
+    from detector.models.supervised import SupervisedModel
     from detector.scoring import load_model, score
     from detector.tracking import tracking_uri
     from detector.training import train
@@ -107,8 +111,27 @@ def test_configured_inputs_case_memory_in_bundle_and_refusal(kcs_datasets, tmp_p
     train_dir, q1_dir = kcs_datasets
     config = tmp_path / "kcs.toml"
     config.write_text(CONFIG)
+    fitted = []
+    plain_fit = SupervisedModel.fit
+
+    def fit_and_record(self, frame, labels=None, **kwargs):
+        fitted.append((np.asarray(labels), frame["typology"].to_list(),
+                       kwargs.get("sample_weight")))
+        return plain_fit(self, frame, labels, **kwargs)
+
+    monkeypatch.setattr(SupervisedModel, "fit", fit_and_record)
     with detector_env(tmp_path / "home"):
         result = train(train_dir, config_path=config)
+        # [lightgbm] balance_schemes = 1 reached the trees: each confirmed case weighs
+        # (confirmed / (schemes x cases of its scheme)), cleared records 1
+        (y, schemes, weight), = fitted
+        assert weight is not None and len(weight) == len(y)
+        assert np.all(weight[y == 0] == 1)
+        confirmed = [t or "unspecified" for t, label in zip(schemes, y) if label == 1]
+        counts = {t: confirmed.count(t) for t in confirmed}
+        assert len(counts) >= 2
+        expected = [len(confirmed) / (len(counts) * counts[t]) for t in confirmed]
+        assert weight[y == 1] == pytest.approx(expected)
         model = load_model(None)
         features = model.bundle.model.supervised_.features
         assert {"input_office_id", "input_hs_code", "input_tax_rate"} <= set(features)
@@ -120,6 +143,7 @@ def test_configured_inputs_case_memory_in_bundle_and_refusal(kcs_datasets, tmp_p
         params = mlflow.MlflowClient(tracking_uri()).get_run(result.run_id).data.params
         assert params["case_memory.cutoff"] == memory["cutoff"]
         assert params["inputs.categorical"] == "office_id,hs_code,country_of_origin"
+        assert params["lightgbm.balance_schemes"] == "1.0"
         scored = score(q1_dir, tmp_path / "q1.csv", [train_dir])
         assert scored.frame.height == 150
         lacking = tmp_path / "q1_lacking"

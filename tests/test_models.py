@@ -21,7 +21,7 @@ from detector.evaluation import (
 )
 from detector.models.base import RiskModel
 from detector.models.ensemble import DiversionModel, FallbackModel, ModelBundle
-from detector.models.supervised import SupervisedModel
+from detector.models.supervised import SupervisedModel, scheme_weights
 from detector.training import split_by_time
 from features.registry import model_feature_names
 
@@ -117,7 +117,7 @@ def test_typology_recall_by_hand():
 
 
 @pytest.mark.parametrize("name", ["baseline", "deeper_trees", "iforest_only",
-                                  "early_stop_logloss"])
+                                  "early_stop_logloss", "balance_schemes"])
 def test_shipped_experiment_configs_load(name):
     config = load_config(EXPERIMENTS / f"{name}.toml")
     assert config.name == name
@@ -138,6 +138,8 @@ def test_variant_overrides_only_what_it_names():
     assert baseline.lightgbm_params()["metric"] == "average_precision"
     assert logloss.lightgbm.num_leaves == baseline.lightgbm.num_leaves
     assert load_config(None).lightgbm == baseline.lightgbm  # baseline = defaults written out
+    balanced = load_config(EXPERIMENTS / "balance_schemes.toml").lightgbm
+    assert balanced.balance_schemes == 1 and baseline.lightgbm.balance_schemes == 0
 
 
 @pytest.mark.parametrize("text, fragments", [
@@ -153,6 +155,7 @@ def test_variant_overrides_only_what_it_names():
     ("[lightgbm]\nmetric = 'f1'\n", ["[lightgbm].metric", "binary_logloss", "'f1'"]),
     ("split = 0.5\n", ["split", "table"]),
     ("seed = 'zero'\n", ["seed", "expected int"]),
+    ("[lightgbm]\nbalance_schemes = 2\n", ["[lightgbm].balance_schemes", "0 to 1", "2"]),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, fragments):
     path = tmp_path / "bad.toml"
@@ -243,6 +246,42 @@ def test_supervised_model_is_calibrated_to_probabilities(labelled_frame):
     # confirmed diversions get higher probabilities than cleared records on average
     y = slices["test"]["label"].to_numpy()
     assert p[y == 1].mean() > p[y == 0].mean()
+
+
+def test_scheme_weights_by_hand():
+    y = np.array([1, 1, 1, 1, 0, 0, 1])
+    schemes = ["front", "front", "front", "lease", None, "front", None]
+    # 5 confirmed, 3 schemes (front x3, lease x1, unspecified x1): 5/9, 5/3, 5/3; the
+    # cleared rows weigh 1 whatever their typology; the confirmed keep their total of 5
+    assert np.allclose(scheme_weights(y, schemes, 1.0),
+                       [5 / 9, 5 / 9, 5 / 9, 5 / 3, 1, 1, 5 / 3])
+    half = scheme_weights(y, schemes, 0.5)
+    raw = np.sqrt([5 / 9] * 3 + [5 / 3] * 2)
+    assert np.allclose(half[[0, 1, 2, 3, 6]], raw * 5 / raw.sum())
+    assert np.allclose(half[[4, 5]], 1)
+    assert scheme_weights(y, schemes, 0.0) is None
+    assert np.allclose(scheme_weights(np.zeros(3), [None] * 3, 1.0), 1)
+    cfg = load_config(None)
+    assert cfg.lightgbm.balance_schemes == 0 and "balance_schemes" not in cfg.lightgbm_params()
+
+
+def test_scheme_weights_lift_the_few_cases_of_a_rare_scheme():
+    """100 confirmed cases of one scheme (high ``a``), 8 of a new one (high ``b``): weighted,
+    the trees rank a record like the new scheme's cases higher than unweighted."""
+    rng = np.random.default_rng(5)
+    a = np.r_[rng.normal(0, 1, 400), rng.normal(3, 0.5, 100), rng.normal(0, 1, 8)]
+    b = np.r_[rng.normal(0, 1, 400), rng.normal(0, 1, 100), rng.normal(3, 0.3, 8)]
+    y = np.r_[np.zeros(400), np.ones(108)]
+    schemes = [None] * 400 + ["front"] * 100 + ["new"] * 8
+    frame = pl.DataFrame({"a": a, "b": b})
+    probe = pl.DataFrame({"a": [0.0], "b": [3.0]})
+    params = {"num_threads": 1, "min_data_in_leaf": 5, "seed": 0}
+    plain = SupervisedModel(["a", "b"], params, num_boost_round=40).fit(frame, y)
+    weights = scheme_weights(y, schemes, 1.0)
+    assert weights[-1] > 5 * weights[400]  # the new scheme's cases count more
+    weighted = SupervisedModel(["a", "b"], params, num_boost_round=40).fit(
+        frame, y, sample_weight=weights)
+    assert weighted.margin(probe)[0] > plain.margin(probe)[0] + 0.5
 
 
 def test_supervised_model_refuses_a_single_label(labelled_frame):

@@ -24,7 +24,8 @@ EVALUATE_EVERY = 10
 
 def fit_supervised_dask(model: SupervisedModel, frame: pl.DataFrame, labels: np.ndarray,
                         client, *, valid_frame: pl.DataFrame | None = None,
-                        valid_labels: np.ndarray | None = None) -> SupervisedModel:
+                        valid_labels: np.ndarray | None = None,
+                        sample_weight: np.ndarray | None = None) -> SupervisedModel:
     """Fit ``model`` (an unfitted SupervisedModel) on the cluster behind ``client``."""
     import dask.array as da
     import lightgbm as lgb
@@ -41,8 +42,10 @@ def fit_supervised_dask(model: SupervisedModel, frame: pl.DataFrame, labels: np.
     chunk = -(-len(y) // workers)
     estimator = lgb.DaskLGBMClassifier(client=client, n_estimators=model.num_boost_round,
                                        **params)
+    weight = None if sample_weight is None else da.from_array(
+        np.asarray(sample_weight, np.float64), chunks=chunk)
     estimator.fit(da.from_array(x, chunks=(chunk, x.shape[1])), da.from_array(y, chunks=chunk),
-                  feature_name=model.features)
+                  sample_weight=weight, feature_name=model.features)
     model.booster_ = estimator.booster_
     total = model.booster_.current_iteration()
     model.best_iteration_ = total

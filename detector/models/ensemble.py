@@ -105,11 +105,14 @@ class DiversionModel(RiskModel):
 
     def fit(self, frame: pl.DataFrame, labels: np.ndarray | None = None, *,
             unlabelled: pl.DataFrame | None = None, valid_frame: pl.DataFrame | None = None,
-            valid_labels: np.ndarray | None = None, dask_client=None):
+            valid_labels: np.ndarray | None = None, dask_client=None,
+            sample_weight: np.ndarray | None = None):
         """Fit on ``frame`` (labelled rows); ``unlabelled`` rows of the same period also
         shape the unsupervised layer; ``valid_*`` is the later slice for early stopping
-        and calibration. With ``dask_client`` the LightGBM layer trains with lightgbm.dask
-        on that cluster (detector.models.dask_supervised)."""
+        and calibration; ``sample_weight`` weighs the rows of ``frame`` in the LightGBM
+        layer (detector.models.supervised.scheme_weights). With ``dask_client`` the
+        LightGBM layer trains with lightgbm.dask on that cluster
+        (detector.models.dask_supervised)."""
         self.rules_ = RuleModel().fit(frame)
         population = frame if unlabelled is None else pl.concat([frame, unlabelled],
                                                                how="diagonal_relaxed")
@@ -123,13 +126,15 @@ class DiversionModel(RiskModel):
         if dask_client is None:
             self.supervised_ = supervised.fit(self.layers(frame), labels,
                                               valid_frame=valid_layered,
-                                              valid_labels=valid_labels)
+                                              valid_labels=valid_labels,
+                                              sample_weight=sample_weight)
         else:
             from detector.models.dask_supervised import fit_supervised_dask
 
             self.supervised_ = fit_supervised_dask(supervised, self.layers(frame), labels,
                                                    dask_client, valid_frame=valid_layered,
-                                                   valid_labels=valid_labels)
+                                                   valid_labels=valid_labels,
+                                                   sample_weight=sample_weight)
         return self
 
     def layers(self, frame: pl.DataFrame) -> pl.DataFrame:

@@ -32,6 +32,30 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -35, 35)))
 
 
+def scheme_weights(labels: np.ndarray, typologies: list, balance: float) -> np.ndarray | None:
+    """Row weights that balance the schemes (typologies) among the confirmed diversions.
+
+    A scheme with few confirmed cases is otherwise outvoted by the schemes with hundreds:
+    the first confirmations of a new channel barely move the trees, and the queue keeps
+    missing its next cases. Each confirmed case of scheme t weighs (P / (S * n_t)) ** balance
+    (P confirmed cases, S schemes among them, n_t of scheme t; as the scheme model weighs
+    its classes), rescaled so the confirmed cases keep their total weight: the class
+    balance (``scale_pos_weight``) is unchanged. A confirmation without a scheme counts as
+    scheme "unspecified". Cleared records weigh 1. ``balance`` 0 gives None (no weights).
+    """
+    if balance <= 0:
+        return None
+    y = np.asarray(labels) == 1
+    weight = np.ones(len(y), dtype=np.float64)
+    if not y.any():
+        return weight
+    schemes = np.array([t if t else "unspecified" for t in typologies], dtype=object)[y]
+    names, index, counts = np.unique(schemes, return_inverse=True, return_counts=True)
+    per_case = (y.sum() / (len(names) * counts))[index] ** balance
+    weight[y] = per_case * y.sum() / per_case.sum()
+    return weight
+
+
 class SupervisedModel(CachedTrees, RiskModel):
     """LightGBM booster + Platt calibration; ``decision_function`` is a probability."""
 
@@ -46,7 +70,10 @@ class SupervisedModel(CachedTrees, RiskModel):
         self.max_pos_weight = max_pos_weight
 
     def fit(self, frame: pl.DataFrame, labels: np.ndarray | None = None, *,
-            valid_frame: pl.DataFrame | None = None, valid_labels: np.ndarray | None = None):
+            valid_frame: pl.DataFrame | None = None, valid_labels: np.ndarray | None = None,
+            sample_weight: np.ndarray | None = None):
+        """``sample_weight``: a weight per row of ``frame`` (e.g. scheme_weights), on top
+        of the class weighting."""
         import lightgbm as lgb
 
         if labels is None or len(np.unique(labels)) < 2:
@@ -54,7 +81,8 @@ class SupervisedModel(CachedTrees, RiskModel):
         y = np.asarray(labels, dtype=np.float64)
         params = self.training_params(y)
         train_set = lgb.Dataset(feature_matrix(frame, self.features), y,
-                                feature_name=self.features, free_raw_data=True)
+                                weight=sample_weight, feature_name=self.features,
+                                free_raw_data=True)
         callbacks = [lgb.log_evaluation(0)]
         valid_sets = []
         can_stop = (valid_frame is not None and valid_labels is not None
