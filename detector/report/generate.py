@@ -1,4 +1,4 @@
-"""`detector report` end to end: read the batch, score it (each month's review queue
+"""`detector report` end to end: read the batch, score it (the report month's review queue
 with full reasons), compare it with the model's training data, build the page, write it."""
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
         keep=lambda layered: queue_candidates(layered, capacities, supervised, explore,
                                                familiar),
         observe=None if counts is None else counts.add)
-    with progress.phase("reasons for each month's review queue") as phase:
+    with progress.phase("reasons for the month's review queue") as phase:
         table = scores.table.join(months, on=engine.KEY, how="left", maintain_order="left")
         queue = mark_queue(table.filter(pl.col("month") == period), capacity, explore,
                            supervised=supervised, familiar=familiar) \
