@@ -469,3 +469,34 @@ def test_a_parent_that_pays_is_drawn_once():
     other = shipment_card(row | {"payer_name": "Golden Bridge Ltd", "payer_country": "HK"},
                           {}, registry, scored)["network"]
     assert other.count("<g><title>") == 3 and "Golden Bridge" in other
+
+
+def test_only_the_report_months_candidates_are_kept_while_scoring(tmp_path, monkeypatch):
+    """A large batch keeps the report month's queue candidates, wide, not every month's
+    (the 10M report was killed at 20 GiB); a month without records fails before scoring."""
+    from conftest import valid_tables, write_dataset
+    from pipeline_fixtures import detector_env
+
+    import detector.report.generate as generate
+    from detector.errors import InputError
+    from detector.tables import read_dataset
+
+    dataset = write_dataset(tmp_path / "ds", valid_tables())
+    months_in_data = generate.report_records(read_dataset(dataset))["month"].unique().to_list()
+    assert len(months_in_data) > 1  # else the test proves nothing
+    kept_months: set[str] = set()
+    original = generate.queue_candidates
+
+    def watching(frame, capacities, *args, **kwargs):
+        kept = original(frame, capacities, *args, **kwargs)
+        kept_months.update(kept["record_date"].dt.strftime("%Y-%m").to_list())
+        return kept
+
+    monkeypatch.setattr(generate, "queue_candidates", watching)
+    with detector_env(tmp_path / "home"):
+        generate.generate_report(dataset, tmp_path / "r.html", period="2024-05",
+                                 capacity="100%")
+        assert kept_months == {"2024-05"}
+        with pytest.raises(InputError, match="2019-01"):
+            generate.generate_report(dataset, tmp_path / "r2.html", period="2019-01")
+    assert not (tmp_path / "r2.html").exists()

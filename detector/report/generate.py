@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from detector.errors import UsageError
+from detector.errors import InputError, UsageError
 from detector.queue import (cell_expr, check_explore, explore_slots, familiar_cells, familiarity,
                             mark_queue, novelty_order, parse_capacity, unsureness)
 from detector.report.cards import CARD_FEATURES
@@ -52,6 +52,21 @@ def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised
     return pl.concat(kept).unique(["record_kind", "record_id"], maintain_order=True)
 
 
+def report_period(months: pl.DataFrame, period: str | None, directory) -> str:
+    """The report's month (``YYYY-MM``): ``period``, checked against the months the
+    records (``months``: a ``month`` column) are dated in, or the latest of them."""
+    present = months["month"].drop_nulls().unique().sort().to_list()
+    if not present:
+        raise InputError(f"{directory}: no shipments or leases to report on")
+    if period is None:
+        return present[-1]
+    period = "{}-{:02d}".format(*parse_period(period))
+    if period not in present:
+        raise InputError(f"--period {period}: the dataset has no shipments or leases dated in "
+                         f"that month; it covers {present[0]} to {present[-1]}")
+    return period
+
+
 def generate_report(dataset_dir: str | Path, out: str | Path,
                     history_dirs: Sequence[str | Path] = (), *, model_uri: str | None = None,
                     period: str | None = None, capacity: str = "1%",
@@ -78,11 +93,13 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     with progress.phase("load model") as phase:
         model = load_model(model_uri, log)
         phase.finish(model.label)
-    # Each month's review queue (detector.queue: by risk, plus a share to explore) gets
-    # full reasons, whatever the period: the engine keeps each part's candidates for it.
+    # The period's review queue (detector.queue: by risk, plus a share to explore) gets
+    # full reasons and cards: the engine keeps each part's candidates for it. Only that
+    # month's, so a large batch keeps a month's candidates, not every month's.
     months = report_records(batch.dataset).select(*engine.KEY, "month")
-    capacities = {month: parse_capacity(capacity, n)
-                  for month, n in months.group_by("month").len().iter_rows()}
+    period = report_period(months, period, batch.dataset.directory)
+    capacities = {period: parse_capacity(capacity, months.filter(pl.col("month") == period)
+                                         .height)}
     supervised = not model.fallback
     familiar = familiar_cells(model)
     counts = drift_counts(model)  # the batch's model inputs and risk, binned while scoring
@@ -93,11 +110,9 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
         observe=None if counts is None else counts.add)
     with progress.phase("reasons for each month's review queue") as phase:
         table = scores.table.join(months, on=engine.KEY, how="left", maintain_order="left")
-        queue = pl.concat([
-            mark_queue(grp, capacity, explore, supervised=supervised, familiar=familiar)
-            .filter(pl.col("queue_reason").is_not_null())
-            for _, grp in table.group_by("month", maintain_order=True)
-        ]).select(*engine.KEY, "queue_reason")
+        queue = mark_queue(table.filter(pl.col("month") == period), capacity, explore,
+                           supervised=supervised, familiar=familiar) \
+            .filter(pl.col("queue_reason").is_not_null()).select(*engine.KEY, "queue_reason")
         review = scores.kept.join(queue, on=engine.KEY, how="inner").sort("rank")
         if review.height != queue.height:  # queue_candidates must hold every queue row
             raise RuntimeError(f"report: {queue.height - review.height} queue rows missing "
