@@ -64,6 +64,13 @@ def _join_text(lf: pl.LazyFrame, mapping: pl.DataFrame, column: str, name: str) 
     return lf.join(mapping.lazy().rename({"raw": column}), on=column, how="left")
 
 
+def _by_value(lf: pl.LazyFrame, values: pl.Series, exprs: list[pl.Expr]) -> pl.LazyFrame:
+    """``exprs``, functions of the column ``values`` alone, evaluated once per distinct
+    value and joined on (null included): the values a row-by-row evaluation gives."""
+    table = values.unique().to_frame().with_columns(exprs)
+    return lf.join(table.lazy(), on=values.name, how="left", nulls_equal=True)
+
+
 def _code(expr: pl.Expr, mapping: dict[str, int]) -> pl.Expr:
     return expr.replace_strict(mapping, default=UNKNOWN_CODE, return_dtype=pl.Int64) \
         .fill_null(UNKNOWN_CODE)
@@ -198,7 +205,19 @@ def _shipment_records(ctx: _Context, shipments: pl.DataFrame, first_row: int) ->
          - (pl.col("__p_address_norm") == pl.col("__addr")).fill_null(False).cast(pl.UInt32))
         .cast(pl.Int64).alias("consignee_address_shared_by"))
     lf = product.recognise_chips(lf, "description", ref)
-    lf = lf.with_columns(product.product_columns(ref, stats))
+    # functions of one low-cardinality text column (32 HS codes, 800 forwarders in 1M
+    # lines): computed once per distinct value (regexes, peer look-ups), joined on
+    hs6_digits = learned.hs_digits(pl.col("hs_code"), 6)
+    hs4_digits = learned.hs_digits(pl.col("hs_code"), 4)
+    lf = _by_value(lf, shipments["hs_code"], [
+        hs6_digits.alias("__hs6_digits"),
+        pl.when(hs4_digits.str.len_chars() == 4).then(hs4_digits).alias("__hs4"),
+        pl.when(hs6_digits.str.len_chars() == 6).then(hs6_digits).alias("__hs6"),
+        *learned.peer_lookups(stats.unit_value_peers)])
+    lf = _by_value(lf, shipments["forwarder_name"], [
+        pl.col("forwarder_name").str.to_uppercase().str.replace_all(r"\s+", " ")
+        .str.strip_chars().alias("__forwarder_key")])
+    lf = lf.with_columns(product.product_columns(ref, stats, pl.col("__hs6_digits")))
     consignee_name_key = behaviour.name_key(pl.col("__consignee_norm"),
                                             pl.col("consignee_country"))
     lf = lf.with_columns(
@@ -231,20 +250,14 @@ def _shipment_records(ctx: _Context, shipments: pl.DataFrame, first_row: int) ->
          & (pl.col("value_usd") < stats.small_shipment_value_usd)).alias("is_small"),
         pl.coalesce(pl.col("chip_units"), pl.col("quantity").cast(pl.Float64))
         .alias("__units_or_quantity"),
-        # keys of the learned inputs and the case memory
-        pl.col("forwarder_name").str.to_uppercase().str.replace_all(r"\s+", " ")
-        .str.strip_chars().alias("__forwarder_key"),
-        pl.when(learned.hs_digits(pl.col("hs_code"), 4).str.len_chars() == 4)
-        .then(learned.hs_digits(pl.col("hs_code"), 4)).alias("__hs4"),
-        pl.when(learned.hs_digits(pl.col("hs_code"), 6).str.len_chars() == 6)
-        .then(learned.hs_digits(pl.col("hs_code"), 6)).alias("__hs6"),
+        # keys of the learned inputs and the case memory (__forwarder_key, __hs4, __hs6:
+        # joined on above)
         pl.col("exporter_country").alias("__origin"),
-        pl.when(learned.hs_digits(pl.col("hs_code"), 6).str.len_chars() == 6)
-        .then(learned.hs_digits(pl.col("hs_code"), 6)).alias("hs_heading"),
+        pl.col("__hs6").alias("hs_heading"),
         pl.concat_str("exporter_country", "destination_country", separator=">")
         .alias("__route"),
         learned.log_unit_value_per_kg().alias("__luv_kg"),
-        *learned.peer_columns(stats.unit_value_peers),
+        *learned.peer_columns(),
         *learned.input_columns(stats.inputs or {}),
     )
     return lf
@@ -318,34 +331,40 @@ def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
 
     ``inputs``: `_window_inputs` of every shipment (dataset and history). Keyed by the
     shipment's row number in column `record_id`; the result does not depend on how the
-    records were cut into parts, since it is computed over all of them together.
+    records were cut into parts, since it is computed over all of them together. Its
+    rows are in record_date order (`FeatureBuilder` joins it on ``__row``).
     """
-    lf = inputs.lazy()
+    # one sort by date serves every window: each piece's rows are then these rows, in
+    # this order, and are put side by side (no sort or join back per window)
+    lf = inputs.lazy().drop("shipment_id").sort("record_date", "record_id") \
+        .collect(engine="in-memory").lazy()
     base = lf.select("record_id", "record_date", "consignee_key", "group_key", "address_key",
                      "value_usd", "is_small", "chip_units", "__consignee_name_key")
     reexports = lf.filter(pl.col("__reexport_event")).select(
         "exporter_key", pl.col("record_date").alias("__event_date"),
         pl.col("destination_country").cast(pl.String), "chip_units")
-    history = behaviour.consignee_history(base)
-    split = behaviour.splitting(base)
-    linkage = behaviour.reexport(
-        base.drop("consignee_key").rename({"__consignee_name_key": "consignee_key"}),
-        reexports.with_columns(pl.col("exporter_key").cast(pl.Categorical)))
     # categorical keys: the same equality as the text, cheaper to group, sort and join
-    own = learned.own_history(lf.select("record_id", "record_date", "__luv_kg",
-                                        "exporter_key", "consignee_key"))
-    new = learned.novelty(lf)
-    memory = case_memory.case_memory(lf, case_memory.empty_events() if events is None
-                                     else events, prior)
+    memory_events = case_memory.empty_events() if events is None else events
     # collected one at a time: one plan over every shipment held all three at its peak
-    out = inputs.select("record_id")
-    for piece in (history, split, linkage, own, new, memory):
-        piece = piece.sort("record_id").collect(engine="in-memory")
-        if piece["record_id"].equals(out["record_id"]):  # each piece has every row once
-            out = out.hstack(piece.drop("record_id"))
+    out = None
+    for piece in (
+            lambda: behaviour.consignee_history(base),
+            lambda: behaviour.splitting(base),
+            lambda: behaviour.reexport(
+                base.drop("consignee_key").rename({"__consignee_name_key": "consignee_key"}),
+                reexports.with_columns(pl.col("exporter_key").cast(pl.Categorical))),
+            lambda: learned.own_history(lf.select("record_id", "record_date", "__luv_kg",
+                                                  "exporter_key", "consignee_key")),
+            lambda: learned.novelty(lf),
+            lambda: case_memory.case_memory(lf, memory_events, prior, sorted_by_date=True)):
+        frame = piece().collect(engine="in-memory")
+        if out is None:
+            out = frame
         else:
-            out = out.join(piece, on="record_id", how="left")
-        del piece
+            if not frame["record_id"].equals(out["record_id"]):  # each piece keeps the rows
+                raise AssertionError("a cross-record piece changed the row order")
+            out = out.hstack(frame.drop("record_id"))
+        del frame
     return out.rename({"record_id": "__row"})
 
 

@@ -129,22 +129,27 @@ def prior_rate(events: pl.DataFrame) -> float | None:
     return float(events["label"].mean()) if events.height else None
 
 
-def case_memory(base: pl.LazyFrame, events: pl.DataFrame, prior: float | None) -> pl.LazyFrame:
+def case_memory(base: pl.LazyFrame, events: pl.DataFrame, prior: float | None, *,
+                sorted_by_date: bool = False) -> pl.LazyFrame:
     """Case-memory features for every record of ``base`` (record_id, record_date and the
-    `KEY_COLUMNS`), from ``events`` (`case_events`) dated strictly before each record."""
+    `KEY_COLUMNS`), from ``events`` (`case_events`) dated strictly before each record.
+    The result's rows are ``base``'s, in its order (``sorted_by_date``: ``base`` is in
+    record_date order, which spares a sort per key)."""
     ev = events.lazy().with_columns(pl.col("label").cast(pl.Float64).alias("confirmed"),
                                     (1 - pl.col("label")).cast(pl.Float64).alias("cleared"),
                                     pl.col("event_date").alias("__event_date"))
-    # Only records whose key has a decision look one up (nearly all of a batch have
-    # none): each key's counts are computed for those few records, put side by side on
-    # them, and joined onto every record once; the others read 0 (filled below).
-    # keys as ``base`` has them (categorical keys: the same equality, cheaper to group)
-    types = base.collect_schema()
-    pieces = []
+    # Only records whose key has a decision look one up (in a batch most keys have none):
+    # each key's counts are computed for those records and put at their rows (`scatter`,
+    # no join); the others read 0 (filled below). Keys as ``base`` has them (categorical
+    # keys: the same equality, cheaper to group).
+    frame = base.select("record_id", "record_date", *KEY_COLUMNS).collect()
+    rows = frame.with_row_index("__pos").lazy()
+    types = frame.schema
+    columns = [frame["record_id"]]
     for entity, keys in ENTITIES.items():
         for key in keys:
             decided_keys = ev.select(pl.col(key).drop_nulls().unique()).collect()[key]
-            records = base.select("record_id", "record_date", key) \
+            records = rows.select(pl.col("__pos").alias("record_id"), "record_date", key) \
                 .filter(pl.col(key).is_in(decided_keys.implode()))
             offsets = {"before": -1}
             if entity in RECENT_ENTITIES:
@@ -152,17 +157,19 @@ def case_memory(base: pl.LazyFrame, events: pl.DataFrame, prior: float | None) -
             cum = cumulative_at(records, ev.select(pl.col(key).cast(types[key]), "__event_date",
                                                    "confirmed", "cleared")
                                 .filter(pl.col(key).is_not_null()), key,
-                                ["confirmed", "cleared"], offsets)
+                                ["confirmed", "cleared"], offsets,
+                                sorted_by_date=sorted_by_date)
             cols = [pl.col("before_confirmed").alias(f"__c_{key}"),
                     pl.col("before_cleared").alias(f"__k_{key}")]
             if entity in RECENT_ENTITIES:
                 cols.append((pl.col("before_confirmed") - pl.col("year_confirmed"))
                             .alias(f"__y_{key}"))
-            pieces.append(cum.select("record_id", *cols).collect())
-    decided = pl.concat([p.select("record_id") for p in pieces]).unique()
-    for piece in pieces:
-        decided = decided.join(piece, on="record_id", how="left")
-    counts = base.select("record_id").join(decided.lazy(), on="record_id", how="left")
+            piece = cum.select("record_id", *cols).collect()
+            for name in piece.columns[1:]:
+                columns.append(pl.repeat(None, frame.height, dtype=pl.Float64, eager=True)
+                               .scatter(piece["record_id"], piece[name]).alias(name))
+            del piece
+    counts = pl.DataFrame(columns).lazy()
     out = []
     for entity, keys in ENTITIES.items():
         # several linkages: the one with the most decisions speaks

@@ -83,11 +83,15 @@ def _lookup(code: pl.Expr, table: dict, position: int) -> pl.Expr:
                                return_dtype=pl.Float64)
 
 
-def peer_columns(peers: dict) -> list[pl.Expr]:
-    """Unit value against the learned HS-6 (else HS-4, HS-2) peers, per kg and per unit."""
+def peer_lookups(peers: dict) -> list[pl.Expr]:
+    """The learned peers of a line's HS code: per basis the median and spread of the most
+    specific level (HS-6, else HS-4, HS-2) that knows the code (``__peer_<basis>_median``,
+    ``__peer_<basis>_spread``), and that level's digits for the first basis
+    (``__peer_hs_digits``). Functions of ``hs_code`` alone, so they can be evaluated once
+    per distinct code; `peer_columns` reads them."""
     exprs = []
     level_used = None
-    for basis, log_value in BASES.items():
+    for basis in BASES:
         tables = peers.get(basis, {})
         # most specific first: coalesce keeps the first level that knows the code
         medians, spreads, levels = [], [], []
@@ -97,9 +101,20 @@ def peer_columns(peers: dict) -> list[pl.Expr]:
             medians.append(m)
             spreads.append(_lookup(code, tables.get(name, {}), 1))
             levels.append(pl.when(m.is_not_null()).then(pl.lit(digits, pl.Int64)))
-        median, spread, level = pl.coalesce(medians), pl.coalesce(spreads), pl.coalesce(levels)
         if level_used is None:
-            level_used = level
+            level_used = pl.coalesce(levels)
+        exprs += [pl.coalesce(medians).alias(f"__peer_{basis}_median"),
+                  pl.coalesce(spreads).alias(f"__peer_{basis}_spread")]
+    exprs.append(level_used.alias("__peer_hs_digits"))
+    return exprs
+
+
+def peer_columns() -> list[pl.Expr]:
+    """Unit value against the learned HS-6 (else HS-4, HS-2) peers, per kg and per unit,
+    over a frame with the `peer_lookups` columns."""
+    exprs = []
+    for basis, log_value in BASES.items():
+        median, spread = pl.col(f"__peer_{basis}_median"), pl.col(f"__peer_{basis}_spread")
         luv = log_value()
         diff = luv - median
         exprs += [
@@ -108,7 +123,7 @@ def peer_columns(peers: dict) -> list[pl.Expr]:
             (diff / pl.max_horizontal(spread, pl.lit(MIN_LOG_SPREAD))).alias(
                 f"unit_value_{basis}_peer_z"),
         ]
-    exprs.append(level_used.alias("unit_value_peer_hs_digits"))
+    exprs.append(pl.col("__peer_hs_digits").alias("unit_value_peer_hs_digits"))
     return exprs
 
 
@@ -116,25 +131,21 @@ def own_history(base: pl.LazyFrame) -> pl.LazyFrame:
     """Log value per kg against the exporter's and the consignee's earlier lines.
 
     ``base``: record_id, record_date, exporter_key, consignee_key, __luv_kg (log value per
-    kg or null). Earlier = dated strictly before the record.
+    kg or null), in record_date order (the result's rows are ``base``'s, in its order).
+    Earlier = dated strictly before the record.
     """
-    out = base.select("record_id")
+    columns = []
     for party in ("exporter", "consignee"):
         key = f"{party}_key"
         events = base.filter(pl.col("__luv_kg").is_not_null()).select(
             key, pl.col("record_date").alias("__event_date"), "__luv_kg")
-        cum = cumulative_at(base.select("record_id", "record_date", key), events, key,
-                            ["__luv_kg"], {"before": -1})
-        out = out.join(cum.select("record_id", "before_n", "before_luv_kg"), on="record_id",
-                       how="left").join(base.select("record_id", "__luv_kg"), on="record_id",
-                                        how="left")
-        out = out.with_columns(
+        cum = cumulative_at(base.select("record_id", "record_date", key, "__luv_kg"), events,
+                            key, ["__luv_kg"], {"before": -1}, sorted_by_date=True)
+        columns.append(cum.select(
             pl.when(pl.col("before_n") > 0).then(
                 pl.col("__luv_kg") - pl.col("before_luv_kg") / pl.col("before_n"))
-            .alias(f"unit_value_per_kg_to_{party}_history"),
-            pl.col("before_n").cast(pl.Int64).alias(f"__{party}_priced_before"),
-        ).drop("before_n", "before_luv_kg", "__luv_kg")
-    return out.drop("__exporter_priced_before", "__consignee_priced_before")
+            .alias(f"unit_value_per_kg_to_{party}_history")))
+    return pl.concat([base.select("record_id"), *columns], how="horizontal")
 
 
 NOVELTY_PAIRS = {

@@ -63,14 +63,15 @@ def hs6(expr: pl.Expr) -> pl.Expr:
     return expr.str.replace_all(r"\D", "").str.slice(0, 6)
 
 
-def product_columns(ref: RefView, stats) -> list[pl.Expr]:
-    """Shipment product features over a frame that went through `recognise_chips`."""
+def product_columns(ref: RefView, stats, hs: pl.Expr | None = None) -> list[pl.Expr]:
+    """Shipment product features over a frame that went through `recognise_chips`.
+    ``hs``: the line's HS-6 digits (`hs6` of ``hs_code`` when not given)."""
     quantity = pl.when(pl.col("quantity") > 0).then(pl.col("quantity").cast(pl.Float64))
     per_unit = pl.col("gpus_per_declared_unit")
     unit_value = pl.col("value_usd") / quantity
     chip_units = quantity * per_unit
     eccn = pl.col("eccn").str.to_uppercase().str.replace_all(r"\s", "")
-    hs = hs6(pl.col("hs_code"))
+    hs = hs6(pl.col("hs_code")) if hs is None else hs
     dest = pl.col("destination_country")
     controlled = pl.col("ref_controlled")
     # The H20 / MI308 rule: a licence to China, Hong Kong, Macau and D:5 from a date.

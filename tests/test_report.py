@@ -482,7 +482,7 @@ def test_only_the_report_months_candidates_are_kept_while_scoring(tmp_path, monk
     from detector.tables import read_dataset
 
     dataset = write_dataset(tmp_path / "ds", valid_tables())
-    months_in_data = generate.report_records(read_dataset(dataset))["month"].unique().to_list()
+    months_in_data = generate.record_months(read_dataset(dataset))["month"].unique().to_list()
     assert len(months_in_data) > 1  # else the test proves nothing
     kept_months: set[str] = set()
     original = generate.queue_candidates
@@ -500,3 +500,23 @@ def test_only_the_report_months_candidates_are_kept_while_scoring(tmp_path, monk
         with pytest.raises(InputError, match="2019-01"):
             generate.generate_report(dataset, tmp_path / "r2.html", period="2019-01")
     assert not (tmp_path / "r2.html").exists()
+
+
+def test_registry_kept_for_the_cards_refuses_other_trails(built):
+    """A report's registry keeps only its cards' consignees' exports; a trail for any
+    other consignee would be silently empty, so it is refused."""
+    from datetime import date
+
+    from detector.report.cards import build_registry, consignee_key
+
+    dataset, _, _ = built
+    rows = dataset.shipments.head(2).to_dicts()
+    keys = [consignee_key(r) for r in rows]
+    assert keys[0] != keys[1]
+    full = build_registry(dataset, [])
+    kept = build_registry(dataset, [], keys[:1])
+    assert kept.shipments.height < full.shipments.height
+    assert kept.reexport_trail(keys[0], date(2000, 1, 1), "none") \
+        == full.reexport_trail(keys[0], date(2000, 1, 1), "none")
+    with pytest.raises(ValueError, match="asked for others"):
+        kept.reexport_trail(keys[1], date(2000, 1, 1), "none")

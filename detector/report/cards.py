@@ -60,6 +60,8 @@ class Registry:
     provider_names: dict[tuple[str, str], str] = field(default_factory=dict)
     # shipment_id -> counted as a re-export event (features.behaviour.reexport_event)
     events: dict[str, bool] = field(default_factory=dict)
+    # when set, ``shipments`` holds only the exports under these keys (a report's cards)
+    trail_keys: frozenset[str] | None = None
 
     def party(self, party_id: str | None) -> dict | None:
         return self.parties.get(party_id) if party_id else None
@@ -106,6 +108,7 @@ class Registry:
         from features.build import build_features
         from features.refview import view
 
+        self._check_kept(keys)
         wanted = self.shipments.filter(pl.col("exporter_key").is_in(list(set(keys)))
                                        & ~pl.col("shipment_id").is_in(list(self.events)))
         if wanted.height == 0:
@@ -115,6 +118,12 @@ class Registry:
         counted = flags.select("record_id", reexport_event(view(reference).d5_hk_mo)
                                .fill_null(False).alias("event"))
         self.events.update(zip(counted["record_id"].to_list(), counted["event"].to_list()))
+
+    def _check_kept(self, keys: Sequence[str]) -> None:
+        outside = set(keys) - self.trail_keys if self.trail_keys is not None else set()
+        if outside - {None}:
+            raise ValueError(f"registry holds the exports of {len(self.trail_keys)} "
+                             f"consignee keys; asked for others: {sorted(outside)[:3]}")
 
     def reexport_trail(self, key: str | None, after: date, record_id: str
                        ) -> tuple[list[dict], int, list[dict], int]:
@@ -143,7 +152,11 @@ def batch_parties(dataset: Dataset, history: Sequence[Dataset]) -> pl.DataFrame:
                                     how="diagonal_relaxed"))
 
 
-def build_registry(dataset: Dataset, history: Sequence[Dataset]) -> Registry:
+def build_registry(dataset: Dataset, history: Sequence[Dataset],
+                   trail_keys: Sequence[str | None] | None = None) -> Registry:
+    """The case cards' registry; ``trail_keys``: keep only the shipments exported under
+    these consignee keys (the only re-export trails the cards will ask for), not a sorted
+    copy of every shipment of a large batch."""
     frame = batch_parties(dataset, history)
     parties = {row["party_id"]: row for row in frame.to_dicts()}
     addresses = registered_addresses(frame).sort("party_id").collect()
@@ -156,14 +169,19 @@ def build_registry(dataset: Dataset, history: Sequence[Dataset]) -> Registry:
         for name in [row["name"], *(row.get("aliases") or [])]:
             provider_names.setdefault((normalise_name(name), (row["country"] or "").upper()),
                                       party_id)
-    shipments = pl.concat([d.shipments for d in [dataset, *history]], how="diagonal_relaxed")
+    shipments = pl.concat([d.shipments.lazy() for d in [dataset, *history]],
+                          how="diagonal_relaxed")
     exporters = shipments.select("exporter_name", "exporter_country").unique().with_columns(
         name_key(normalise_name_expr("exporter_name"),
                  pl.col("exporter_country").str.to_uppercase()).alias("exporter_key"))
-    shipments = (shipments.join(exporters, on=["exporter_name", "exporter_country"],
-                                how="left", nulls_equal=True)
-                 .sort(["export_date", "shipment_id"]))
-    return Registry(parties, by_address, shipments, provider_names)
+    shipments = shipments.join(exporters, on=["exporter_name", "exporter_country"],
+                               how="left", nulls_equal=True)
+    kept = None
+    if trail_keys is not None:
+        kept = frozenset(k for k in trail_keys if k is not None)
+        shipments = shipments.filter(pl.col("exporter_key").is_in(list(kept)))
+    shipments = shipments.sort(["export_date", "shipment_id"]).collect()
+    return Registry(parties, by_address, shipments, provider_names, trail_keys=kept)
 
 
 def normalise_name_expr(column: str) -> pl.Expr:

@@ -1,4 +1,4 @@
-"""`detector report` end to end: read the batch, score it (each month's review queue
+"""`detector report` end to end: read the batch, score it (the report month's review queue
 with full reasons), compare it with the model's training data, build the page, write it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from detector.errors import InputError, UsageError
 from detector.queue import (cell_expr, check_explore, explore_slots, familiar_cells, familiarity,
                             mark_queue, novelty_order, parse_capacity, unsureness)
 from detector.report.cards import CARD_FEATURES
-from detector.report.data import parse_period, report_records
+from detector.report.data import parse_period, record_months
 from detector.report.render import build_report, write_report
 
 
@@ -96,7 +96,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     # The period's review queue (detector.queue: by risk, plus a share to explore) gets
     # full reasons and cards: the engine keeps each part's candidates for it. Only that
     # month's, so a large batch keeps a month's candidates, not every month's.
-    months = report_records(batch.dataset).select(*engine.KEY, "month")
+    months = record_months(batch.dataset)
     period = report_period(months, period, batch.dataset.directory)
     capacities = {period: parse_capacity(capacity, months.filter(pl.col("month") == period)
                                          .height)}
@@ -108,7 +108,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
         keep=lambda layered: queue_candidates(layered, capacities, supervised, explore,
                                                familiar),
         observe=None if counts is None else counts.add)
-    with progress.phase("reasons for each month's review queue") as phase:
+    with progress.phase("reasons for the month's review queue") as phase:
         table = scores.table.join(months, on=engine.KEY, how="left", maintain_order="left")
         queue = mark_queue(table.filter(pl.col("month") == period), capacity, explore,
                            supervised=supervised, familiar=familiar) \

@@ -159,10 +159,11 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
     charts_svg["typology"] = (typology_mix("chart-typology", typologies, period)
                               if typologies else None)
 
-    registry = build_registry(dataset, history)
     shipments_by_id = {r["shipment_id"]: r for r in dataset.shipments.filter(
         pl.col("shipment_id").is_in(review.filter(pl.col("record_kind") == "shipment")
                                     ["record_id"].implode())).to_dicts()}
+    trail_keys = [consignee_key(r) for r in shipments_by_id.values()]
+    registry = build_registry(dataset, history, trail_keys)
     leases_by_id = {r["lease_id"]: r for r in dataset.leases.filter(
         pl.col("lease_id").is_in(review.filter(pl.col("record_kind") == "lease")
                                  ["record_id"].implode())).to_dicts()}
@@ -170,7 +171,7 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
         scored_rows = card_rows(dataset, history, review.select("record_kind", "record_id"))
     by_record = {(r["record_kind"], r["record_id"]): r for r in scored_rows.to_dicts()}
     # which later exports of the review's consignees count as re-exports, decided at once
-    registry.prepare_trails([consignee_key(r) for r in shipments_by_id.values()])
+    registry.prepare_trails(trail_keys)
     cards = []
     for position, rec in enumerate(review.to_dicts(), start=1):
         record = rec | {
