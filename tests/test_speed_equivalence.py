@@ -167,3 +167,26 @@ def test_blocks_of_a_part_score_as_the_whole_matrix(monkeypatch):
     assert not np.array_equal(nudged["loda"], expected["loda"])
     other = unsupervised.UnsupervisedEnsemble(columns, random_state=1).fit(train)
     assert not np.array_equal(other.raw_scores(test)["iforest"], expected["iforest"])
+
+
+def test_bin_counts_equal_a_binary_search_per_value():
+    """`bin_counts` counts by one comparison pass per edge; the counts equal binning each
+    value by binary search (bins right-closed at each edge), with NaN and ±inf missing."""
+    import numpy as np
+
+    from detector.drift import bin_counts
+
+    rng = np.random.default_rng(11)
+    edges = np.unique(np.round(rng.normal(size=9), 2))
+    values = np.concatenate([rng.normal(size=5_000), edges, edges - 1e-12,
+                             [np.nan, np.nan, np.inf, -np.inf, np.inf]])
+    rng.shuffle(values)
+    finite = values[np.isfinite(values)]
+    expected = np.append(np.bincount(np.searchsorted(edges, finite, side="right"),
+                                     minlength=len(edges) + 1), len(values) - len(finite))
+    got = bin_counts(values, edges)
+    assert got.dtype == np.float64 and np.array_equal(got, expected)
+    assert got[-1] == 5 and got.sum() == len(values)
+    # no edges: every finite value in one bin; and the comparison can fail
+    assert np.array_equal(bin_counts(values, []), [len(finite), 5])
+    assert not np.array_equal(bin_counts(values, edges[1:]), expected[1:])
