@@ -71,12 +71,19 @@ def sketch(values: np.ndarray) -> dict:
 
 
 def bin_counts(values: np.ndarray, edges) -> np.ndarray:
-    """Counts per bin: (-inf, e1), [e1, e2), ..., [ek, inf), then missing."""
+    """Counts per bin: (-inf, e1), [e1, e2), ..., [ek, inf), then missing (NaN, ±inf).
+
+    From the count of finite values at or above each edge (``edges`` ascending, as
+    `sketch` stores them): one comparison pass per edge, instead of a binary search per
+    value (a quarter of the CPU over a million rows); the same integer counts."""
     edges = np.asarray(edges, dtype=np.float64)
-    missing = ~np.isfinite(values)
-    bins = np.searchsorted(edges, values[~missing], side="right")
-    counts = np.bincount(bins, minlength=len(edges) + 1).astype(np.float64)
-    return np.append(counts, missing.sum())
+    values = np.asarray(values, dtype=np.float64)
+    finite = int(np.count_nonzero(np.isfinite(values)))
+    above = int(np.count_nonzero(values == np.inf))  # +inf passes every ">=" below
+    at_least = [finite, *(int(np.count_nonzero(values >= e)) - above for e in edges), 0]
+    counts = np.array([at_least[j] - at_least[j + 1] for j in range(len(edges) + 1)],
+                      dtype=np.float64)
+    return np.append(counts, len(values) - finite)
 
 
 def psi(expected_shares, actual_counts) -> float:
@@ -96,13 +103,22 @@ def _norm_text(expr: pl.Expr) -> pl.Expr:
     return expr.str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
 
 
+def _per_distinct(values: pl.Series, expr: pl.Expr) -> pl.Series:
+    """``expr`` (a function of one value, over ``pl.col("v")``) of each of ``values``,
+    computed once per distinct value and lined up row for row (a batch repeats its
+    names and descriptions: 1M shipments hold about 90,000 consignee names)."""
+    frame = values.alias("v").to_frame()
+    distinct = frame.unique().with_columns(expr.alias("__out"))
+    return frame.join(distinct, on="v", how="left", nulls_equal=True,
+                      maintain_order="left")["__out"]
+
+
 def _parties(shipments: pl.DataFrame, leases: pl.DataFrame) -> pl.Series:
     """Normalised consignee and lessee names, one per record (empty names dropped)."""
     from features.names import normalise_name
 
-    names = pl.concat([shipments.select(pl.col("consignee_name").alias("n")),
-                       leases.select(pl.col("lessee_name").alias("n"))])
-    normalised = names.select(normalise_name(pl.col("n")).alias("n"))["n"]
+    names = pl.concat([shipments["consignee_name"], leases["lessee_name"]])
+    normalised = _per_distinct(names, normalise_name(pl.col("v"))).alias("n")
     return normalised.filter(normalised.is_not_null() & (normalised.str.len_chars() > 0))
 
 
@@ -117,11 +133,17 @@ def _hs6(shipments: pl.DataFrame) -> pl.Series:
 
 def _chipless_wordings(shipments: pl.DataFrame, chip_model: pl.Series | None) -> pl.Series:
     """Normalised descriptions of the shipments in which no catalogue chip was recognised
-    (``chip_model`` aligned with ``shipments``; None: recognise here)."""
+    (``chip_model`` aligned with ``shipments``; None: recognise here). Each distinct
+    description is normalised and matched once."""
+    descriptions = shipments["description"]
     if chip_model is None:
-        chip_model = recognised_chips(shipments)
-    frame = shipments.select(_norm_text(pl.col("description")).alias("d")).with_columns(
-        chip=chip_model)
+        distinct = descriptions.unique()
+        chips = recognised_chips(distinct.to_frame())
+        chip_model = descriptions.alias("v").to_frame().join(
+            pl.DataFrame({"v": distinct, "chip": chips}), on="v", how="left",
+            nulls_equal=True, maintain_order="left")["chip"]
+    frame = pl.DataFrame({"d": _per_distinct(descriptions, _norm_text(pl.col("v"))),
+                          "chip": chip_model})
     return frame.filter(pl.col("chip").is_null() & pl.col("d").is_not_null())["d"]
 
 

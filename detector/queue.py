@@ -102,11 +102,13 @@ def labelled_cells(labelled: pl.DataFrame) -> dict[str, int]:
             **{k: int(n) for k, n in kinds.sort("record_kind").iter_rows()}}
 
 
-def familiarity(ranked: pl.DataFrame, familiar: dict[str, int]) -> np.ndarray:
+def familiarity(ranked: pl.DataFrame, familiar: dict[str, int],
+                cells: pl.Series | None = None) -> np.ndarray:
     """Per row: (1 + confirmed diversions of its kind) x (1 + labelled records of its
-    cell) the model learned from (`labelled_cells`)."""
-    cell = ranked.select(cell_expr())[:, 0].replace_strict(familiar, default=0,
-                                                           return_dtype=pl.Int64)
+    cell) the model learned from (`labelled_cells`). ``cells``: the rows' `cell_expr`
+    when already computed."""
+    cell = ranked.select(cell_expr())[:, 0] if cells is None else cells
+    cell = cell.replace_strict(familiar, default=0, return_dtype=pl.Int64)
     kind = ranked["record_kind"].replace_strict(familiar, default=0, return_dtype=pl.Int64)
     return ((1 + kind) * (1 + cell)).to_numpy().astype(np.float64)
 
@@ -138,7 +140,9 @@ def spread(order: np.ndarray, cells: np.ndarray | None) -> np.ndarray:
     ``order``), then the second of every cell, ... (stable: within a round, ``order``)."""
     if cells is None or not len(order):
         return order
-    codes = pl.Series(cells[order]).cast(pl.String)
+    codes = pl.Series(cells[order])
+    if codes.dtype == pl.Object:  # cells given as Python objects (text): grouped as text
+        codes = codes.cast(pl.String)
     within = pl.DataFrame({"c": codes}).select(
         pl.int_range(pl.len()).over("c").alias("r"))["r"].to_numpy()
     return order[np.lexsort((np.arange(len(order)), within))]
@@ -154,12 +158,24 @@ def choose_queue(risk: np.ndarray, unusual: np.ndarray | None, capacity: int, ex
     ``cells``: each row's cell (None: no spreading); ``familiarity``: labelled records the
     model was trained on in each row's cell (None: unknown).
     """
+    codes = _queue_codes(risk, unusual, capacity, explore, supervised=supervised,
+                         cells=cells, familiarity=familiarity)
+    return np.array([None, RISK, EXPLORE], dtype=object)[codes]
+
+
+_OUT, _RISK, _EXPLORE = 0, 1, 2  # `_queue_codes`: one small integer per row
+
+
+def _queue_codes(risk: np.ndarray, unusual: np.ndarray | None, capacity: int, explore: float,
+                 *, supervised: bool, cells: np.ndarray | None = None,
+                 familiarity: np.ndarray | None = None) -> np.ndarray:
+    """`choose_queue` as codes (_OUT, _RISK, _EXPLORE) per row: no Python object per row."""
     n = len(risk)
-    reasons = np.full(n, None, dtype=object)
+    reasons = np.zeros(n, dtype=np.int8)
     capacity = min(capacity, n)
     k_explore = explore_slots(capacity, check_explore(explore))
     k_risk = capacity - k_explore
-    reasons[:k_risk] = RISK
+    reasons[:k_risk] = _RISK
     rest = np.arange(k_risk, n)
     lists = []
     if unusual is not None and len(rest):
@@ -179,11 +195,11 @@ def choose_queue(risk: np.ndarray, unusual: np.ndarray | None, capacity: int, ex
     while taken < k_explore:
         order = lists[turn % len(lists)]
         i = position[turn % len(lists)]
-        while i < len(order) and reasons[order[i]] is not None:
+        while i < len(order) and reasons[order[i]] != _OUT:
             i += 1
         position[turn % len(lists)] = i
         if i < len(order):
-            reasons[order[i]] = EXPLORE
+            reasons[order[i]] = _EXPLORE
             taken += 1
         elif all(p >= len(o) for p, o in zip(position, lists)):
             break
@@ -205,12 +221,16 @@ def mark_queue(ranked: pl.DataFrame, capacity: str | int, explore: float, *,
                if "unsupervised_score" in ranked.columns else None)
     cells = known = None
     if {"record_kind", "destination"} <= set(ranked.columns):
-        cells = ranked.select(cell_expr())[:, 0].to_numpy()
+        cell = ranked.select(cell_expr())[:, 0]
+        # the cells as integer codes (equal text, equal code): grouped without text
+        cells = cell.cast(pl.Categorical).to_physical().to_numpy()
         if familiar is not None:
-            known = familiarity(ranked, familiar)
-    reasons = choose_queue(ranked["risk_score"].to_numpy(), unusual, k, explore,
-                           supervised=supervised, cells=cells, familiarity=known)
-    return ranked.with_columns(queue_reason=pl.Series(reasons, dtype=pl.String))
+            known = familiarity(ranked, familiar, cell)
+    codes = pl.Series(_queue_codes(ranked["risk_score"].to_numpy(), unusual, k, explore,
+                                   supervised=supervised, cells=cells, familiarity=known))
+    reason = pl.when(codes == _RISK).then(pl.lit(RISK)) \
+        .when(codes == _EXPLORE).then(pl.lit(EXPLORE)).otherwise(pl.lit(None, pl.String))
+    return ranked.with_columns(queue_reason=pl.select(reason).to_series())
 
 
 def familiar_cells(model) -> dict[str, int] | None:

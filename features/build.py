@@ -332,12 +332,16 @@ def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
     ``inputs``: `_window_inputs` of every shipment (dataset and history). Keyed by the
     shipment's row number in column `record_id`; the result does not depend on how the
     records were cut into parts, since it is computed over all of them together. Its
-    rows are in record_date order (`FeatureBuilder` joins it on ``__row``).
+    rows are in record_date order (`FeatureBuilder` joins it on ``__row``; it passes
+    ``inputs`` already in that order).
     """
     # one sort by date serves every window: each piece's rows are then these rows, in
     # this order, and are put side by side (no sort or join back per window)
-    lf = inputs.lazy().drop("shipment_id").sort("record_date", "record_id") \
-        .collect(engine="in-memory").lazy()
+    date, row = pl.col("record_date"), pl.col("record_id")
+    if not inputs.select(((date.diff() > 0) | ((date.diff() == 0) & (row.diff() > 0)))
+                         .fill_null(True).all()).item():
+        inputs = inputs.sort("record_date", "record_id")
+    lf = inputs.lazy().drop("shipment_id", strict=False)
     base = lf.select("record_id", "record_date", "consignee_key", "group_key", "address_key",
                      "value_usd", "is_small", "chip_units", "__consignee_name_key")
     reexports = lf.filter(pl.col("__reexport_event")).select(
@@ -366,6 +370,21 @@ def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
             out = out.hstack(frame.drop("record_id"))
         del frame
     return out.rename({"record_id": "__row"})
+
+
+def _narrow_counts(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """``frame`` with its Int64 columns stored as Int32 where every value fits (the
+    same values, half the memory), and the names of those columns."""
+    ints = [n for n, t in frame.schema.items() if t == pl.Int64]
+    if not ints or frame.height == 0:
+        return frame, []
+    low, high = -(2 ** 31), 2 ** 31 - 1
+    bounds = frame.select(*[pl.col(n).min().alias(f"{n}|min") for n in ints],
+                          *[pl.col(n).max().alias(f"{n}|max") for n in ints]).row(0, named=True)
+    fits = [n for n in ints
+            if (bounds[f"{n}|min"] is None or bounds[f"{n}|min"] >= low)
+            and (bounds[f"{n}|max"] is None or bounds[f"{n}|max"] <= high)]
+    return frame.with_columns(pl.col(fits).cast(pl.Int32)), fits
 
 
 def _lease_parties(ctx: _Context, leases: pl.DataFrame) -> pl.LazyFrame:
@@ -502,7 +521,13 @@ class FeatureBuilder:
                 case_memory.case_events(lease_keys.lazy(), labels.lazy(), "lease"))
         self.events = case_memory.merge_events(given, stored)
         self.prior = case_memory.prior_rate(self.events) if given.height else stored_prior
-        self.cross = _cross_record(inputs, self.events, self.prior)
+        # in date order, the order every cross-record piece keeps (`_cross_record`); the
+        # unsorted frame is let go before the pieces run (at 10M shipments it is ~1 GB)
+        inputs = inputs.drop("shipment_id").sort("record_date", "record_id")
+        # held while every part is scored (10M shipments: 2.6 GiB), so its counts are kept
+        # as Int32 where every value fits and read back as Int64 (`shipment_lazy`)
+        self.cross, self._cross_int64 = _narrow_counts(
+            _cross_record(inputs, self.events, self.prior))
         del inputs
         self.lease_memory = case_memory.case_memory(
             lease_keys.lazy().drop("record_id").rename({"__lrow": "record_id"}),
@@ -533,7 +558,8 @@ class FeatureBuilder:
             records = _shipment_records(self.ctx, part, self.first_rows[i])
             height = part.height
         cross = self.cross.lazy().filter(pl.col("__row").is_between(
-            self.first_rows[i], self.first_rows[i] + height - 1))
+            self.first_rows[i], self.first_rows[i] + height - 1)) \
+            .with_columns(pl.col(self._cross_int64).cast(pl.Int64))
         return _select(records.join(cross, on="__row", how="left"), list(carry),
                        self.input_names)
 

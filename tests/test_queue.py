@@ -100,6 +100,16 @@ def test_mark_queue_on_a_frame():
     assert out["queue_reason"].to_list() == ["risk", "risk", "explore", "explore"]
 
 
+def test_mark_queue_all_explore_with_the_top_row_left_out():
+    """--explore 1: every slot explores; the top-ranked row, not chosen, stays null
+    (the column was once built from Python objects and failed when the first was None)."""
+    frame = pl.DataFrame({"risk_score": [0.9, 0.6, 0.5, 0.1],
+                          "unsupervised_score": [0.1, 0.2, 0.3, 0.95]})
+    out = mark_queue(frame, "2", 1.0, supervised=False)
+    assert out["queue_reason"].dtype == pl.String
+    assert out["queue_reason"].to_list() == [None, None, "explore", "explore"]
+
+
 def _cluster_frame() -> pl.DataFrame:
     """Ten records by risk: rows 2-6 are unusual shipments to SG (one cluster), row 7 an
     unusual lease to CN, row 8 a less unusual shipment to DE."""

@@ -124,3 +124,69 @@ def test_detectors_score_the_same_side_by_side():
     assert list(side_by_side) == list(one_by_one) == list(ensemble.detectors_)
     for name in one_by_one:
         assert np.array_equal(side_by_side[name], one_by_one[name])
+
+
+def test_blocks_of_a_part_score_as_the_whole_matrix(monkeypatch):
+    """The unsupervised layer prepares and scores a part block by block, the blocks on
+    threads; every detector's raw scores equal pyod's own scores of the whole matrix
+    (filled, centred and scaled at once, as before), bit for bit, and so do the
+    percentiles."""
+    import polars as pl
+
+    from detector.models import unsupervised
+    from detector.models.base import feature_matrix
+
+    rng = np.random.default_rng(9)
+    columns = [f"f{i}" for i in range(6)]
+    train = pl.DataFrame(_data(rng, 4_000, 6), schema=columns)
+    rows = 3 * unsupervised.LODA_BLOCK_ROWS + 123
+    test = _data(rng, rows, 6)
+    test[rng.random(test.shape) < 0.05] = np.nan  # filled with the training medians
+    test = pl.DataFrame(test, schema=columns).with_columns(pl.col("f2").fill_nan(None))
+    ensemble = unsupervised.UnsupervisedEnsemble(columns).fit(train)
+    x = feature_matrix(test, columns)
+    np.copyto(x, np.broadcast_to(ensemble.fill_values_, x.shape), where=np.isnan(x))
+    x -= ensemble.center_
+    x /= ensemble.scale_
+    expected = {name: det.decision_function(x) for name, det in ensemble.detectors_.items()}
+    monkeypatch.setattr(unsupervised, "SCORE_BLOCK_ROWS", unsupervised.LODA_BLOCK_ROWS)
+    monkeypatch.setattr(unsupervised, "PARALLEL_MIN_ROWS", 1)
+    got = ensemble.raw_scores(test)
+    assert list(got) == list(expected) == ["iforest", "hbos", "loda"]
+    for name in expected:
+        assert got[name].shape == (rows,)
+        assert np.array_equal(got[name], expected[name]), name
+    percentiles = ensemble.detector_scores(test)
+    for name, ref in ensemble.train_scores_.items():
+        assert np.array_equal(percentiles[name],
+                              np.searchsorted(ref, expected[name], side="right") / len(ref))
+    # the comparison can fail: inputs 1% off move HBOS and LODA scores (their bins);
+    # IForest's path lengths move with other trees
+    nudged = ensemble.raw_scores(test.with_columns(pl.col(columns) * 1.01))
+    assert not np.array_equal(nudged["hbos"], expected["hbos"])
+    assert not np.array_equal(nudged["loda"], expected["loda"])
+    other = unsupervised.UnsupervisedEnsemble(columns, random_state=1).fit(train)
+    assert not np.array_equal(other.raw_scores(test)["iforest"], expected["iforest"])
+
+
+def test_bin_counts_equal_a_binary_search_per_value():
+    """`bin_counts` counts by one comparison pass per edge; the counts equal binning each
+    value by binary search (bins right-closed at each edge), with NaN and ±inf missing."""
+    import numpy as np
+
+    from detector.drift import bin_counts
+
+    rng = np.random.default_rng(11)
+    edges = np.unique(np.round(rng.normal(size=9), 2))
+    values = np.concatenate([rng.normal(size=5_000), edges, edges - 1e-12,
+                             [np.nan, np.nan, np.inf, -np.inf, np.inf]])
+    rng.shuffle(values)
+    finite = values[np.isfinite(values)]
+    expected = np.append(np.bincount(np.searchsorted(edges, finite, side="right"),
+                                     minlength=len(edges) + 1), len(values) - len(finite))
+    got = bin_counts(values, edges)
+    assert got.dtype == np.float64 and np.array_equal(got, expected)
+    assert got[-1] == 5 and got.sum() == len(values)
+    # no edges: every finite value in one bin; and the comparison can fail
+    assert np.array_equal(bin_counts(values, []), [len(finite), 5])
+    assert not np.array_equal(bin_counts(values, edges[1:]), expected[1:])

@@ -20,7 +20,7 @@ import polars as pl
 from detector.config import KNOWN_DETECTORS, UnsupervisedSettings
 from detector.models.base import RiskModel, feature_matrix
 
-# below this many rows the detectors score one after another (threads cost more)
+# below this many rows the blocks of a part score one after another (threads cost more)
 PARALLEL_MIN_ROWS = 50_000
 DETECTORS = KNOWN_DETECTORS  # every detector `_make` builds; the config validates against it
 _DEFAULTS = UnsupervisedSettings()
@@ -97,6 +97,9 @@ def _hbos_feature(column: np.ndarray, edges: np.ndarray, scores: np.ndarray, n_b
 
 
 LODA_BLOCK_ROWS = 8192
+# rows of a part the unsupervised layer prepares and scores at once (`detector_scores`):
+# a multiple of LODA_BLOCK_ROWS, so LODA's blocks fall where they fall on a whole matrix
+SCORE_BLOCK_ROWS = 8 * LODA_BLOCK_ROWS
 
 
 def loda_scores(detector, x: np.ndarray) -> np.ndarray:
@@ -158,10 +161,15 @@ class UnsupervisedEnsemble(RiskModel):
         self.random_state = random_state
 
     def _prepare(self, frame: pl.DataFrame) -> np.ndarray:
+        """The model inputs as a column-major float64 matrix, nulls filled with the
+        training medians, centred and scaled: column by column, each while it is in cache
+        (the same operations as on the whole matrix at once, without its temporaries)."""
         x = feature_matrix(frame, self.features)
-        np.copyto(x, np.broadcast_to(self.fill_values_, x.shape), where=np.isnan(x))
-        x -= self.center_
-        x /= self.scale_
+        for j in range(x.shape[1]):
+            column = x[:, j]
+            np.copyto(column, self.fill_values_[j], where=np.isnan(column))
+            column -= self.center_[j]
+            column /= self.scale_[j]
         return x
 
     def fit_rows(self, n_rows: int) -> np.ndarray | None:
@@ -200,23 +208,40 @@ class UnsupervisedEnsemble(RiskModel):
 
     def detector_scores(self, frame: pl.DataFrame) -> dict[str, np.ndarray]:
         """Each detector's score as its percentile among the training scores (0..1)."""
-        if frame.height == 0:
-            return {name: np.zeros(0) for name in self.detectors_}
-        x = self._prepare(frame)
+        return {name: np.searchsorted(self.train_scores_[name], raw, side="right")
+                / len(self.train_scores_[name])
+                for name, raw in self.raw_scores(frame).items()}
 
-        def percentiles(name: str) -> np.ndarray:
-            ref = self.train_scores_[name]
-            return np.searchsorted(ref, _decision_function(self.detectors_[name], x),
-                                   side="right") / len(ref)
+    def raw_scores(self, frame: pl.DataFrame) -> dict[str, np.ndarray]:
+        """Each detector's own score (`_decision_function`) of the prepared rows.
 
+        Block by block of `SCORE_BLOCK_ROWS` rows: a block's matrix is prepared and every
+        detector scores it, so no matrix of the whole part exists (0.5 GiB for a million
+        rows, and IForest's float32 copy of it). Every detector scores each row on its
+        own, so the blocks give the scores the whole matrix gives. Large parts spread
+        their blocks over the cores."""
         names = list(self.detectors_)
-        workers = min(len(names), os.cpu_count() or 1)
-        if workers < 2 or len(x) < PARALLEL_MIN_ROWS:
-            return {name: percentiles(name) for name in names}
-        # the detectors score side by side: each spends its time in numpy or compiled
-        # tree code, which releases the GIL, and reads x without changing it
-        with ThreadPoolExecutor(workers, thread_name_prefix="detector-unsupervised") as pool:
-            return dict(zip(names, pool.map(percentiles, names)))
+        if frame.height == 0:
+            return {name: np.zeros(0) for name in names}
+        from threadpoolctl import threadpool_limits
+
+        def block(start: int) -> list[np.ndarray]:
+            x = self._prepare(frame.slice(start, SCORE_BLOCK_ROWS))
+            return [_decision_function(self.detectors_[name], x) for name in names]
+
+        starts = range(0, frame.height, SCORE_BLOCK_ROWS)
+        workers = min(len(starts), os.cpu_count() or 1)
+        # BLAS on one thread for the whole layer (LODA's products): limits set and
+        # restored by several threads at once would race
+        with threadpool_limits(1, user_api="blas"):
+            if workers < 2 or frame.height < PARALLEL_MIN_ROWS:
+                raw = [block(start) for start in starts]
+            else:
+                # numpy and the compiled tree code release the GIL; blocks come back in order
+                with ThreadPoolExecutor(workers, thread_name_prefix="detector-unsupervised"
+                                        ) as pool:
+                    raw = list(pool.map(block, starts))
+        return {name: np.concatenate([r[k] for r in raw]) for k, name in enumerate(names)}
 
     def decision_function(self, frame: pl.DataFrame) -> np.ndarray:
         scores = self.detector_scores(frame)
