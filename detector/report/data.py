@@ -168,6 +168,21 @@ def record_months(dataset: Dataset) -> pl.DataFrame:
                      how="vertical_relaxed").collect()
 
 
+def report_period(months: pl.DataFrame, period: str | None, directory) -> str:
+    """The report's month (``YYYY-MM``): ``period``, checked against the months the
+    records (``months``: a ``month`` column) are dated in, or the latest of them."""
+    present = months["month"].drop_nulls().unique().sort().to_list()
+    if not present:
+        raise InputError(f"{directory}: no shipments or leases to report on")
+    if period is None:
+        return present[-1]
+    period = "{}-{:02d}".format(*parse_period(period))
+    if period not in present:
+        raise InputError(f"--period {period}: the dataset has no shipments or leases dated in "
+                         f"that month; it covers {present[0]} to {present[-1]}")
+    return period
+
+
 def report_records(dataset: Dataset) -> pl.DataFrame:
     return pl.concat([_shipment_records(dataset.shipments), _lease_records(dataset.leases)],
                      how="vertical_relaxed").with_columns(

@@ -8,11 +8,20 @@ from pathlib import Path
 
 import polars as pl
 
-from detector.errors import InputError, UsageError
-from detector.queue import (cell_expr, check_explore, explore_slots, familiar_cells, familiarity,
-                            mark_queue, novelty_order, parse_capacity, unsureness)
+from detector.errors import UsageError
+from detector.queue import (
+    cell_expr,
+    check_explore,
+    explore_slots,
+    familiar_cells,
+    familiarity,
+    mark_queue,
+    novelty_order,
+    parse_capacity,
+    unsureness,
+)
 from detector.report.cards import CARD_FEATURES
-from detector.report.data import parse_period, record_months
+from detector.report.data import parse_period, record_months, report_period
 from detector.report.render import build_report, write_report
 
 
@@ -50,21 +59,6 @@ def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised
                   for v in values]
         kept += [o.filter(within) for o in orders]
     return pl.concat(kept).unique(["record_kind", "record_id"], maintain_order=True)
-
-
-def report_period(months: pl.DataFrame, period: str | None, directory) -> str:
-    """The report's month (``YYYY-MM``): ``period``, checked against the months the
-    records (``months``: a ``month`` column) are dated in, or the latest of them."""
-    present = months["month"].drop_nulls().unique().sort().to_list()
-    if not present:
-        raise InputError(f"{directory}: no shipments or leases to report on")
-    if period is None:
-        return present[-1]
-    period = "{}-{:02d}".format(*parse_period(period))
-    if period not in present:
-        raise InputError(f"--period {period}: the dataset has no shipments or leases dated in "
-                         f"that month; it covers {present[0]} to {present[-1]}")
-    return period
 
 
 def generate_report(dataset_dir: str | Path, out: str | Path,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from detector.contract import BIDI_CONTROLS
-from detector.errors import EnvironmentFailure, InputError, UsageError
+from detector.errors import EnvironmentFailure, UsageError
 from detector.queue import parse_capacity
 from detector.report.cards import (
     anchor,
@@ -38,9 +38,9 @@ from detector.report.data import (
     metric_order,
     month_range,
     over_time,
-    parse_period,
     previous_month,
     ranked_parties,
+    report_period,
     report_records,
     review_csv,
     scored_records,
@@ -92,17 +92,9 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
     then has no "what changed" section)."""
     history = list(history)
     scored = scored_records(dataset, scores)
-    if scored.height == 0:
-        raise InputError(f"{dataset.directory}: no shipments or leases to report on")
+    period = report_period(scored, period, dataset.directory)
     months_present = scored["month"].unique().sort().to_list()
-    if period is None:
-        period = months_present[-1]
-    else:
-        period = "{}-{:02d}".format(*parse_period(period))
     in_period = scored.filter(pl.col("month") == period)
-    if in_period.height == 0:
-        raise InputError(f"--period {period}: the dataset has no shipments or leases dated in "
-                         f"that month; it covers {months_present[0]} to {months_present[-1]}")
 
     k = parse_capacity(capacity, in_period.height)
     if "queue_reason" in in_period.columns and in_period["queue_reason"].is_not_null().any():
