@@ -13,14 +13,14 @@ from detector.engine import Records
 from detector.errors import InputError, UsageError
 from detector.progress import Progress
 from detector.settings import DEFAULT_CHUNK_ROWS
-from detector.tables import Dataset, read_dataset
+from detector.tables import Dataset, Spill, height, read_dataset
 
 
 @dataclass
 class Batch:
     dataset: Dataset
     history: list[Dataset]
-    shipments: pl.DataFrame  # the dataset's and the history's, each row once
+    shipments: pl.DataFrame | pl.LazyFrame  # the dataset's and the history's, each once
     leases: pl.DataFrame
     parties: pl.DataFrame  # history first, the dataset's row wins for a repeated party_id
     screening_list: pl.DataFrame
@@ -48,11 +48,11 @@ class Batch:
     def batch_keys(self) -> pl.DataFrame:
         """(record_kind, record_id) of the records being scored: the dataset's own."""
         return pl.concat([
-            self.dataset.shipments.select(pl.lit("shipment").alias("record_kind"),
-                                          pl.col("shipment_id").alias("record_id")),
-            self.dataset.leases.select(pl.lit("lease").alias("record_kind"),
-                                       pl.col("lease_id").alias("record_id")),
-        ])
+            self.dataset.shipments.lazy().select(pl.lit("shipment").alias("record_kind"),
+                                                 pl.col("shipment_id").alias("record_id")),
+            self.dataset.leases.lazy().select(pl.lit("lease").alias("record_kind"),
+                                              pl.col("lease_id").alias("record_id")),
+        ]).collect()
 
 
 def fingerprint(datasets: list[Dataset]) -> str:
@@ -67,12 +67,20 @@ def fingerprint(datasets: list[Dataset]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _combine_records(dataset: Dataset, history: list[Dataset], kind: str) -> pl.DataFrame:
+def _combine_records(dataset: Dataset, history: list[Dataset], kind: str
+                     ) -> pl.DataFrame | pl.LazyFrame:
     table = RECORD_TABLES[kind]
+    if not history:  # one dataset: reading checked its ids
+        return getattr(dataset, table.name)
     frames = [getattr(ds, table.name) for ds in [dataset, *history]]
     # diagonal: datasets may carry different extra columns (a column one lacks is null)
-    combined = pl.concat(frames, how="diagonal_relaxed")
-    repeated = combined[table.id_column].filter(combined[table.id_column].is_duplicated())
+    if any(isinstance(f, pl.LazyFrame) for f in frames):  # the dataset's, spilled
+        combined = pl.concat([f.lazy() for f in frames], how="diagonal_relaxed")
+        ids = combined.select(table.id_column).collect().to_series()
+    else:
+        combined = pl.concat(frames, how="diagonal_relaxed")
+        ids = combined[table.id_column]
+    repeated = ids.filter(ids.is_duplicated())
     if repeated.len():
         raise InputError(
             f"{table.id_column}: {repeated.n_unique()} id(s) appear both in {dataset.directory} "
@@ -83,11 +91,14 @@ def _combine_records(dataset: Dataset, history: list[Dataset], kind: str) -> pl.
 
 def load_batch(dataset_dir: str | Path, history_dirs: list[str | Path] = (),
                screening_list: str | Path | None = None, *,
-               allow_errors: bool = False) -> Batch:
-    """Read the dataset and its history, resolve the screening list, fingerprint the inputs."""
+               allow_errors: bool = False, spill: Spill | None = None) -> Batch:
+    """Read the dataset and its history, resolve the screening list, fingerprint the inputs.
+
+    With ``spill``, the dataset's shipments, if longer than ``spill.over_rows``, wait on
+    disk as they pass validation (`detector.tables.Spill`)."""
     from detector.reference import load_reference, resolve_screening_list
 
-    dataset = read_dataset(dataset_dir, allow_errors=allow_errors)
+    dataset = read_dataset(dataset_dir, allow_errors=allow_errors, spill=spill)
     history = [read_dataset(d) for d in history_dirs]
     parties = (
         pl.concat([ds.parties for ds in [*history[::-1], dataset]])
@@ -119,13 +130,13 @@ def load_batch(dataset_dir: str | Path, history_dirs: list[str | Path] = (),
 
 def read_batch(progress: Progress, dataset_dir: str | Path,
                history_dirs: list[str | Path] = (), screening_list: str | Path | None = None,
-               *, allow_errors: bool = False) -> Batch:
+               *, allow_errors: bool = False, spill: Spill | None = None) -> Batch:
     """`load_batch` as a phase of the work."""
     with progress.phase(f"read {dataset_dir}" + (f" and {len(history_dirs)} history "
                                                  "dataset(s)" if history_dirs else "")) as phase:
         batch = load_batch(dataset_dir, history_dirs, screening_list,
-                           allow_errors=allow_errors)
-        phase.finish(f"{batch.dataset.shipments.height:,} shipments, "
+                           allow_errors=allow_errors, spill=spill)
+        phase.finish(f"{height(batch.dataset.shipments):,} shipments, "
                      f"{batch.dataset.leases.height:,} leases, "
                      f"{batch.parties.height:,} parties")
     return batch
@@ -155,8 +166,8 @@ def feature_frame(batch: Batch, stats=None, *, labels: pl.DataFrame | None = Non
         .sort(["record_kind", "record_id"])
 
 
-def _parts(frame: pl.DataFrame, rows: int) -> list[pl.DataFrame]:
-    return [frame.slice(start, rows) for start in range(0, frame.height, rows)]
+def _parts(frame: pl.DataFrame | pl.LazyFrame, rows: int) -> list:
+    return [frame.slice(start, rows) for start in range(0, height(frame), rows)]
 
 
 def _spill_own_shipments(batch: Batch, rows: int, directory: Path) -> list[pl.LazyFrame]:
@@ -189,7 +200,8 @@ def _records(batch: Batch, chunk_rows: int | None, spill_dir: Path | None):
     chunk_rows = DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows
     if chunk_rows < 1:
         raise UsageError(f"--chunk-rows {chunk_rows}: expected a count of 1 or more")
-    if spill_dir is not None and batch.dataset.shipments.height > chunk_rows:
+    if spill_dir is not None and isinstance(batch.dataset.shipments, pl.DataFrame) \
+            and batch.dataset.shipments.height > chunk_rows:
         own = _spill_own_shipments(batch, chunk_rows, spill_dir)
     else:
         own = _parts(batch.dataset.shipments, chunk_rows)

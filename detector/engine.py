@@ -38,6 +38,10 @@ CONTEXT_COLUMNS = ("likely_scheme", "scheme_confidence", "record_date", "counter
                    "destination", "goods", "quantity", "value_usd")
 TABLE_COLUMNS = ["record_kind", "record_id", "risk_score", "rank", "reasons", "model",
                  *CONTEXT_COLUMNS, "unsupervised_score"]
+# Context texts that repeat across records: held as categoricals while the parts are
+# scored (a 10M batch's names and descriptions would otherwise be held once per record),
+# text again in the table.
+REPEATED_TEXT = ("likely_scheme", "counterparty", "destination", "goods")
 
 
 def scores_columns(frame: pl.DataFrame) -> pl.DataFrame:
@@ -122,12 +126,26 @@ def rank(frame: pl.DataFrame) -> pl.DataFrame:
         .with_columns(pl.col("rank").cast(pl.Int64))
 
 
+def _owned(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` (a few rows gathered or filtered from a part) in buffers of their own.
+
+    Their text columns are views into the part's text buffers, which would otherwise
+    stay alive with them (at 10M shipments, every part's texts until the ranking). A
+    round trip through Arrow IPC in memory copies only these rows'
+    values (exactly: same types, same bits)."""
+    import io
+
+    buffer = io.BytesIO()
+    rows.write_ipc(buffer)
+    buffer.seek(0)
+    return pl.read_ipc(buffer)
+
+
 def _top_rows(layered: pl.DataFrame, top: int) -> pl.DataFrame:
-    """The ``top`` highest-ranked rows of a part, gathered (a slice would keep the
-    whole part's buffers alive)."""
+    """The ``top`` highest-ranked rows of a part, in buffers of their own (`_owned`)."""
     keys = layered.select("risk_score", *KEY).with_row_index("__i")
     order = rank(keys)["__i"].head(top)  # ranked on the keys alone, not the wide frame
-    return layered[order]
+    return _owned(layered[order])
 
 
 def _rule_mask_labels(masks: pl.Series) -> pl.DataFrame:
@@ -206,14 +224,17 @@ def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: i
                 keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
                 mapper: Mapper = local_mapper,
                 progress: Callable[[int, int, int], None] | None = None,
-                observe: Callable[[pl.DataFrame], None] | None = None) -> Scores:
+                observe: Callable[[pl.DataFrame], None] | None = None,
+                hold: Callable[[pl.DataFrame], Part] | None = None) -> Scores:
     """Score records given as parts of the feature frame (frames, or functions that
     build one); the parts together hold each record once.
 
     ``keep(layered_part)`` returns the rows of a part whose full frames the caller wants
     back (`Scores.kept`); by default none. ``progress(done, total, records)`` is called
     after each part; ``observe(layered_part)`` sees each part's features, layer scores
-    and risk (drift counts: detector.drift.InputCounts.add).
+    and risk (drift counts: detector.drift.InputCounts.add). ``hold(rows)`` keeps each
+    part's narrow rows for the ranking and returns a function that gives them back; by
+    default they stay in memory (`detector score` puts a large batch's on disk).
     """
     from detector.reasons import full_reasons
     from features.rules import rule_mask
@@ -229,20 +250,26 @@ def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: i
             frame = cached.pop(i, None)
             yield part() if frame is None else frame
 
+    hold = hold or (lambda rows: (lambda: rows))
     slim, heads, kept = [], [], []
     for n, layered in enumerate(mapper(layer, frames(), scorer), 1):
         if observe is not None:
             observe(layered)
         layered = with_scheme_and_context(layered, model)
-        slim.append(layered.select("record_kind", "record_id", "risk_score",
-                                   "unsupervised_score", rule_mask(), *CONTEXT_COLUMNS))
+        rows = layered.select(
+            "record_kind", "record_id", "risk_score", "unsupervised_score", rule_mask(),
+            *(pl.col(c).cast(pl.Categorical) if c in REPEATED_TEXT else pl.col(c)
+              for c in CONTEXT_COLUMNS))
+        slim.append(hold(rows))
         heads.append(_top_rows(layered, top))
         if keep is not None:
-            kept.append(keep(layered))
+            rows = keep(layered)
+            kept.append(rows if rows.height == layered.height else _owned(rows))
         del layered
         if progress is not None:
-            progress(n, len(thunks), slim[-1].height)
-    ranked = rank(pl.concat(slim))
+            progress(n, len(thunks), rows.height)
+        del rows
+    ranked = rank(pl.concat([held() for held in slim]))
     del slim
     head = ranked.head(top).select(*KEY, "rank").join(
         pl.concat(heads, how="vertical_relaxed"), on=KEY, how="left").sort("rank")
@@ -250,8 +277,10 @@ def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: i
     head_reasons = pl.Series(full_reasons(head, scorer, model.fallback,
                                           scheme_model=model.scheme_model), dtype=pl.String)
     labels = _rule_mask_labels(ranked["rule_mask"])
-    table = ranked.join(labels, on="rule_mask", how="left").sort("rank")
+    table = ranked.join(labels, on="rule_mask", how="left", maintain_order="left")
+    del ranked
     table = table.with_columns(
+        *(pl.col(c).cast(pl.String) for c in REPEATED_TEXT),
         reasons=pl.when(pl.col("rank") <= top).then(
             pl.lit(head_reasons.extend_constant(None, table.height - head.height)))
         .otherwise(pl.col("reasons")),

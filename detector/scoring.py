@@ -36,7 +36,8 @@ from detector.queue import (
     parse_capacity,
     queue_summary,
 )
-from detector.tables import write_quarantine
+from detector.settings import DEFAULT_CHUNK_ROWS
+from detector.tables import Spill, write_quarantine
 
 if TYPE_CHECKING:
     from detector.drift import DriftReport
@@ -191,27 +192,31 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
     if quarantine is not None and Path(quarantine).exists() and not Path(quarantine).is_dir():
         raise InputError(f"--quarantine {quarantine}: is a file; give a directory")
     progress = progress or Progress.silent()
-    importing = import_while_reading(model_uri)
-    batch = read_batch(progress, dataset_dir, history_dirs, screening_list,
-                       allow_errors=quarantine is not None)
-    with progress.phase("load model") as phase:
-        importing.join()
-        model = load_model(model_uri, log)
-        phase.finish(model.label)
-    # a large batch's shipments wait on disk while scoring (score_records, spill_dir)
-    # drift counts of the model inputs and risk, taken as each part is scored (locally)
-    counts = drift_counts(model) if engine != "dask" else None
-    observe = None if counts is None else counts.add
+    # A batch of more than one part waits on disk (a temporary folder) from the moment
+    # its rows pass validation until it is scored (detector.tables.Spill).
     with temporary_directory("score") as spill:
+        importing = import_while_reading(model_uri)
+        batch = read_batch(progress, dataset_dir, history_dirs, screening_list,
+                           allow_errors=quarantine is not None,
+                           spill=Spill(spill, chunk_rows or DEFAULT_CHUNK_ROWS))
+        with progress.phase("load model") as phase:
+            importing.join()
+            model = load_model(model_uri, log)
+            phase.finish(model.label)
+        # drift counts of the model inputs and risk, taken as each part is scored (locally)
+        counts = drift_counts(model) if engine != "dask" else None
+        observe = None if counts is None else counts.add
         records = batch.records(chunk_rows, spill)
+        hold = spill_rows(spill) if len(records.shipment_parts) > 1 else None
         if engine == "dask":
             from detector.distributed import dask_client, dask_mapper
 
             with dask_client(scheduler, log) as client:
                 scores = score_with_progress(records, model, top, progress,
-                                             mapper=dask_mapper(client))
+                                             mapper=dask_mapper(client), hold=hold)
         else:
-            scores = score_with_progress(records, model, top, progress, observe=observe)
+            scores = score_with_progress(records, model, top, progress, observe=observe,
+                                         hold=hold)
         scored = Scored(scores.table, model, batch)
         scored.frame = mark_queue(scored.frame, capacity, explore,
                                   supervised=not model.fallback,
@@ -233,6 +238,21 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
     # hand out a batch whose frames point there.
     scored.batch = None
     return scored
+
+
+def spill_rows(directory: Path) -> Callable[[pl.DataFrame], Callable[[], pl.DataFrame]]:
+    """`detector.engine.score_parts`' ``hold`` for a batch of several parts: each part's
+    rows for the ranking wait in a Parquet file in ``directory`` (exact: same types and
+    values), so memory holds one part, not every part's rows (10M: about 1.5 GiB)."""
+    count = [0]
+
+    def hold(rows: pl.DataFrame) -> Callable[[], pl.DataFrame]:
+        path = directory / f"ranking-{count[0]:05d}.parquet"
+        count[0] += 1
+        rows.write_parquet(path, compression="lz4")
+        return lambda: pl.read_parquet(path)
+
+    return hold
 
 
 def drift_counts(model: LoadedModel):
@@ -343,14 +363,18 @@ def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
 
     if kind not in (None, "shipment", "lease"):
         raise UsageError(f"--kind {kind}: expected shipment or lease")
-    batch = load_batch(dataset_dir, history_dirs, screening_list)
-    kind = _record_key(batch, dataset_dir, record_id, kind)
-    model = load_model(model_uri, log)
-    if model.fallback:
-        scored = score_engine.score_records(batch.records(), model, top=0,
-                                            keep=score_engine.keep_record(kind, record_id))
-        return explain_record(scored.kept, scored.table.height, model)
-    row = record_frame(batch, model, kind, record_id)
+    # A batch of more than one part waits on disk once validated: only the columns the
+    # neighbourhood index reads, and the record's neighbourhood, come back (Spill).
+    with temporary_directory("explain") as spill:
+        batch = load_batch(dataset_dir, history_dirs, screening_list,
+                           spill=Spill(spill, DEFAULT_CHUNK_ROWS))
+        kind = _record_key(batch, dataset_dir, record_id, kind)
+        model = load_model(model_uri, log)
+        if model.fallback:
+            scored = score_engine.score_records(
+                batch.records(), model, top=0, keep=score_engine.keep_record(kind, record_id))
+            return explain_record(scored.kept, scored.table.height, model)
+        row = record_frame(batch, model, kind, record_id)
     position = of = None
     if scores is not None:
         position, of = _rank_in(scores, kind, record_id)

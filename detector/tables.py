@@ -247,10 +247,35 @@ def _scan(path: Path) -> pl.LazyFrame:
 
 
 @dataclass
+class Spill:
+    """Where a table longer than ``over_rows`` rows puts the rows that pass validation,
+    slice by slice as they pass: Parquet files in ``directory`` (which must outlive the
+    table); the table is then a lazy scan of them. So reading a large batch never holds
+    all of its typed rows (10M shipments: about 6 GiB of them)."""
+
+    directory: Path
+    over_rows: int
+
+
+def height(frame: pl.DataFrame | pl.LazyFrame) -> int:
+    """Rows of a table as read: in memory, or spilled (`Spill`) and scanned."""
+    if isinstance(frame, pl.LazyFrame):
+        return frame.select(pl.len()).collect().item()
+    return frame.height
+
+
+def column_of(frame: pl.DataFrame | pl.LazyFrame, name: str) -> pl.Series:
+    """One column of a table as read, in memory."""
+    if isinstance(frame, pl.LazyFrame):
+        return frame.select(name).collect().to_series()
+    return frame[name]
+
+
+@dataclass
 class TableRead:
     """One table as read: typed rows that passed, rows that failed with their problem."""
 
-    data: pl.DataFrame
+    data: pl.DataFrame | pl.LazyFrame  # lazy: spilled (`Spill`)
     quarantined: pl.DataFrame | None = None  # original columns plus `problem`
     path: Path | None = None
     readable: bool = True  # False: the file as a whole could not be used
@@ -271,20 +296,23 @@ class _Unreadable(Exception):
 @dataclass
 class _Attempt:
     findings: _Findings
-    data: pl.DataFrame
+    data: pl.DataFrame | pl.LazyFrame
     quarantined: pl.DataFrame | None
     original: list[str]
+    passed: int  # rows of ``data``
 
 
 def read_table(path: Path, table: Table, report: ValidationReport, *,
-               label: str | None = None, chunk_rows: int | None = None) -> TableRead:
+               label: str | None = None, chunk_rows: int | None = None,
+               spill: Spill | None = None) -> TableRead:
     """Read one table file, recording every problem in ``report``.
 
     Rows with errors are split off (with the original text of every column and a
     `problem` column) so the caller can quarantine them or refuse the whole dataset. A
     file longer than ``chunk_rows`` (default ``READ_CHUNK_ROWS``) is checked in slices of
     that many rows, so the text copies validation keeps exist for one slice at a time;
-    the report and the quarantined rows are the same as from one pass.
+    the report and the quarantined rows are the same as from one pass. With ``spill``,
+    a file longer than ``spill.over_rows`` leaves its passed rows on disk (`Spill`).
 
     Row accounting: the records a file holds are counted independently of the parser
     (CSV: from the raw bytes, detector.csvlines; Parquet: pyarrow's metadata), and the
@@ -306,7 +334,7 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
                 if counted.clean:
                     try:
                         attempt = _read_rows(_scan(path), table, name, chunk_rows, path,
-                                             numbered=False)
+                                             numbered=False, spill=spill)
                     except _Unreadable:
                         raise
                     except Exception:  # polars disagrees with the count: read carefully
@@ -318,13 +346,13 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
                     expected_rows = recovered.records
                     attempt = _read_rows(_recovered_frame(recovered), table, name,
                                          chunk_rows, path, numbered=True,
-                                         bad_lines=recovered.bad)
+                                         bad_lines=recovered.bad, spill=spill)
             else:
                 import pyarrow.parquet as pq
 
                 expected_rows = pq.ParquetFile(path).metadata.num_rows  # a second reader
                 attempt = _read_rows(_scan(path), table, name, chunk_rows, path,
-                                     numbered=False)
+                                     numbered=False, spill=spill)
         except _Unreadable:
             raise
         except Exception as exc:  # polars raises several kinds for unreadable files
@@ -340,22 +368,23 @@ def read_table(path: Path, table: Table, report: ValidationReport, *,
     # Every record the file holds, counted without the parser, is either read or
     # quarantined; anything else is a lost row and stops the command.
     if _rows(attempt) != expected_rows:
-        set_aside = _rows(attempt) - attempt.data.height
+        set_aside = _rows(attempt) - attempt.passed
         report.error(name, None, f"row accounting failed: the file holds {expected_rows} "
                      f"record(s) (counted independently of the parser) but "
-                     f"{attempt.data.height} were read and {set_aside} quarantined; nothing "
+                     f"{attempt.passed} were read and {set_aside} quarantined; nothing "
                      "from this file is used")
         return TableRead(_empty(table), path=path, readable=False)
     return TableRead(attempt.data, attempt.quarantined, path)
 
 
 def _rows(attempt: _Attempt) -> int:
-    return attempt.data.height + (attempt.quarantined.height
+    return attempt.passed + (attempt.quarantined.height
                                   if attempt.quarantined is not None else 0)
 
 
 def _read_rows(lf: pl.LazyFrame, table: Table, name: str, chunk_rows: int, path: Path, *,
-               numbered: bool, bad_lines: list[BadLine] = ()) -> _Attempt:
+               numbered: bool, bad_lines: list[BadLine] = (),
+               spill: Spill | None = None) -> _Attempt:
     """Type and check every row of ``lf``; ``numbered``: it carries its own ``__row``."""
     source_schema = lf.collect_schema()
     if numbered:
@@ -423,8 +452,16 @@ def _read_rows(lf: pl.LazyFrame, table: Table, name: str, chunk_rows: int, path:
     select = [pl.col("__row"), *[pl.col(c).alias(f"__orig_{c}") for c in original], *exprs]
     findings = _Findings()
     passed_parts: list[pl.DataFrame] = []
+    passed_rows = 0
     quarantined_parts: list[pl.DataFrame] = []
     total = lf.select(pl.len()).collect().item()
+    spilled: list[Path] = []
+    spill_to = None
+    if spill is not None and total > spill.over_rows:
+        import tempfile
+
+        # a folder of its own: a CSV file read a second time (recovered) starts afresh
+        spill_to = Path(tempfile.mkdtemp(prefix=f"{table.name}-", dir=spill.directory))
     # Tables longer than one chunk are checked slice by slice (bounded memory); the
     # duplicate-id check is global and needs only the id column of every row.
     duplicate_ids = None
@@ -442,15 +479,25 @@ def _read_rows(lf: pl.LazyFrame, table: Table, name: str, chunk_rows: int, path:
         passed, quarantined = _check_chunk(df, table, checks, original, findings,
                                            duplicate_ids, extras)
         del df
-        passed_parts.append(passed)
+        passed_rows += passed.height
+        if spill_to is not None:
+            spilled.append(spill_to / f"{len(spilled):06d}.parquet")
+            passed.write_parquet(spilled[-1], compression="lz4")
+            del passed
+        else:
+            passed_parts.append(passed)
         if quarantined is not None:
             quarantined_parts.append(quarantined)
     if bad_lines:
         quarantined_parts.append(_bad_lines_frame(bad_lines, original))
-    data = passed_parts[0] if len(passed_parts) == 1 else pl.concat(passed_parts, rechunk=False)
+    if spilled:
+        data = pl.scan_parquet(spilled)
+    else:
+        data = passed_parts[0] if len(passed_parts) == 1 else pl.concat(passed_parts,
+                                                                         rechunk=False)
     quarantined = pl.concat(quarantined_parts, how="diagonal_relaxed") \
         if quarantined_parts else None
-    return _Attempt(findings, data, quarantined, original)
+    return _Attempt(findings, data, quarantined, original, passed_rows)
 
 
 # Column kinds whose text takes few distinct values (codes, dates, flags): their checks
@@ -702,7 +749,7 @@ class Dataset:
     """A validated dataset: typed frames for every contract table."""
 
     directory: Path
-    shipments: pl.DataFrame
+    shipments: pl.DataFrame | pl.LazyFrame  # lazy: waiting on disk (`Spill`)
     parties: pl.DataFrame
     leases: pl.DataFrame
     labels: pl.DataFrame  # resolved: one row per labelled record
@@ -716,14 +763,16 @@ class Dataset:
         return sum(df.height for df in self.quarantined.values())
 
 
-def read_dataset(directory: str | Path, *, allow_errors: bool = False) -> Dataset:
+def read_dataset(directory: str | Path, *, allow_errors: bool = False,
+                 spill: Spill | None = None) -> Dataset:
     """Read, normalise and validate every contract table in ``directory``.
 
     With ``allow_errors`` the rows that fail are kept aside in ``Dataset.quarantined``
     (see :func:`write_quarantine`) and the rest is returned; without it any error
     raises :class:`FatalInputError` listing every problem found. Problems that stop
     the dataset being read at all (no shipments file, an unreadable file) raise
-    either way.
+    either way. With ``spill``, shipments longer than ``spill.over_rows`` wait on disk
+    (`Spill`: ``Dataset.shipments`` is then a lazy scan).
     """
     directory = Path(directory)
     report = ValidationReport()
@@ -743,7 +792,8 @@ def read_dataset(directory: str | Path, *, allow_errors: bool = False) -> Datase
             reads[table.name] = TableRead(_empty(table))
             continue
         files[table.name] = path
-        reads[table.name] = read_table(path, table, report)
+        reads[table.name] = read_table(path, table, report,
+                                       spill=spill if table.name == "shipments" else None)
         fatal |= not reads[table.name].readable  # nothing to quarantine row by row
 
     labels = resolve_labels(reads["labels"].data, report, files.get("labels"))
@@ -795,7 +845,7 @@ def _check_references(reads: dict[str, TableRead], labels: pl.DataFrame,
     party_ids = _ids(reads["parties"].data, "party_id")
     for table, column in [("shipments", "consignee_party_id"), ("parties", "parent_party_id"),
                           ("leases", "provider_party_id"), ("leases", "lessee_party_id")]:
-        values = reads[table].data[column].drop_nulls()
+        values = column_of(reads[table].data, column).drop_nulls()
         dangling = values.filter(~values.is_in(party_ids.implode()))
         if dangling.len():
             report.warn(files[table].name, column,
@@ -804,7 +854,7 @@ def _check_references(reads: dict[str, TableRead], labels: pl.DataFrame,
     keep = []
     for kind, table in RECORD_TABLES.items():
         # the record ids as read (is_in ignores their nulls and repeats: no unique pass)
-        ids = reads[table.name].data[table.id_column]
+        ids = column_of(reads[table.name].data, table.id_column)
         of_kind = labels.filter(pl.col("record_kind") == kind)
         known = of_kind["record_id"].is_in(ids.implode())
         unknown = of_kind.filter(~known)

@@ -326,8 +326,10 @@ def _window_inputs(records: pl.LazyFrame, ref: RefView) -> pl.LazyFrame:
 
 
 def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
-                  prior: float | None = None) -> pl.DataFrame:
-    """Behaviour windows, splitting and re-export linkage for every shipment at once.
+                  prior: float | None = None) -> tuple[pl.DataFrame, list[str]]:
+    """Behaviour windows, splitting and re-export linkage for every shipment at once,
+    with the Int64 columns stored as Int32 where every value fits (`_narrow_counts`,
+    piece by piece, so the wide Int64 frame is never held whole), and their names.
 
     ``inputs``: `_window_inputs` of every shipment (dataset and history). Keyed by the
     shipment's row number in column `record_id`; the result does not depend on how the
@@ -350,7 +352,7 @@ def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
     # categorical keys: the same equality as the text, cheaper to group, sort and join
     memory_events = case_memory.empty_events() if events is None else events
     # collected one at a time: one plan over every shipment held all three at its peak
-    out = None
+    out, narrowed = None, []
     for piece in (
             lambda: behaviour.consignee_history(base),
             lambda: behaviour.splitting(base),
@@ -363,13 +365,16 @@ def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
             lambda: case_memory.case_memory(lf, memory_events, prior, sorted_by_date=True)):
         frame = piece().collect(engine="in-memory")
         if out is None:
-            out = frame
-        else:
-            if not frame["record_id"].equals(out["record_id"]):  # each piece keeps the rows
-                raise AssertionError("a cross-record piece changed the row order")
-            out = out.hstack(frame.drop("record_id"))
+            out = frame.select("record_id")
+        elif not frame["record_id"].equals(out["record_id"]):  # each piece keeps the rows
+            raise AssertionError("a cross-record piece changed the row order")
+        values, fits = _narrow_counts(frame.drop("record_id"))
         del frame
-    return out.rename({"record_id": "__row"})
+        out = out.hstack(values.get_columns())
+        narrowed += fits
+        del values
+    rows, fits = _narrow_counts(out.select(pl.col("record_id").alias("__row")))
+    return out.drop("record_id").insert_column(0, rows.to_series()), [*fits, *narrowed]
 
 
 def _narrow_counts(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
@@ -526,8 +531,7 @@ class FeatureBuilder:
         inputs = inputs.drop("shipment_id").sort("record_date", "record_id")
         # held while every part is scored (10M shipments: 2.6 GiB), so its counts are kept
         # as Int32 where every value fits and read back as Int64 (`shipment_lazy`)
-        self.cross, self._cross_int64 = _narrow_counts(
-            _cross_record(inputs, self.events, self.prior))
+        self.cross, self._cross_int64 = _cross_record(inputs, self.events, self.prior)
         del inputs
         self.lease_memory = case_memory.case_memory(
             lease_keys.lazy().drop("record_id").rename({"__lrow": "record_id"}),

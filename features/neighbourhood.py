@@ -46,7 +46,9 @@ class ShipmentIndex:
     whole batch; a caller that explains several records of one batch keeps one index
     (detector.batch.Batch.shipment_index)."""
 
-    def __init__(self, shipments: pl.DataFrame, parties: pl.DataFrame):
+    def __init__(self, shipments: pl.DataFrame | pl.LazyFrame, parties: pl.DataFrame):
+        """``shipments``: in memory, or a lazy scan (a large batch waiting on disk: only
+        the columns looked up here, and each record's neighbourhood, are read)."""
         self.shipments = shipments
         self.parties = unique_parties(parties)
         self.party_ids = set(self.parties["party_id"].to_list())
@@ -55,6 +57,8 @@ class ShipmentIndex:
             pl.int_range(pl.len(), dtype=pl.UInt32).alias("__i"), "shipment_id",
             "consignee_name", "consignee_country", "exporter_name", "exporter_country",
             "consignee_address", "consignee_party_id", "hs_code", "export_date")
+        if isinstance(rows, pl.LazyFrame):
+            rows = rows.collect()
 
         def rows_by(columns: list[str]) -> pl.DataFrame:
             return rows.group_by(columns).agg("__i")
@@ -81,6 +85,7 @@ class ShipmentIndex:
             .sort("export_date", "shipment_id", nulls_last=False)
             .group_by("hs6", "origin", maintain_order=True).first())
         self.dates = rows["export_date"]
+        self.ids = rows["shipment_id"]
 
     @property
     def tops(self) -> dict[str, str]:
@@ -92,10 +97,10 @@ class ShipmentIndex:
         """The shipments (contract columns, any order) that the features of
         ``shipment_id`` read, itself included; a superset, never fewer."""
         shipments = self.shipments
-        position = shipments["shipment_id"].index_of(shipment_id)
+        position = self.ids.index_of(shipment_id)
         if position is None:
-            return shipments.clear()
-        target = shipments.slice(position, 1)
+            return _rows_at(shipments, pl.Series("__i", [], dtype=pl.UInt32))
+        target = _rows_at(shipments, pl.Series("__i", [position], dtype=pl.UInt32))
         row = target.row(0, named=True)
         country = (row["consignee_country"] or "").upper()
         name_norm = target.select(normalise_name(pl.col("consignee_name"))).item() or ""
@@ -150,7 +155,16 @@ class ShipmentIndex:
             "__i"] if hs6 else pl.Series("__i", [], dtype=pl.UInt32)
         index = pl.concat([near, earlier, first, pl.Series("__i", [position], dtype=pl.UInt32)]
                           ).unique().sort()
+        return _rows_at(shipments, index)
+
+
+def _rows_at(shipments: pl.DataFrame | pl.LazyFrame, index: pl.Series) -> pl.DataFrame:
+    """The rows of ``shipments`` at ``index`` (sorted, distinct), in that order; from a
+    lazy scan in one streaming pass that keeps only those rows."""
+    if isinstance(shipments, pl.DataFrame):
         return shipments.gather(index)
+    return shipments.with_row_index("__i").filter(pl.col("__i").is_in(index.implode())) \
+        .drop("__i").collect(engine="streaming")
 
 
 def shipments_around(shipments: pl.DataFrame, parties: pl.DataFrame, shipment_id: str

@@ -43,7 +43,7 @@ def _corrupt_shipments(world, to, fmt: str):
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_reading_in_slices_reports_and_quarantines_as_one_pass(world, tmp_path, fmt):
     from detector.contract import SHIPMENTS
-    from detector.tables import ValidationReport, read_table
+    from detector.tables import Spill, ValidationReport, read_table
 
     path = _corrupt_shipments(world, tmp_path / "ds", fmt)
     one_report, sliced_report = ValidationReport(), ValidationReport()
@@ -58,6 +58,20 @@ def test_reading_in_slices_reports_and_quarantines_as_one_pass(world, tmp_path, 
     assert one.quarantined.height == 6  # 4 bad rows + both copies of the duplicate id
     assert one.data.height + one.quarantined.height == pl.scan_csv(
         world / "shipments.csv").select(pl.len()).collect().item()
+    # spilled (detector.tables.Spill): the passed rows wait on disk, slice by slice, and
+    # come back the same; the report and quarantine are unchanged
+    spilled_report = ValidationReport()
+    spilled = read_table(path, SHIPMENTS, spilled_report, chunk_rows=1500,
+                         spill=Spill(tmp_path, over_rows=2000))
+    assert isinstance(spilled.data, pl.LazyFrame)
+    rows = one.data.height + one.quarantined.height
+    assert len(list(tmp_path.glob("shipments-*/*.parquet"))) == -(-rows // 1500)
+    assert spilled_report.text() == one_report.text()
+    assert_frame_equal(one.data, spilled.data.collect())
+    assert_frame_equal(one.quarantined, spilled.quarantined)
+    # a table no longer than over_rows stays in memory
+    kept = read_table(path, SHIPMENTS, ValidationReport(), spill=Spill(tmp_path, 10 ** 9))
+    assert isinstance(kept.data, pl.DataFrame)
 
 
 def test_features_built_in_parts_equal_build_features(world):
@@ -160,3 +174,33 @@ def test_cli_score_chunk_rows_gives_the_same_scores(world, trained, scores_csv, 
     assert result.stdout == scores_csv[1]
     bad = cli(["score", world, "--out", tmp_path / "x.csv", "--chunk-rows", "0"], trained.home)
     assert bad.exit_code == 2
+
+
+def test_report_on_a_batch_waiting_on_disk_is_the_same(world, trained, tmp_path, monkeypatch):
+    """`detector report` on a batch of several parts: the shipments wait on disk once
+    validated (detector.tables.Spill) and so do the parts' rows for the ranking; the page
+    is the one a single in-memory part gives."""
+    import detector.batch as batch_module
+    from detector import scoring
+    from detector.report import generate_report
+
+    with detector_env(trained.home):
+        one = generate_report(world, tmp_path / "one.html", capacity="1%",
+                              explore=0.1).read_text()
+        monkeypatch.setattr("detector.settings.DEFAULT_CHUNK_ROWS", 3000)
+        monkeypatch.setattr("detector.batch.DEFAULT_CHUNK_ROWS", 3000)
+        seen = []
+        load, hold = batch_module.load_batch, scoring.spill_rows
+
+        def spied_load(*args, **kwargs):
+            batch = load(*args, **kwargs)
+            seen.append(type(batch.dataset.shipments))
+            return batch
+
+        monkeypatch.setattr(batch_module, "load_batch", spied_load)
+        monkeypatch.setattr(scoring, "spill_rows",
+                            lambda directory: seen.append("held") or hold(directory))
+        parts = generate_report(world, tmp_path / "parts.html", capacity="1%",
+                                explore=0.1).read_text()
+    assert seen == [pl.LazyFrame, "held"]
+    assert parts == one

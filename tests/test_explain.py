@@ -109,3 +109,21 @@ def test_explain_text_is_short_and_all_shows_everything(world, trained, scores_c
     body = short.stdout.split("What drives the score")[1].split("Context:")[0]
     assert " n/a " not in body
     assert np.isfinite(top["risk_score"])
+
+
+def test_a_batch_waiting_on_disk_explains_the_same(batch_and_model, world, truth, tmp_path):
+    """A batch of more than one part is read with its shipments spilled (Spill, as
+    `explain` reads one): the index reads back only the neighbourhood, and each record's
+    frame equals the in-memory batch's."""
+    from polars.testing import assert_frame_equal
+
+    from detector.batch import load_batch
+    from detector.scoring import record_frame
+    from detector.tables import Spill
+
+    batch, model, scored = batch_and_model
+    spilled = load_batch(world, spill=Spill(tmp_path, over_rows=1000))
+    assert isinstance(spilled.dataset.shipments, pl.LazyFrame)
+    for kind, record_id in _sample(scored.frame, truth)[:12]:
+        assert_frame_equal(record_frame(spilled, model, kind, record_id),
+                           record_frame(batch, model, kind, record_id))

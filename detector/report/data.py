@@ -184,9 +184,11 @@ def report_period(months: pl.DataFrame, period: str | None, directory) -> str:
 
 
 def report_records(dataset: Dataset) -> pl.DataFrame:
-    return pl.concat([_shipment_records(dataset.shipments), _lease_records(dataset.leases)],
+    # lazy: a large batch's shipments may wait on disk (detector.tables.Spill)
+    return pl.concat([_shipment_records(dataset.shipments.lazy()),
+                      _lease_records(dataset.leases.lazy())],
                      how="vertical_relaxed").with_columns(
-        pl.col("record_date").dt.strftime("%Y-%m").alias("month"))
+        pl.col("record_date").dt.strftime("%Y-%m").alias("month")).collect()
 
 
 def scored_records(dataset: Dataset, scores: pl.DataFrame) -> pl.DataFrame:

@@ -72,8 +72,17 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     ``log`` receives notices, ``progress`` (detector.progress.Progress) the phases."""
     from detector import engine
     from detector.batch import read_batch
+    from detector.files import temporary_directory
     from detector.progress import Progress
-    from detector.scoring import check_drift, drift_counts, load_model, score_with_progress
+    from detector.scoring import (
+        check_drift,
+        drift_counts,
+        load_model,
+        score_with_progress,
+        spill_rows,
+    )
+    from detector.settings import DEFAULT_CHUNK_ROWS
+    from detector.tables import Spill
 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".pdf"):
@@ -83,60 +92,66 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     parse_capacity(capacity, 1)
     check_explore(explore)
     progress = progress or Progress.silent()
-    batch = read_batch(progress, dataset_dir, history_dirs, screening_list)
-    with progress.phase("load model") as phase:
-        model = load_model(model_uri, log)
-        phase.finish(model.label)
-    # The period's review queue (detector.queue: by risk, plus a share to explore) gets
-    # full reasons and cards: the engine keeps each part's candidates for it. Only that
-    # month's, so a large batch keeps a month's candidates, not every month's.
-    months = record_months(batch.dataset)
-    period = report_period(months, period, batch.dataset.directory)
-    capacities = {period: parse_capacity(capacity, months.filter(pl.col("month") == period)
-                                         .height)}
-    supervised = not model.fallback
-    familiar = familiar_cells(model)
-    counts = drift_counts(model)  # the batch's model inputs and risk, binned while scoring
-    scores = score_with_progress(
-        batch.records(), model, 0, progress,
-        keep=lambda layered: queue_candidates(layered, capacities, supervised, explore,
-                                               familiar),
-        observe=None if counts is None else counts.add)
-    with progress.phase("reasons for the month's review queue") as phase:
-        table = scores.table.join(months, on=engine.KEY, how="left", maintain_order="left")
-        queue = mark_queue(table.filter(pl.col("month") == period), capacity, explore,
-                           supervised=supervised, familiar=familiar) \
-            .filter(pl.col("queue_reason").is_not_null()).select(*engine.KEY, "queue_reason")
-        review = scores.kept.join(queue, on=engine.KEY, how="inner").sort("rank")
-        if review.height != queue.height:  # queue_candidates must hold every queue row
-            raise RuntimeError(f"report: {queue.height - review.height} queue rows missing "
-                               "from the scored candidates")
-        reasons = review.select(*engine.KEY, "queue_reason",
-                                pl.Series("_full", scores.reasons(review), dtype=pl.String))
-        phase.finish(f"{review.height:,} records")
-    scores = engine.scores_columns(
-        scores.table.join(reasons, on=engine.KEY, how="left", maintain_order="left")
-        .with_columns(reasons=pl.coalesce("_full", "reasons")))
-    model_info = None
-    if not model.fallback:
-        from detector import tracking
+    # A batch of more than one part waits on disk from the moment its rows pass
+    # validation (detector.tables.Spill), and so do its parts' rows for the ranking.
+    with temporary_directory("report") as spill:
+        batch = read_batch(progress, dataset_dir, history_dirs, screening_list,
+                           spill=Spill(spill, DEFAULT_CHUNK_ROWS))
+        with progress.phase("load model") as phase:
+            model = load_model(model_uri, log)
+            phase.finish(model.label)
+        # The period's review queue (detector.queue: by risk, plus a share to explore) gets
+        # full reasons and cards: the engine keeps each part's candidates for it. Only that
+        # month's, so a large batch keeps a month's candidates, not every month's.
+        months = record_months(batch.dataset)
+        period = report_period(months, period, batch.dataset.directory)
+        capacities = {period: parse_capacity(capacity, months.filter(pl.col("month") == period)
+                                             .height)}
+        supervised = not model.fallback
+        familiar = familiar_cells(model)
+        counts = drift_counts(model)  # the batch's model inputs and risk, binned while scoring
+        records = batch.records()
+        scores = score_with_progress(
+            records, model, 0, progress,
+            hold=spill_rows(spill) if len(records.shipment_parts) > 1 else None,
+            keep=lambda layered: queue_candidates(layered, capacities, supervised, explore,
+                                                   familiar),
+            observe=None if counts is None else counts.add)
+        with progress.phase("reasons for the month's review queue") as phase:
+            table = scores.table.join(months, on=engine.KEY, how="left", maintain_order="left")
+            queue = mark_queue(table.filter(pl.col("month") == period), capacity, explore,
+                               supervised=supervised, familiar=familiar) \
+                .filter(pl.col("queue_reason").is_not_null()).select(*engine.KEY, "queue_reason")
+            review = scores.kept.join(queue, on=engine.KEY, how="inner").sort("rank")
+            if review.height != queue.height:  # queue_candidates must hold every queue row
+                raise RuntimeError(f"report: {queue.height - review.height} queue rows missing "
+                                   "from the scored candidates")
+            reasons = review.select(*engine.KEY, "queue_reason",
+                                    pl.Series("_full", scores.reasons(review), dtype=pl.String))
+            phase.finish(f"{review.height:,} records")
+        scores = engine.scores_columns(
+            scores.table.join(reasons, on=engine.KEY, how="left", maintain_order="left")
+            .with_columns(reasons=pl.coalesce("_full", "reasons")))
+        model_info = None
+        if not model.fallback:
+            from detector import tracking
 
-        metrics = model.info.get("metrics") or {}
-        if model.info.get("run_id"):
-            metrics = tracking.run_info(model.info["run_id"])["metrics"] or metrics
-        model_info = {"name": model.info.get("name") or model.label,
-                      "version": model.info.get("version") or "",
-                      "run_id": model.info.get("run_id"), "metrics": metrics,
-                      "trained_on": (model.info.get("provenance") or {}).get("dataset")}
-    with progress.phase("compare the batch with the model's training data") as phase:
-        drift = check_drift(batch, model, counts, log)  # None for the fallback
-        phase.finish("no model" if drift is None else f"{len(drift.alerts)} alert(s)")
-    with progress.phase("build the page"):
-        html = build_report(batch.dataset, scores, model_info=model_info, period=period,
-                            capacity=capacity, history=batch.history,
-                            provenance={**batch.provenance, "model": model.label},
-                            scored_rows=review.select(*engine.KEY, *CARD_FEATURES),
-                            drift=drift)
-    with progress.phase(f"write {out}"):
-        return write_report(html, out)
+            metrics = model.info.get("metrics") or {}
+            if model.info.get("run_id"):
+                metrics = tracking.run_info(model.info["run_id"])["metrics"] or metrics
+            model_info = {"name": model.info.get("name") or model.label,
+                          "version": model.info.get("version") or "",
+                          "run_id": model.info.get("run_id"), "metrics": metrics,
+                          "trained_on": (model.info.get("provenance") or {}).get("dataset")}
+        with progress.phase("compare the batch with the model's training data") as phase:
+            drift = check_drift(batch, model, counts, log)  # None for the fallback
+            phase.finish("no model" if drift is None else f"{len(drift.alerts)} alert(s)")
+        with progress.phase("build the page"):
+            html = build_report(batch.dataset, scores, model_info=model_info, period=period,
+                                capacity=capacity, history=batch.history,
+                                provenance={**batch.provenance, "model": model.label},
+                                scored_rows=review.select(*engine.KEY, *CARD_FEATURES),
+                                drift=drift)
+        with progress.phase(f"write {out}"):
+            return write_report(html, out)
 

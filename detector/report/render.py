@@ -151,9 +151,9 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
     charts_svg["typology"] = (typology_mix("chart-typology", typologies, period)
                               if typologies else None)
 
-    shipments_by_id = {r["shipment_id"]: r for r in dataset.shipments.filter(
+    shipments_by_id = {r["shipment_id"]: r for r in dataset.shipments.lazy().filter(
         pl.col("shipment_id").is_in(review.filter(pl.col("record_kind") == "shipment")
-                                    ["record_id"].implode())).to_dicts()}
+                                    ["record_id"].implode())).collect().to_dicts()}
     trail_keys = [consignee_key(r) for r in shipments_by_id.values()]
     registry = build_registry(dataset, history, trail_keys)
     leases_by_id = {r["lease_id"]: r for r in dataset.leases.filter(
