@@ -86,7 +86,10 @@ def test_mechanisms_name_the_typology_first_then_what_else_the_record_shows(worl
     assert (listed.list.first() == diverted["typology"]).all()
     assert set(listed.explode()) <= set(TYPOLOGIES)
     assert (listed.list.len() == listed.list.unique().list.len()).all()
-    has = lambda scheme: pl.col("mechanisms").str.split(", ").list.contains(scheme)  # noqa: E731
+
+    def has(scheme: str) -> pl.Expr:
+        return pl.col("mechanisms").str.split(", ").list.contains(scheme)
+
     # the simulated world mixes methods, as real schemes do: every typology's records
     # carry another scheme's mechanism somewhere, and most records of some carry none
     assert (diverted["mechanisms"].str.contains(",")).mean() > 0.3
