@@ -172,7 +172,8 @@ def demo(workdir: Path, scale_shipments: int | None) -> dict:
     from detector.training import train
 
     world = workdir / "demo"
-    if not (world / "truth.parquet").exists():
+    if not (world / "truth.parquet").exists() or "mechanisms" not in pl.read_parquet_schema(
+            world / "truth.parquet"):
         simulate(world, seed=0, shipments=20000)
     shutil.rmtree(workdir / "demo-home", ignore_errors=True)
     os.environ["DETECTOR_HOME"] = str(workdir / "demo-home")
@@ -188,7 +189,7 @@ def demo(workdir: Path, scale_shipments: int | None) -> dict:
     top10 = review.head(10).join(truth, on=["record_kind", "record_id"], how="left")
     out = {"period": period, "review": review.height,
            "top10_true": int(top10["label"].fill_null(0).sum()),
-           "top10": top10.select("record_id", "likely_scheme", "typology").rows()}
+           "top10": top10.select("record_id", "likely_scheme", "typology", "mechanisms").rows()}
 
     picks = scored.frame.head(10)["record_id"].to_list() + \
         scored.frame.sample(10, seed=0)["record_id"].to_list()
@@ -313,8 +314,13 @@ def main() -> None:
         d = demo(tmp, args.scale_shipments)
         print(f"\ndemo (20,000 shipments, seed 0): report period {d['period']}, review list "
               f"{d['review']}; top 10 true diversions: {d['top10_true']}/10 (target >= 5)")
-        for record_id, scheme, typology in d["top10"]:
-            print(f"    {record_id}  likely {scheme:<18} truth {typology or 'legitimate'}")
+        right = sum(s == t for _, s, t, _m in d["top10"])
+        right_any = sum(bool(m) and s in m.split(", ") for _, s, _t, m in d["top10"])
+        print(f"  likely_scheme = typology for {right}/10, a scheme played on the record for "
+              f"{right_any}/10")
+        for record_id, scheme, typology, played in d["top10"]:
+            print(f"    {record_id}  likely {scheme:<18} truth {typology or 'legitimate'}"
+                  + (f" (played: {played})" if played and played != typology else ""))
         warm, cpu = d["explain_warm"], d["explain_warm_cpu"]
         print(f"explain, batch and model loaded (neighbourhood index {d['index']:.2f} s once): "
               f"median {statistics.median(warm):.2f} s, max {max(warm):.2f} s per record over "
