@@ -126,6 +126,16 @@ def rank(frame: pl.DataFrame) -> pl.DataFrame:
         .with_columns(pl.col("rank").cast(pl.Int64))
 
 
+def _rank_in_place(frame: pl.DataFrame) -> pl.DataFrame:
+    """`rank` of ``frame``, which it empties: the order is found on the keys alone and
+    the columns are put in it one at a time, so the batch's rows are never held twice."""
+    order = rank(frame.select("risk_score", *KEY).with_row_index("__i"))["__i"]
+    columns = [frame.drop_in_place(name).gather(order) for name in list(frame.columns)]
+    ranked = pl.DataFrame(columns)
+    return ranked.with_columns(
+        pl.int_range(1, ranked.height + 1, dtype=pl.Int64).alias("rank"))
+
+
 def _owned(rows: pl.DataFrame) -> pl.DataFrame:
     """``rows`` (a few rows gathered or filtered from a part) in buffers of their own.
 
@@ -269,7 +279,7 @@ def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: i
         if progress is not None:
             progress(n, len(thunks), rows.height)
         del rows
-    ranked = rank(pl.concat([held() for held in slim]))
+    ranked = _rank_in_place(pl.concat([held() for held in slim]))
     del slim
     head = ranked.head(top).select(*KEY, "rank").join(
         pl.concat(heads, how="vertical_relaxed"), on=KEY, how="left").sort("rank")
@@ -277,7 +287,9 @@ def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: i
     head_reasons = pl.Series(full_reasons(head, scorer, model.fallback,
                                           scheme_model=model.scheme_model), dtype=pl.String)
     labels = _rule_mask_labels(ranked["rule_mask"])
-    table = ranked.join(labels, on="rule_mask", how="left", maintain_order="left")
+    # a look-up, not a join: the other columns are not copied
+    table = ranked.with_columns(reasons=pl.col("rule_mask").replace_strict(
+        labels["rule_mask"], labels["reasons"], default=None, return_dtype=pl.String))
     del ranked
     table = table.with_columns(
         *(pl.col(c).cast(pl.String) for c in REPEATED_TEXT),
