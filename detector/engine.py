@@ -273,8 +273,8 @@ def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: i
         slim.append(hold(rows))
         heads.append(_top_rows(layered, top))
         if keep is not None:
-            rows = keep(layered)
-            kept.append(rows if rows.height == layered.height else _owned(rows))
+            chosen = keep(layered)
+            kept.append(chosen if chosen.height == layered.height else _owned(chosen))
         del layered
         if progress is not None:
             progress(n, len(thunks), rows.height)
