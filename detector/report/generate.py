@@ -39,8 +39,10 @@ def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised
       records by risk) of its month and cell in that list's order; so also within its
       part.
     """
-    ranked = frame.sort(["risk_score", "record_kind", "record_id"],
-                        descending=[True, False, False])
+    # chosen on the columns the queue reads, then gathered: the wide part is not sorted
+    ranked = frame.select("risk_score", "record_kind", "record_id", "record_date",
+                          "destination", "unsupervised_score").with_row_index("__i") \
+        .sort(["risk_score", "record_kind", "record_id"], descending=[True, False, False])
     month = pl.col("record_date").dt.strftime("%Y-%m")
     first = pl.int_range(pl.len()).over(month) < month.replace_strict(capacities, default=0)
     kept = [ranked.filter(first)]
@@ -58,7 +60,8 @@ def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised
                   .sort("__order", descending=True, maintain_order=True).drop("__order")
                   for v in values]
         kept += [o.filter(within) for o in orders]
-    return pl.concat(kept).unique(["record_kind", "record_id"], maintain_order=True)
+    chosen = pl.concat(kept).unique(["record_kind", "record_id"], maintain_order=True)
+    return frame[chosen["__i"]]
 
 
 def generate_report(dataset_dir: str | Path, out: str | Path,
