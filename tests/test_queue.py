@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 from detector.errors import UsageError
-from detector.queue import choose_queue, explore_slots, mark_queue, parse_capacity
+from detector.queue import (adaptive_share, choose_queue, explore_slots, mark_queue,
+                            parse_capacity)
 
 
 def test_without_exploration_the_queue_is_the_top_by_risk():
@@ -68,6 +69,18 @@ def test_the_queue_never_takes_a_record_twice_and_fills_up():
 def test_bad_explore_share_is_a_usage_error(share):
     with pytest.raises(UsageError, match="--explore"):
         choose_queue(np.array([0.5]), None, 1, share, supervised=True)
+
+
+def test_adaptive_share_doubles_after_a_find_and_halves_after_none():
+    bounds = {"base": 0.1, "low": 0.04, "high": 0.2}
+    assert adaptive_share(0.1, 3, 1, **bounds) == pytest.approx(0.2)
+    assert adaptive_share(0.2, 5, 2, **bounds) == pytest.approx(0.2)  # capped
+    assert adaptive_share(0.1, 3, 0, **bounds) == pytest.approx(0.05)
+    assert adaptive_share(0.05, 1, 0, **bounds) == pytest.approx(0.04)  # floored
+    assert adaptive_share(0.04, 1, 1, **bounds) == pytest.approx(0.08)
+    assert adaptive_share(0.04, 0, 0, **bounds) == pytest.approx(0.1)  # nothing explored
+    with pytest.raises(UsageError, match="low <= base <= high"):
+        adaptive_share(0.1, 3, 1, base=0.3, low=0.04, high=0.2)
 
 
 def test_capacity_parsing():
