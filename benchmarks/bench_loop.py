@@ -22,6 +22,11 @@ before the loop starts). Then, for each later month:
    leases'). The model's labelled cells (of the fit slice, as `detector train` stores
    them) go with it to the queue (detector.queue.labelled_cells).
 
+``--adaptive`` sets each month's explore share from the last month's outcome
+(detector.queue.adaptive_share); a ``--config`` with ``[queue] explore_order = "value"``
+(experiments/explore_value.toml) chooses the explore slots as `detector score` does for a
+model trained with it.
+
 Printed: diversions caught per month and in total for each explore share, and the
 late scheme's recall at capacity (caught / present) over the last three months; on
 stderr, what each explore slot took (kind|destination, unusualness, risk, outcome);
