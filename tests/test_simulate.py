@@ -26,11 +26,11 @@ def world(tmp_path_factory):
     truth = pl.read_parquet(out / "truth.parquet")
     ship = dataset.shipments.join(
         truth.filter(pl.col("record_kind") == "shipment")
-        .select(pl.col("record_id").alias("shipment_id"), "label", "typology"),
+        .select(pl.col("record_id").alias("shipment_id"), "label", "typology", "mechanisms"),
         on="shipment_id", how="left", maintain_order="left")
     leases = dataset.leases.join(
         truth.filter(pl.col("record_kind") == "lease")
-        .select(pl.col("record_id").alias("lease_id"), "label", "typology"),
+        .select(pl.col("record_id").alias("lease_id"), "label", "typology", "mechanisms"),
         on="lease_id", how="left", maintain_order="left")
     parties = dataset.parties
     return dict(out=out, summary=summary, dataset=dataset, truth=truth, ship=ship,
@@ -61,7 +61,7 @@ def test_output_validates_and_has_requested_size(world):
 
 def test_truth_covers_every_record_exactly_once(world):
     truth, ds = world["truth"], world["dataset"]
-    assert truth.columns == ["record_kind", "record_id", "label", "typology"]
+    assert truth.columns == ["record_kind", "record_id", "label", "typology", "mechanisms"]
     assert not truth.select("record_kind", "record_id").is_duplicated().any()
     assert sorted(truth.filter(pl.col("record_kind") == "shipment")["record_id"]) == \
         sorted(ds.shipments["shipment_id"])
@@ -72,6 +72,57 @@ def test_truth_covers_every_record_exactly_once(world):
     assert set(diverted["typology"]) == set(TYPOLOGIES)
     assert truth.filter(pl.col("label") == 0)["typology"].null_count() == \
         truth.filter(pl.col("label") == 0).height
+
+
+def test_mechanisms_name_the_typology_first_then_what_else_the_record_shows(world):
+    """truth.mechanisms: the scheme's typology, then every other scheme the simulator
+    played on the record, each checked here against what the written record shows."""
+    ship, leases, parties = world["ship"], world["leases"], world["parties"]
+    truth = world["truth"]
+    assert truth.filter(pl.col("label") == 0)["mechanisms"].null_count() == \
+        truth.filter(pl.col("label") == 0).height
+    diverted = truth.filter(pl.col("label") == 1)
+    listed = diverted["mechanisms"].str.split(", ")
+    assert (listed.list.first() == diverted["typology"]).all()
+    assert set(listed.explode()) <= set(TYPOLOGIES)
+    assert (listed.list.len() == listed.list.unique().list.len()).all()
+
+    def has(scheme: str) -> pl.Expr:
+        return pl.col("mechanisms").str.split(", ").list.contains(scheme)
+
+    # the simulated world mixes methods, as real schemes do: every typology's records
+    # carry another scheme's mechanism somewhere, and most records of some carry none
+    assert (diverted["mechanisms"].str.contains(",")).mean() > 0.3
+    bad = ship.filter(pl.col("label") == 1)
+    onward = (pl.col("exporter_country") != "US") & pl.col("consignee_country").is_in(
+        ["HK", "CN", "MO"])
+    # a re-export from the hub company is the transshipment leg of whatever scheme it serves
+    assert bad.filter(onward).height > 0
+    assert bad.filter(onward)["mechanisms"].str.contains("transshipment").all()
+    assert bad.filter(onward & (pl.col("typology") != "transshipment")).height > 0
+    # lines received by the hub company whose goods it sent on carry it too
+    assert bad.filter(~onward & has("transshipment")
+                      & (pl.col("typology") != "transshipment")).height > 0
+    # misdeclared: described as parts or vaguely, or declared far below its value
+    vague = pl.col("description").str.contains(
+        "(?i)parts|adapter|video card|graphics (cards|module)|components|accessor|controller"
+        "|cooling|PCB")
+    mis = bad.filter(has("misdeclaration") & ~onward)
+    assert mis.height > 0 and mis.filter(vague).height / mis.height > 0.9
+    # shell company: a young, small party (the consignee, or the exporter on an onward leg)
+    shells = bad.filter(has("shell_company") & ~onward & (pl.col("typology") != "shell_company")
+                        ).join(parties, left_on="consignee_party_id", right_on="party_id")
+    assert shells.height > 0
+    age = (shells["export_date"] - shells["incorporation_date"]).dt.total_days().drop_nulls()
+    assert age.max() <= 600 and shells["employees"].drop_nulls().max() < 15
+    # restricted parent: the party's ultimate parent is in CN/HK/MO
+    top = _ultimate_country(parties)
+    owned = bad.filter(has("restricted_parent") & ~onward & pl.col("consignee_party_id")
+                       .is_not_null() & (pl.col("typology") != "restricted_parent"))
+    assert owned.height > 0
+    assert {top[p] for p in owned["consignee_party_id"]} <= {"CN", "HK", "MO"}
+    # a lease is a cloud lease first
+    assert (leases.filter(pl.col("label") == 1)["mechanisms"].str.starts_with("cloud_lease")).all()
 
 
 def test_labels_are_partial_biased_and_decided_later(world):

@@ -294,7 +294,8 @@ class World:
         self._window_floor = 0
         self.div_rows: dict[str, list] = {k: [] for k in (
             "day", "cons", "exp", "prod", "qty", "price_factor", "misdeclared", "payer", "inter",
-            "transit", "license_mode", "shady", "typology", "scheme", "related")}
+            "transit", "license_mode", "shady", "typology", "scheme", "related", "onward",
+            "sent_on")}
         self.div_leases: dict[str, list] = {k: [] for k in (
             "day", "lessee", "provider", "dc_country", "prod", "gpu_count", "term", "access",
             "payer_country", "typology", "scheme")}
@@ -515,19 +516,24 @@ class World:
     def add_row(self, typology: str, scheme: int, day: int, cons: int, exp: int, prod: int,
                 qty: int, *, price_factor: float = 1.0, misdeclared: bool = False,
                 payer: int = -1, inter: int = -1, transit: str | None = None,
-                license_mode: int = 1, shady: float = 0.6, related: bool = False) -> None:
+                license_mode: int = 1, shady: float = 0.6, related: bool = False,
+                onward: bool = False) -> int:
         """One diversion shipment of scheme ``scheme`` (written with the legitimate rows
-        by `shipments_frame`); a day after the simulated period is dropped."""
+        by `shipments_frame`); a day after the simulated period is dropped. ``onward``: the
+        row is a re-export by the hub company ``exp`` of goods it received. Returns the
+        row's index among the diversion rows (-1 when dropped)."""
         if day >= self.cal.n_days:  # after the simulated period: not (yet) in the data
-            return
+            return -1
         r = self.div_rows
         for key, value in (("day", day), ("cons", cons), ("exp", exp),
                            ("prod", prod), ("qty", max(1, int(qty))),
                            ("price_factor", price_factor), ("misdeclared", misdeclared),
                            ("payer", payer), ("inter", inter), ("transit", transit),
                            ("license_mode", license_mode), ("shady", shady),
-                           ("typology", typology), ("scheme", scheme), ("related", related)):
+                           ("typology", typology), ("scheme", scheme), ("related", related),
+                           ("onward", onward), ("sent_on", False)):
             r[key].append(value)
+        return len(r["day"]) - 1
 
     def exporter(self, rng) -> int:
         w = np.array([self.book.cols["weight"][i] for i in self.exporters])
@@ -545,7 +551,7 @@ class World:
             qty = self.quantity(rng, prod)
             misdeclared = rng.random() < misdeclare_p
             factor = rng.uniform(0.08, 0.45) if misdeclared else rng.uniform(0.95, 1.4)
-            self.add_row(typology, scheme, int(day), cons, exp if rng.random() < 0.7 else
+            line = self.add_row(typology, scheme, int(day), cons, exp if rng.random() < 0.7 else
                       self.exporter(rng), prod, qty, price_factor=factor,
                       misdeclared=misdeclared, payer=payer, inter=inter,
                       transit=pick(rng, dict(zip(TRANSIT_SHADY, TRANSIT_SHADY_P)))
@@ -558,12 +564,15 @@ class World:
                     if share.size == 0:
                         continue
                     re_mis = misdeclared or rng.random() < 0.35
-                    self.add_row(typology, scheme, int(day + rng.integers(4, 46)), receiver, cons,
-                              prod, share.size,
+                    leg = self.add_row(typology, scheme, int(day + rng.integers(4, 46)), receiver,
+                              cons, prod, share.size,
                               price_factor=rng.uniform(0.1, 0.5) if re_mis else rng.uniform(0.9, 1.3),
                               misdeclared=re_mis, payer=-1 if rng.random() < 0.6 else payer,
                               transit=None if rng.random() < 0.7 else "HK",
-                              license_mode=2 if rng.random() < 0.5 else 1, shady=shady)
+                              license_mode=2 if rng.random() < 0.5 else 1, shady=shady,
+                              onward=True)
+                    if leg >= 0 and line >= 0:  # the line's goods were sent on, in the data
+                        self.div_rows["sent_on"][line] = True
 
     def quantity(self, rng, prod: int) -> int:
         if self.products.category[prod] == DC_SERVER:
@@ -654,7 +663,8 @@ class World:
                     inter=inter, transit=np.full(n, None, dtype=object),
                     license_mode=np.zeros(n, dtype=np.int64), shady=shady,
                     typology=np.full(n, None, dtype=object), scheme=np.full(n, -1),
-                    related=related)
+                    related=related, onward=np.zeros(n, dtype=bool),
+                    sent_on=np.zeros(n, dtype=bool))
 
     def _choose_products(self, rng, category, day, restricted) -> np.ndarray:
         prods = self.products
@@ -844,11 +854,38 @@ class World:
             "declared_end_use": end_use,
             "__day": r["day"],
             "__typology": _series(r["typology"]),
+            "__mechanisms": self._mechanisms(r["typology"], np.where(r["onward"], exp, cons),
+                                             r["misdeclared"], r["onward"] | r["sent_on"]),
             "__scheme": r["scheme"].astype(np.int64),
             "__suspicion": self._suspicion(r, prod, cons, cons_country, unit, is_shady),
         })
         df = df.with_columns(pl.col("transit_countries").str.split(";"))
         return df
+
+    def _mechanisms(self, typology: np.ndarray, party: np.ndarray, misdeclared: np.ndarray,
+                    reexported: np.ndarray) -> pl.Series:
+        """Every scheme whose mechanism the simulator played on each diversion record, the
+        scheme's own typology first, then in TYPOLOGIES order, joined by ", " (null for
+        legitimate records). ``party`` is the company whose profile the record shows: the
+        consignee (lessee), or on an onward leg the hub company re-exporting the goods.
+        A scheme's typology names its primary method; its records also carry a newly
+        formed shell company (`World.shell`), a look-alike of a listed party, a parent
+        headquartered in a restricted place, a misdeclared filing, or goods re-exported to
+        HK/CN/MO (the onward leg, and the line whose units it sent on), whichever of them
+        the scheme generated on that record. Read from the world's own state: no draw."""
+        book = self.book
+        seg = book.segment[party]
+        restricted_parent = (book.parent[party] >= 0) & np.isin(
+            book.country[book.ultimate[party]], sorted(self.restricted_hq))
+        extra = {"transshipment": reexported, "shell_company": seg == "shell",
+                 "restricted_parent": restricted_parent, "misdeclaration": misdeclared,
+                 "screening_evasion": seg == "evader"}
+        out: list[str | None] = [None] * len(typology)
+        for i in np.flatnonzero(_series(typology).is_not_null().to_numpy()):
+            primary = typology[i]
+            more = [t for t in TYPOLOGIES if t != primary and t in extra and extra[t][i]]
+            out[i] = ", ".join([primary, *more])
+        return _series(out)
 
     def _suspicion(self, r, prod, cons, cons_country, unit, is_shady) -> np.ndarray:
         """How suspicious a record looks to an analyst (drives which benign ones get reviewed)."""
@@ -953,6 +990,8 @@ class World:
             "access_type": null_where(_series(all_access), rng.random(m) < 0.05),
             "__day": all_day,
             "__typology": _series(typology),
+            "__mechanisms": self._mechanisms(typology, all_lessee, np.zeros(m, dtype=bool),
+                                             np.zeros(m, dtype=bool)),
             "__scheme": scheme,
             "__suspicion": (1.5 * (all_access == "bare_metal") + 1.0 * (all_count >= 256)
                             + 1.0 * np.isin(all_dc, sorted(SHADY_DC_COUNTRIES))
@@ -1003,6 +1042,7 @@ class World:
                 "record_id": ids,
                 "label": diverted.astype(np.int64),
                 "typology": typology,
+                "mechanisms": df["__mechanisms"],
             }))
         return pl.concat(labels), pl.concat(truth)
 
