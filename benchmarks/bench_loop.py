@@ -22,6 +22,11 @@ before the loop starts). Then, for each later month:
    leases'). The model's labelled cells (of the fit slice, as `detector train` stores
    them) go with it to the queue (detector.queue.labelled_cells).
 
+``--adaptive`` sets each month's explore share from the last month's outcome
+(detector.queue.adaptive_share); a ``--config`` with ``[queue] explore_order = "value"``
+(experiments/explore_value.toml) chooses the explore slots as `detector score` does for a
+model trained with it.
+
 Printed: diversions caught per month and in total for each explore share, and the
 late scheme's recall at capacity (caught / present) over the last three months; on
 stderr, what each explore slot took (kind|destination, unusualness, risk, outcome);
@@ -120,7 +125,7 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
     from detector.config import load_config
     from detector.decisions import DecisionStore, make_decision, merge_labels
     from detector.models.ensemble import ModelBundle
-    from detector.queue import LABELLED_CELLS, mark_queue
+    from detector.queue import LABELLED_CELLS, adaptive_share, mark_queue
     from detector.reference import load_reference
     from detector.scoring import LoadedModel, score_frame
     from detector.simulation import simulate
@@ -184,6 +189,7 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
             model, cells = first_model
             rows = []
             labels = warm_labels
+            current = share  # this month's explore share (--adaptive: set from the last)
             for m in range(args.warmup_months, args.months):
                 first, last = months[m]
                 frame = frame_until(last, labels)  # decisions so far: the case memory
@@ -196,8 +202,8 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                                                      provenance={LABELLED_CELLS: cells}),
                                          "replay")
                 ranked = score_frame(month, loaded, top=0)
-                queued = mark_queue(ranked, args.capacity, share, supervised=model is not None,
-                                    familiar=cells) \
+                queued = mark_queue(ranked, args.capacity, current, supervised=model is not None,
+                                    familiar=cells, order=config.queue.explore_order) \
                     .filter(pl.col("queue_reason").is_not_null()) \
                     .select("record_kind", "record_id", "risk_score", "queue_reason",
                             "destination", "unsupervised_score") \
@@ -213,6 +219,8 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                 late = pl.col("typology") == args.late_scheme
                 rows.append({
                     "month": first.strftime("%Y-%m"), "records": month.height,
+                    "explore": current,
+                    "explored": queued.filter(pl.col("queue_reason") == "explore").height,
                     "trained_model": model is not None,
                     "diversions": int((present["label"] == 1).sum()),
                     "caught": int((queued["label"] == 1).sum()),
@@ -241,6 +249,11 @@ def replay(args, seed: int) -> dict[float, list[dict]]:
                         f"{r['record_kind']}|{r['destination']} u={r['unsupervised_score']:.2f} "
                         f"r={r['risk_score']:.2f} -> {r['typology'] if r['label'] == 1 else 0}"
                         for r in explored.iter_rows(named=True)), file=sys.stderr)
+                if args.adaptive and share > 0:
+                    current = adaptive_share(
+                        current, rows[-1]["explored"], rows[-1]["caught_by_explore"],
+                        base=share, low=min(share, 1 / args.capacity),
+                        high=min(1.0, max(share, args.adaptive_high * share)))
                 labels, _ = merge_labels(warm_labels, store.labels(),
                                          frame.select("record_kind", "record_id"))
                 if args.case_memory:  # the month's decisions join the case memory
@@ -328,6 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-months", type=int, default=3)
     parser.add_argument("--capacity", type=int, default=25, help="queue size per month")
     parser.add_argument("--explore", type=float, nargs="+", default=[0.0, 0.1, 0.2])
+    parser.add_argument("--adaptive", action="store_true",
+                        help="each month's explore share from the last month's outcome "
+                             "(detector.queue.adaptive_share): doubled when its explore "
+                             "slots found a confirmed diversion, halved when none; from "
+                             "one slot up to --adaptive-high x the --explore share")
+    parser.add_argument("--adaptive-high", type=float, default=2.0,
+                        help="with --adaptive: the largest share, as a multiple of the "
+                             "--explore share (default 2)")
     parser.add_argument("--calibrate", type=float, default=0.25,
                         help="share of the labels, the latest, that early-stops and "
                              "calibrates each retraining (the rest fits)")
@@ -349,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter()
     print(f"replay: {args.shipments} shipments, {args.months} months replayed, capacity "
           f"{args.capacity} per month, {args.late_scheme} from month {args.late_from_month}, "
-          f"warm-up {args.warmup_months} months\n")
+          f"warm-up {args.warmup_months} months"
+          + (f"; adaptive explore share (1 slot to {args.adaptive_high:g} x the share)"
+             if args.adaptive else "") + "\n")
     by_seed = {}
     for seed in args.seeds:
         by_seed[seed] = replay(args, seed)
@@ -362,12 +385,13 @@ def main(argv: list[str] | None = None) -> int:
         late_present = sum(r["late_present"] for res in by_seed.values() for r in res[s][-3:])
         late_caught = sum(r["late_caught"] for res in by_seed.values() for r in res[s][-3:])
         by_explore = sum(r["caught_by_explore"] for res in by_seed.values() for r in res[s])
+        slots = sum(r["explored"] for res in by_seed.values() for r in res[s])
         change = (total[s] - total[shares[0]]) / total[shares[0]] if total[shares[0]] \
             else float("nan")
         recall = late_caught / late_present if late_present else float("nan")
         print(f"  explore {s:<4}: caught {total[s]} of {diversions} diversions "
               f"({total[s] / diversions:.1%}; {change:+.1%} vs explore {shares[0]}; "
-              f"{by_explore} through explore slots); {args.late_scheme} recall@capacity in the "
+              f"{by_explore} through {slots} explore slots); {args.late_scheme} recall@capacity in the "
               f"last 3 months {late_caught}/{late_present} = {recall:.2f}")
     print(f"\nwall {time.perf_counter() - wall:.0f} s")
     return 0

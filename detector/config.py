@@ -89,6 +89,21 @@ class DriftSettings:
     min_records: int = 200
 
 
+EXPLORE_ORDERS = ("lists", "value")
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """How the review queue's explore slots are chosen for this model's scores
+    (detector.queue; README "Inspection budget"). Stored with the model, so `score`,
+    `review` and `report` explore as the model was trained to."""
+
+    # lists: the new-to-the-model and least-sure lists in turn (the default); value: one
+    # list by risk x unusualness / familiarity ** 0.25 (diversions likely found where the
+    # model learned least; with balance_schemes, experiments/explore_value.toml)
+    explore_order: str = "lists"
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     name: str = "baseline"
@@ -99,6 +114,7 @@ class TrainingConfig:
     lightgbm: LightGBMSettings = field(default_factory=LightGBMSettings)
     inputs: InputSettings = field(default_factory=InputSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
     source: str = "built-in defaults"
 
     def as_params(self) -> dict:
@@ -124,7 +140,7 @@ class TrainingConfig:
 
 _SECTIONS = {"split": SplitSettings, "unsupervised": UnsupervisedSettings,
              "lightgbm": LightGBMSettings, "inputs": InputSettings,
-             "drift": DriftSettings}
+             "drift": DriftSettings, "queue": QueueSettings}
 
 
 def _build(cls, values: dict, where: str):
@@ -186,6 +202,9 @@ def load_config(path: str | Path | None) -> TrainingConfig:
     if not 0 <= config.lightgbm.balance_schemes <= 1:
         raise InputError(f"{path} [lightgbm].balance_schemes: expected a number from 0 "
                          f"to 1, got {config.lightgbm.balance_schemes!r}")
+    if config.queue.explore_order not in EXPLORE_ORDERS:
+        raise InputError(f"{path} [queue].explore_order: expected one of "
+                         f"{list(EXPLORE_ORDERS)}, got {config.queue.explore_order!r}")
     bad = [d for d in config.unsupervised.detectors if d not in KNOWN_DETECTORS]
     if bad:
         raise InputError(f"{path} [unsupervised].detectors: unknown {bad}; "
@@ -213,3 +232,9 @@ def drift_settings(model_config: dict) -> DriftSettings:
     values = {f.name: model_config[f"drift.{f.name}"] for f in fields(DriftSettings)
               if f"drift.{f.name}" in model_config}
     return DriftSettings(**{k: type(getattr(DriftSettings(), k))(v) for k, v in values.items()})
+
+
+def explore_order(model_config: dict) -> str:
+    """The queue's explore order a model was trained with (its flat ``queue.explore_order``
+    parameter); the default for a model trained before it existed."""
+    return str(model_config.get("queue.explore_order", QueueSettings().explore_order))

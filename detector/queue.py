@@ -39,6 +39,7 @@ import re
 import numpy as np
 import polars as pl
 
+from detector.config import EXPLORE_ORDERS
 from detector.errors import UsageError
 
 DEFAULT_CAPACITY = "1%"
@@ -47,6 +48,7 @@ DEFAULT_CAPACITY = "1%"
 DEFAULT_EXPLORE = 0.1
 RISK, EXPLORE = "risk", "explore"
 LABELLED_CELLS = "labelled_cells"  # the bundle's provenance key
+VALUE_FAMILIARITY_POWER = 0.25  # `explore_value`
 
 _COUNT_RE = re.compile(r"^\s*(\d+)\s*$")
 _SHARE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*%\s*$")
@@ -81,6 +83,26 @@ def check_explore(share: float) -> float:
 def explore_slots(capacity: int, share: float) -> int:
     """Explore slots in a queue of ``capacity``: the share, rounded half up."""
     return min(capacity, math.floor(capacity * share + 0.5))
+
+
+def adaptive_share(previous: float, explored: int, found: int, *, base: float,
+                   low: float, high: float) -> float:
+    """The next period's explore share from the last one's outcome: doubled (up to
+    ``high``) when its explore slots found at least one confirmed diversion, halved (down
+    to ``low``) when they found none; ``base`` when no slot explored (nothing learned).
+
+    Exploring pays while it finds what the risk ranking misses (a new channel); a slot
+    that finds nothing is a diversion the risk ranking would likely have caught. The
+    outcome needs each decision's queue reason (the replay, benchmarks/bench_loop.py
+    ``--adaptive``, keeps it; the decision store does not yet)."""
+    for share in (previous, base, low, high):
+        check_explore(share)
+    if not low <= base <= high:
+        raise UsageError(f"adaptive explore share: expected low <= base <= high, got "
+                         f"{low}, {base}, {high}")
+    if explored <= 0:
+        return base
+    return min(high, previous * 2.0) if found > 0 else max(low, previous / 2.0)
 
 
 def cell_expr() -> pl.Expr:
@@ -135,6 +157,23 @@ def unsureness(risk: np.ndarray, familiarity: np.ndarray | None) -> np.ndarray:
     return doubt / np.sqrt(np.asarray(familiarity, np.float64))
 
 
+def explore_value(risk: np.ndarray, unusual: np.ndarray,
+                  familiarity: np.ndarray | None) -> np.ndarray:
+    """The ``value`` order's sort value: risk x unusualness / familiarity ** 0.25.
+
+    A slot spent on a record that is cleared is a diversion the risk ranking would likely
+    have caught, so the chance of a find (the risk) counts; unusualness and a cell the
+    trees learned little from say what a find teaches. The fourth root (the lists use the
+    square root) leaves the risk more say: chosen on seeds 22 and 23 of the replay
+    (benchmarks/bench_loop.py; README "Inspection budget"). Missing risk or unusualness
+    counts as 0."""
+    value = (np.nan_to_num(np.asarray(risk, np.float64), nan=0.0)
+             * np.nan_to_num(np.asarray(unusual, np.float64), nan=0.0))
+    if familiarity is None:
+        return value
+    return value / np.asarray(familiarity, np.float64) ** VALUE_FAMILIARITY_POWER
+
+
 def spread(order: np.ndarray, cells: np.ndarray | None) -> np.ndarray:
     """``order`` (row indices) re-ordered round by round: the first row of every cell (in
     ``order``), then the second of every cell, ... (stable: within a round, ``order``)."""
@@ -150,7 +189,7 @@ def spread(order: np.ndarray, cells: np.ndarray | None) -> np.ndarray:
 
 def choose_queue(risk: np.ndarray, unusual: np.ndarray | None, capacity: int, explore: float,
                  *, supervised: bool, cells: np.ndarray | None = None,
-                 familiarity: np.ndarray | None = None) -> np.ndarray:
+                 familiarity: np.ndarray | None = None, order: str = "lists") -> np.ndarray:
     """queue_reason per row for rows given in rank order (highest risk first).
 
     ``risk``: the risk scores; ``unusual``: the unsupervised layer's score (None when
@@ -168,7 +207,7 @@ _OUT, _RISK, _EXPLORE = 0, 1, 2  # `_queue_codes`: one small integer per row
 
 def _queue_codes(risk: np.ndarray, unusual: np.ndarray | None, capacity: int, explore: float,
                  *, supervised: bool, cells: np.ndarray | None = None,
-                 familiarity: np.ndarray | None = None) -> np.ndarray:
+                 familiarity: np.ndarray | None = None, order: str = "lists") -> np.ndarray:
     """`choose_queue` as codes (_OUT, _RISK, _EXPLORE) per row: no Python object per row."""
     n = len(risk)
     reasons = np.zeros(n, dtype=np.int8)
@@ -177,12 +216,19 @@ def _queue_codes(risk: np.ndarray, unusual: np.ndarray | None, capacity: int, ex
     k_risk = capacity - k_explore
     reasons[:k_risk] = _RISK
     rest = np.arange(k_risk, n)
+    if order not in EXPLORE_ORDERS:
+        raise UsageError(f"explore order: expected one of {list(EXPLORE_ORDERS)}, got "
+                         f"{order!r}")
     lists = []
-    if unusual is not None and len(rest):
+    if order == "value" and supervised and unusual is not None and len(rest):
+        lists.append(rest[np.argsort(-explore_value(
+            risk[rest], np.asarray(unusual)[rest],
+            None if familiarity is None else np.asarray(familiarity)[rest]), kind="stable")])
+    elif unusual is not None and len(rest):
         values = novelty_order(np.asarray(unusual)[rest],
                                None if familiarity is None else np.asarray(familiarity)[rest])
         lists.append(rest[np.argsort(-values, kind="stable")])
-    if supervised and len(rest):
+    if supervised and len(rest) and not (order == "value" and lists):
         lists.append(rest[np.argsort(-unsureness(risk[rest], None if familiarity is None
                                                  else np.asarray(familiarity)[rest]),
                                      kind="stable")])
@@ -208,13 +254,15 @@ def _queue_codes(risk: np.ndarray, unusual: np.ndarray | None, capacity: int, ex
 
 
 def mark_queue(ranked: pl.DataFrame, capacity: str | int, explore: float, *,
-               supervised: bool, familiar: dict[str, int] | None = None) -> pl.DataFrame:
+               supervised: bool, familiar: dict[str, int] | None = None,
+               order: str = "lists") -> pl.DataFrame:
     """``ranked`` (sorted by rank) with ``queue_reason`` set for the review queue.
 
     ``capacity``: a count or a share text (``parse_capacity``). Uses the
     ``unsupervised_score`` column when the frame has it, and spreads explore slots over
     cells when it has ``record_kind`` and ``destination``; ``familiar``: the model's
-    labelled records per cell (`labelled_cells`, stored with it).
+    labelled records per cell (`labelled_cells`, stored with it); ``order``: how the
+    explore slots are chosen (`choose_queue`; the model's `explore_order`).
     """
     k = parse_capacity(capacity, ranked.height) if isinstance(capacity, str) else int(capacity)
     unusual = (ranked["unsupervised_score"].to_numpy()
@@ -227,7 +275,8 @@ def mark_queue(ranked: pl.DataFrame, capacity: str | int, explore: float, *,
         if familiar is not None:
             known = familiarity(ranked, familiar, cell)
     codes = pl.Series(_queue_codes(ranked["risk_score"].to_numpy(), unusual, k, explore,
-                                   supervised=supervised, cells=cells, familiarity=known))
+                                   supervised=supervised, cells=cells, familiarity=known,
+                                   order=order))
     reason = pl.when(codes == _RISK).then(pl.lit(RISK)) \
         .when(codes == _EXPLORE).then(pl.lit(EXPLORE)).otherwise(pl.lit(None, pl.String))
     return ranked.with_columns(queue_reason=pl.select(reason).to_series())
@@ -239,6 +288,16 @@ def familiar_cells(model) -> dict[str, int] | None:
     if model.fallback:
         return None
     return (model.bundle.provenance or {}).get(LABELLED_CELLS)
+
+
+def explore_order(model) -> str:
+    """How a loaded model's queue explores (``lists`` or ``value``: its training config's
+    ``[queue] explore_order``); ``lists`` for the fallback or an older model."""
+    if model.fallback:
+        return "lists"
+    from detector.config import explore_order as configured
+
+    return configured(model.bundle.config or {})
 
 
 def queue_summary(frame: pl.DataFrame) -> str:

@@ -31,6 +31,7 @@ from detector.queue import (
     DEFAULT_CAPACITY,
     DEFAULT_EXPLORE,
     check_explore,
+    explore_order,
     familiar_cells,
     mark_queue,
     parse_capacity,
@@ -220,7 +221,7 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         scored = Scored(scores.table, model, batch)
         scored.frame = mark_queue(scored.frame, capacity, explore,
                                   supervised=not model.fallback,
-                                  familiar=familiar_cells(model))
+                                  familiar=familiar_cells(model), order=explore_order(model))
         log(queue_summary(scored.frame))
         provenance = {**batch.provenance, "model": model.label,
                       "capacity": capacity, "explore": explore,

@@ -117,7 +117,8 @@ def test_typology_recall_by_hand():
 
 
 @pytest.mark.parametrize("name", ["baseline", "deeper_trees", "iforest_only",
-                                  "early_stop_logloss", "balance_schemes"])
+                                  "early_stop_logloss", "balance_schemes",
+                                  "explore_value"])
 def test_shipped_experiment_configs_load(name):
     config = load_config(EXPERIMENTS / f"{name}.toml")
     assert config.name == name
@@ -140,6 +141,11 @@ def test_variant_overrides_only_what_it_names():
     assert load_config(None).lightgbm == baseline.lightgbm  # baseline = defaults written out
     balanced = load_config(EXPERIMENTS / "balance_schemes.toml").lightgbm
     assert balanced.balance_schemes == 1 and baseline.lightgbm.balance_schemes == 0
+    value = load_config(EXPERIMENTS / "explore_value.toml")
+    assert value.queue.explore_order == "value" and value.lightgbm.balance_schemes == 1
+    assert baseline.queue.explore_order == "lists" == load_config(None).queue.explore_order
+    # stored with the model as a flat parameter, read back by the queue
+    assert value.as_params()["queue.explore_order"] == "value"
 
 
 @pytest.mark.parametrize("text, fragments", [
@@ -156,6 +162,7 @@ def test_variant_overrides_only_what_it_names():
     ("split = 0.5\n", ["split", "table"]),
     ("seed = 'zero'\n", ["seed", "expected int"]),
     ("[lightgbm]\nbalance_schemes = 2\n", ["[lightgbm].balance_schemes", "0 to 1", "2"]),
+    ("[queue]\nexplore_order = 'random'\n", ["[queue].explore_order", "value", "'random'"]),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, fragments):
     path = tmp_path / "bad.toml"

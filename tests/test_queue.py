@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 from detector.errors import UsageError
-from detector.queue import choose_queue, explore_slots, mark_queue, parse_capacity
+from detector.queue import (adaptive_share, choose_queue, explore_order, explore_slots,
+                            mark_queue, parse_capacity)
 
 
 def test_without_exploration_the_queue_is_the_top_by_risk():
@@ -68,6 +69,18 @@ def test_the_queue_never_takes_a_record_twice_and_fills_up():
 def test_bad_explore_share_is_a_usage_error(share):
     with pytest.raises(UsageError, match="--explore"):
         choose_queue(np.array([0.5]), None, 1, share, supervised=True)
+
+
+def test_adaptive_share_doubles_after_a_find_and_halves_after_none():
+    bounds = {"base": 0.1, "low": 0.04, "high": 0.2}
+    assert adaptive_share(0.1, 3, 1, **bounds) == pytest.approx(0.2)
+    assert adaptive_share(0.2, 5, 2, **bounds) == pytest.approx(0.2)  # capped
+    assert adaptive_share(0.1, 3, 0, **bounds) == pytest.approx(0.05)
+    assert adaptive_share(0.05, 1, 0, **bounds) == pytest.approx(0.04)  # floored
+    assert adaptive_share(0.04, 1, 1, **bounds) == pytest.approx(0.08)
+    assert adaptive_share(0.04, 0, 0, **bounds) == pytest.approx(0.1)  # nothing explored
+    with pytest.raises(UsageError, match="low <= base <= high"):
+        adaptive_share(0.1, 3, 1, base=0.3, low=0.04, high=0.2)
 
 
 def test_capacity_parsing():
@@ -180,9 +193,55 @@ def test_a_trained_model_stores_what_it_learned_from_per_cell(trained):
     assert any(c.startswith("lease|") for c in cells)
 
 
+def test_value_order_weighs_the_chance_of_a_find_against_what_it_teaches():
+    """order="value": one list by risk x unusualness / familiarity ** 0.25, spread over
+    cells; the lists' order (the default) takes the most unusual unfamiliar record."""
+    frame = pl.DataFrame({  # in rank order
+        "record_kind": ["shipment", "shipment", "lease", "lease", "shipment", "lease"],
+        "record_id": ["S1", "S2", "L1", "L2", "S3", "L3"],
+        "risk_score": [0.99, 0.95, 0.60, 0.50, 0.40, 0.05],
+        "unsupervised_score": [0.5, 0.5, 0.8, 0.9, 0.5, 0.99],
+        "destination": ["HK", "HK", "CN", "CN", "HK", "DE"],
+    })
+    # shipments: familiarity (1 + 80) x (1 + 400), fourth root 13.4; leases: 1.
+    # value: L1 0.48, L2 0.45, L3 0.0495, S3 0.0149; spread: L1 (CN), L3 (DE), S3, L2
+    familiar = {"shipment": 80, "shipment|HK": 400}
+
+    def explored(**kw):
+        marked = mark_queue(frame, 4, 0.5, supervised=kw.pop("supervised", True), **kw)
+        assert marked.filter(pl.col("queue_reason") == "risk")["record_id"].to_list() \
+            == ["S1", "S2"]
+        return marked.filter(pl.col("queue_reason") == "explore")["record_id"].to_list()
+
+    assert explored(familiar=familiar, order="value") == ["L1", "L3"]
+    # the lists: the most unusual unfamiliar (L3), then the least sure (L2: p = 0.5)
+    assert explored(familiar=familiar) == ["L2", "L3"]
+    assert mark_queue(frame, 3, 0.34, supervised=True, familiar=familiar,
+                      order="value")["queue_reason"].to_list()[2] == "explore"  # L1
+    assert mark_queue(frame, 3, 0.34, supervised=True, familiar=familiar
+                      )["queue_reason"].to_list()[5] == "explore"  # L3
+    with pytest.raises(UsageError, match="explore order"):
+        explored(familiar=familiar, order="best")
+    # without a trained model there is no probability to weigh: as the lists (the most
+    # unusual of each cell first: DE's L3, CN's L2)
+    assert explored(supervised=False, order="value") == ["L2", "L3"]
+
+
+def test_a_model_says_how_its_queue_explores():
+    from types import SimpleNamespace
+
+    def loaded(config, fallback=False):
+        return SimpleNamespace(fallback=fallback, bundle=SimpleNamespace(config=config))
+
+    assert explore_order(loaded({"queue.explore_order": "value"})) == "value"
+    assert explore_order(loaded({})) == "lists"  # a model trained before the setting
+    assert explore_order(loaded({"queue.explore_order": "value"}, fallback=True)) == "lists"
+
+
+@pytest.mark.parametrize("order", ["lists", "value"])
 @pytest.mark.parametrize("supervised", [True, False])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_report_candidates_hold_every_record_the_queue_takes(seed, supervised):
+def test_report_candidates_hold_every_record_the_queue_takes(seed, supervised, order):
     """`detector report` keeps only the rows a month's queue can take while it scores
     (report.generate.queue_candidates); each month's queue (mark_queue over the whole
     month) must find every record it takes among them. The candidates once used raw cell
@@ -205,14 +264,15 @@ def test_report_candidates_hold_every_record_the_queue_takes(seed, supervised):
                 "lease|AE": 2}
     months = frame["record_date"].dt.strftime("%Y-%m")
     capacities = {m: 40 for m in months.unique().to_list()}
-    kept = queue_candidates(frame, capacities, supervised, 0.25, familiar)
+    kept = queue_candidates(frame, capacities, supervised, 0.25, familiar, order)
     kept_ids = set(kept["record_id"].to_list())
     taken = 0
     for month in capacities:
         ranked = (frame.filter(months == month)
                   .sort(["risk_score", "record_kind", "record_id"],
                         descending=[True, False, False]))
-        marked = mark_queue(ranked, 40, 0.25, supervised=supervised, familiar=familiar)
+        marked = mark_queue(ranked, 40, 0.25, supervised=supervised, familiar=familiar,
+                            order=order)
         ids = set(marked.filter(pl.col("queue_reason").is_not_null())["record_id"].to_list())
         assert len(ids) == 40
         assert ids <= kept_ids, sorted(ids - kept_ids)[:5]

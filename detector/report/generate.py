@@ -12,7 +12,9 @@ from detector.errors import UsageError
 from detector.queue import (
     cell_expr,
     check_explore,
+    explore_order,
     explore_slots,
+    explore_value,
     familiar_cells,
     familiarity,
     mark_queue,
@@ -26,8 +28,8 @@ from detector.report.render import build_report, write_report
 
 
 def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised: bool,
-                      explore: float = 0.0, familiar: dict[str, int] | None = None
-                      ) -> pl.DataFrame:
+                      explore: float = 0.0, familiar: dict[str, int] | None = None,
+                      order: str = "lists") -> pl.DataFrame:
     """The rows of ``frame`` (one part of the scored records) that can be in their month's
     review queue (detector.queue.choose_queue), ties in rank order:
 
@@ -37,7 +39,8 @@ def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised
       each over the square root of its cell's familiarity): the queue spreads these
       lists over cells, so a record it takes is among the first (explore slots x 2 +
       records by risk) of its month and cell in that list's order; so also within its
-      part.
+      part. With ``order`` ``value`` (a supervised model's `explore_order`), the same for
+      the one list by risk x unusualness / familiarity ** 0.25.
     """
     # chosen on the columns the queue reads, then gathered: the wide part is not sorted
     ranked = frame.select("risk_score", "record_kind", "record_id", "record_date",
@@ -56,6 +59,9 @@ def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised
         values = [novelty_order(ranked["unsupervised_score"].to_numpy(), known)]
         if supervised:
             values.append(unsureness(ranked["risk_score"].to_numpy(), known))
+        if supervised and order == "value":
+            values.append(explore_value(ranked["risk_score"].to_numpy(),
+                                        ranked["unsupervised_score"].to_numpy(), known))
         orders = [ranked.with_columns(__order=pl.Series(v))
                   .sort("__order", descending=True, maintain_order=True).drop("__order")
                   for v in values]
@@ -112,18 +118,19 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
                                              .height)}
         supervised = not model.fallback
         familiar = familiar_cells(model)
+        order = explore_order(model)
         counts = drift_counts(model)  # the batch's model inputs and risk, binned while scoring
         records = batch.records()
         scores = score_with_progress(
             records, model, 0, progress,
             hold=spill_rows(spill) if len(records.shipment_parts) > 1 else None,
             keep=lambda layered: queue_candidates(layered, capacities, supervised, explore,
-                                                   familiar),
+                                                   familiar, order),
             observe=None if counts is None else counts.add)
         with progress.phase("reasons for the month's review queue") as phase:
             table = scores.table.join(months, on=engine.KEY, how="left", maintain_order="left")
             queue = mark_queue(table.filter(pl.col("month") == period), capacity, explore,
-                               supervised=supervised, familiar=familiar) \
+                               supervised=supervised, familiar=familiar, order=order) \
                 .filter(pl.col("queue_reason").is_not_null()).select(*engine.KEY, "queue_reason")
             review = scores.kept.join(queue, on=engine.KEY, how="inner").sort("rank")
             if review.height != queue.height:  # queue_candidates must hold every queue row

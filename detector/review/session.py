@@ -31,7 +31,7 @@ from detector.decisions import (
     make_decision,
 )
 from detector.errors import InputError, UsageError
-from detector.queue import EXPLORE, RISK, familiar_cells, mark_queue
+from detector.queue import EXPLORE, RISK, explore_order, familiar_cells, mark_queue
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -488,7 +488,7 @@ def open_review(dataset_dir: str | Path, *, scores_path: str | Path | None = Non
         model = load_model(model_uri, log)
         if scores["queue_reason"].is_null().all():
             scores = mark_queue(scores, capacity, explore, supervised=not model.fallback,
-                                familiar=familiar_cells(model))
+                                familiar=familiar_cells(model), order=explore_order(model))
         log(f"{scores.height} scores from {scores_path}")
     else:
         model = load_model(model_uri, log)
@@ -497,7 +497,7 @@ def open_review(dataset_dir: str | Path, *, scores_path: str | Path | None = Non
         scored = score_batch(batch, model, top=1000)
         scored.frame = mark_queue(scored.frame, capacity, explore,
                                   supervised=not model.fallback,
-                                  familiar=familiar_cells(model))
+                                  familiar=familiar_cells(model), order=explore_order(model))
         scores = scores_columns(scored.frame)
     return ReviewSession(batch, scores, model, store=store or DecisionStore(), analyst=analyst,
                          scored=scored, dataset_dir=Path(dataset_dir), log=log)
