@@ -174,12 +174,22 @@ def build_registry(dataset: Dataset, history: Sequence[Dataset],
     exporters = shipments.select("exporter_name", "exporter_country").unique().with_columns(
         name_key(normalise_name_expr("exporter_name"),
                  pl.col("exporter_country").str.to_uppercase()).alias("exporter_key"))
-    shipments = shipments.join(exporters, on=["exporter_name", "exporter_country"],
-                               how="left", nulls_equal=True)
     kept = None
     if trail_keys is not None:
         kept = frozenset(k for k in trail_keys if k is not None)
-        shipments = shipments.filter(pl.col("exporter_key").is_in(list(kept)))
+        # The exporters under the kept keys first (two columns), then only their shipments
+        # are read whole: a filter after the join would not reach a spilled batch's scan.
+        exporters = exporters.filter(pl.col("exporter_key").is_in(list(kept))).collect(
+            engine="streaming")
+        names = exporters["exporter_name"]
+        shipments = shipments.filter(
+            pl.col("exporter_name").is_in(names.drop_nulls().implode())
+            | (pl.col("exporter_name").is_null() & pl.lit(names.null_count() > 0))
+        ).join(exporters.lazy(), on=["exporter_name", "exporter_country"], how="inner",
+               nulls_equal=True)
+    else:
+        shipments = shipments.join(exporters, on=["exporter_name", "exporter_country"],
+                                   how="left", nulls_equal=True)
     shipments = shipments.sort(["export_date", "shipment_id"]).collect()
     return Registry(parties, by_address, shipments, provider_names, trail_keys=kept)
 

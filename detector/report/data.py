@@ -183,15 +183,39 @@ def report_period(months: pl.DataFrame, period: str | None, directory) -> str:
     return period
 
 
-def report_records(dataset: Dataset) -> pl.DataFrame:
-    # lazy: a large batch's shipments may wait on disk (detector.tables.Spill)
-    return pl.concat([_shipment_records(dataset.shipments.lazy()),
-                      _lease_records(dataset.leases.lazy())],
+def _dated_in(frame: pl.DataFrame | pl.LazyFrame, date_column: str,
+              months: Sequence[str] | None) -> pl.LazyFrame:
+    """``frame``'s rows dated in ``months`` (all of them for None), filtered on the table's
+    own column, so a spilled batch's scan reads only those rows."""
+    frame = frame.lazy()
+    if months is None:
+        return frame
+    return frame.filter(pl.col(date_column).dt.strftime("%Y-%m").is_in(list(months)))
+
+
+def _with_ids(frame: pl.LazyFrame, id_column: str, ids: pl.Series | None) -> pl.LazyFrame:
+    return frame if ids is None else frame.filter(pl.col(id_column).is_in(ids.implode()))
+
+
+def report_records(dataset: Dataset, months: Sequence[str] | None = None,
+                   keys: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The records in the report's common shape, with their ``month``: those dated in
+    ``months`` and among ``keys`` (record_kind, record_id) where given, selected before
+    the columns are built (a large batch's shipments may wait on disk as a scan,
+    detector.tables.Spill)."""
+    def ids(kind: str) -> pl.Series | None:
+        return None if keys is None else keys.filter(pl.col("record_kind") == kind)["record_id"]
+
+    shipments = _with_ids(_dated_in(dataset.shipments, "export_date", months), "shipment_id",
+                          ids("shipment"))
+    leases = _with_ids(_dated_in(dataset.leases, "start_date", months), "lease_id", ids("lease"))
+    return pl.concat([_shipment_records(shipments), _lease_records(leases)],
                      how="vertical_relaxed").with_columns(
         pl.col("record_date").dt.strftime("%Y-%m").alias("month")).collect()
 
 
-def scored_records(dataset: Dataset, scores: pl.DataFrame) -> pl.DataFrame:
+def checked_scores(scores: pl.DataFrame) -> pl.DataFrame:
+    """A scores table in the columns and types the report reads; one row per record."""
     from detector.contract import SCORES
 
     required = [c.name for c in SCORES.columns if c.required]
@@ -209,15 +233,47 @@ def scored_records(dataset: Dataset, scores: pl.DataFrame) -> pl.DataFrame:
     if duplicated.height:
         raise InputError(f"scores: {duplicated.height} rows repeat a (record_kind, record_id); "
                          f"e.g. {duplicated['record_id'].head(5).to_list()}")
-    records = report_records(dataset).join(scores, on=["record_kind", "record_id"], how="left")
-    unscored = records.filter(pl.col("risk_score").is_null())
-    if unscored.height:
-        examples = [f"{kind} {rid}" for kind, rid in
-                    unscored.select("record_kind", "record_id").head(5).iter_rows()]
+    return scores
+
+
+def _record_keys(dataset: Dataset) -> pl.LazyFrame:
+    def keyed(frame, kind: str, id_column: str, date_column: str) -> pl.LazyFrame:
+        return frame.lazy().select(pl.lit(kind).alias("record_kind"),
+                                   pl.col(id_column).alias("record_id"),
+                                   pl.col(date_column).dt.strftime("%Y-%m").alias("month"))
+
+    return pl.concat([keyed(dataset.shipments, "shipment", "shipment_id", "export_date"),
+                      keyed(dataset.leases, "lease", "lease_id", "start_date")],
+                     how="vertical_relaxed")
+
+
+def scored_overview(dataset: Dataset, scores: pl.DataFrame) -> tuple[list[str], list]:
+    """The months the records are dated in and the models that scored them (each sorted),
+    after checking that every record has a score (``scores``: `checked_scores`); from
+    the records' keys only, never the whole of a large batch's columns."""
+    joined = _record_keys(dataset).join(
+        scores.lazy().select("record_kind", "record_id", "risk_score", "model"),
+        on=["record_kind", "record_id"], how="left", maintain_order="left")
+    unscored = joined.filter(pl.col("risk_score").is_null())
+    count = unscored.select(pl.len()).collect(engine="streaming").item()
+    if count:
+        examples = [f"{kind} {rid}" for kind, rid in unscored.select(
+            "record_kind", "record_id").head(5).collect().iter_rows()]
         raise InputError(
             f"scores: expected a risk_score for every shipment and lease of "
-            f"{dataset.directory}; {unscored.height} have none, e.g. {examples}")
-    # Highest risk first; ties by record_kind then record_id, as in the scores table.
+            f"{dataset.directory}; {count} have none, e.g. {examples}")
+    months = joined.select(pl.col("month").unique()).collect(engine="streaming")["month"]
+    models = joined.select(pl.col("model").unique()).collect(engine="streaming")["model"]
+    return months.sort().to_list(), models.sort().to_list()
+
+
+def scored_records(dataset: Dataset, scores: pl.DataFrame, months: Sequence[str] | None = None,
+                   keys: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The records (`report_records`: those dated in ``months``, among ``keys``, where
+    given) with their scores (``scores``: `checked_scores`), highest risk first; ties by
+    record_kind then record_id, as in the scores table."""
+    records = report_records(dataset, months, keys).join(
+        scores, on=["record_kind", "record_id"], how="left")
     return records.sort(["risk_score", "record_kind", "record_id"],
                         descending=[True, False, False])
 

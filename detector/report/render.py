@@ -31,6 +31,7 @@ from detector.report.charts import (
 from detector.report.data import (
     COUNT_METRICS,
     FALLBACK_MODEL,
+    checked_scores,
     figures,
     headline,
     hub_countries,
@@ -43,6 +44,7 @@ from detector.report.data import (
     report_period,
     report_records,
     review_csv,
+    scored_overview,
     scored_records,
     typology_counts,
     what_changed,
@@ -91,10 +93,16 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
     the batch's `detector.drift.DriftReport` (None without a trained model: the page
     then has no "what changed" section)."""
     history = list(history)
-    scored = scored_records(dataset, scores)
-    period = report_period(scored, period, dataset.directory)
-    months_present = scored["month"].unique().sort().to_list()
-    in_period = scored.filter(pl.col("month") == period)
+    # Only the report month and the one before are needed row by row, and the records at
+    # or above the threshold for the chart over time: a large batch's other records are
+    # read for their keys and months only.
+    scores = checked_scores(scores)
+    months_present, score_models = scored_overview(dataset, scores)
+    period = report_period(pl.DataFrame({"month": months_present}, schema={"month": pl.String}),
+                           period, dataset.directory)
+    previous_period = previous_month(period)
+    window = scored_records(dataset, scores, [period, previous_period])
+    in_period = window.filter(pl.col("month") == period)
 
     k = parse_capacity(capacity, in_period.height)
     if "queue_reason" in in_period.columns and in_period["queue_reason"].is_not_null().any():
@@ -105,10 +113,9 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
     else:
         review = in_period.head(k)
         threshold = float(review["risk_score"][-1])
-    previous_period = previous_month(period)
     current = figures(in_period, threshold)
 
-    previous_scored = scored.filter(pl.col("month") == previous_period)
+    previous_scored = window.filter(pl.col("month") == previous_period)
     previous_note = None
     if previous_scored.height:
         previous = figures(previous_scored, threshold)
@@ -129,12 +136,14 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
     ]
 
     months = month_range(months_present[0], max(months_present[-1], period))
+    flagged = scored_records(dataset, scores, keys=scores.filter(
+        pl.col("risk_score") >= threshold).select("record_kind", "record_id"))
     charts_svg = {
         "over_time": risk_over_time(
             "chart-time", months,
-            [("by destination", over_time(scored, threshold, "destination", months)),
+            [("by destination", over_time(flagged, threshold, "destination", months)),
              ("by hub (first hub on the route; data-centre country for leases)",
-              over_time(scored, threshold, "hub", months))],
+              over_time(flagged, threshold, "hub", months))],
             period, "records at or above threshold"),
         "distribution": score_distribution(
             "chart-dist", in_period["risk_score"].to_list(), threshold, k),
@@ -185,7 +194,6 @@ def build_report(dataset: Dataset, scores: pl.DataFrame, *, model_info: dict | N
             card["classification"] = f"lease, {r.get('access_type') or 'access unknown'}"
         cards.append(card)
 
-    score_models = scored["model"].unique().sort().to_list()
     fallback = model_info is None or FALLBACK_MODEL in score_models
     metrics = [(metric_label(k), int(v) if k in COUNT_METRICS and v is not None else v)
                for k, v in sorted(((model_info or {}).get("metrics") or {}).items(),
