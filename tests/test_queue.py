@@ -10,8 +10,14 @@ import polars as pl
 import pytest
 
 from detector.errors import UsageError
-from detector.queue import (adaptive_share, choose_queue, explore_order, explore_slots,
-                            mark_queue, parse_capacity)
+from detector.queue import (
+    adaptive_share,
+    choose_queue,
+    explore_order,
+    explore_slots,
+    mark_queue,
+    parse_capacity,
+)
 
 
 def test_without_exploration_the_queue_is_the_top_by_risk():
