@@ -158,14 +158,7 @@ def _lease_records(leases: pl.DataFrame) -> pl.DataFrame:
 def record_months(dataset: Dataset) -> pl.DataFrame:
     """Each record's key (record_kind, record_id) and ``month`` (``YYYY-MM``), as
     `report_records` gives them, without its other columns (a large batch's routes)."""
-    def keyed(frame: pl.DataFrame, kind: str, id_column: str, date_column: str) -> pl.LazyFrame:
-        return frame.lazy().select(pl.lit(kind).alias("record_kind"),
-                                   pl.col(id_column).alias("record_id"),
-                                   pl.col(date_column).dt.strftime("%Y-%m").alias("month"))
-
-    return pl.concat([keyed(dataset.shipments, "shipment", "shipment_id", "export_date"),
-                      keyed(dataset.leases, "lease", "lease_id", "start_date")],
-                     how="vertical_relaxed").collect()
+    return _record_keys(dataset).collect()
 
 
 def report_period(months: pl.DataFrame, period: str | None, directory) -> str:
@@ -237,6 +230,7 @@ def checked_scores(scores: pl.DataFrame) -> pl.DataFrame:
 
 
 def _record_keys(dataset: Dataset) -> pl.LazyFrame:
+    """`record_months`, lazy: read from a spilled batch's scan only when collected."""
     def keyed(frame, kind: str, id_column: str, date_column: str) -> pl.LazyFrame:
         return frame.lazy().select(pl.lit(kind).alias("record_kind"),
                                    pl.col(id_column).alias("record_id"),
