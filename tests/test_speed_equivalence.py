@@ -170,6 +170,39 @@ def test_ensemble_with_lignum_trees_pickles_and_refits():
     assert ensemble._isolation_trees() is not first
 
 
+def test_feature_matrix_equals_casting_every_column():
+    """`feature_matrix` hands number and null-free boolean columns to numpy as they are;
+    the matrix equals casting each column to Float64 with nulls as NaN, bit for bit
+    (integers beyond 2**53, unsigned, float32, NaN beside nulls, booleans with and
+    without nulls, a sliced frame)."""
+    import polars as pl
+
+    from detector.models.base import feature_matrix
+
+    frame = pl.DataFrame({
+        "i64": pl.Series([1, None, 2 ** 53 + 1, -(2 ** 62) - 3, 7], dtype=pl.Int64),
+        "i32": pl.Series([1, 2, None, -4, 5], dtype=pl.Int32),
+        "u64": pl.Series([2 ** 64 - 1, 0, 3, None, 9], dtype=pl.UInt64),
+        "f32": pl.Series([0.1, None, float("nan"), -1e30, 3.5], dtype=pl.Float32),
+        "f64": pl.Series([0.1, None, float("nan"), float("inf"), -0.0]),
+        "b": [True, False, True, False, True],
+        "b_null": [True, None, False, None, True],
+    })
+    columns = list(frame.columns)
+
+    def cast_each(df):
+        return np.column_stack([df[c].cast(pl.Float64).fill_null(np.nan).to_numpy()
+                                for c in columns])
+
+    for df in (frame, frame.slice(1, 3)):
+        got, expected = feature_matrix(df, columns), cast_each(df)
+        assert got.flags.f_contiguous
+        assert np.array_equal(got.view(np.int64), expected.view(np.int64))
+    # the comparison can fail: a different column order gives a different matrix
+    assert not np.array_equal(feature_matrix(frame, columns[::-1]), cast_each(frame),
+                              equal_nan=True)
+
+
 def test_detectors_score_the_same_side_by_side():
     """The unsupervised layer's detectors run on threads for large parts; each
     detector's percentiles equal those of running them one after another."""
