@@ -7,6 +7,8 @@ compares against the one-pass path on the same world with parts far smaller than
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import polars as pl
 import pytest
@@ -111,7 +113,7 @@ def test_cross_record_frame_held_on_disk_gives_the_same_features(world, tmp_path
     batch = load_batch(world)
     ship = batch.shipments
     cuts = [0, 1700, 2000, 5555, 8000, ship.height]
-    parts = [ship.slice(a, b - a) for a, b in zip(cuts, cuts[1:])][::-1]
+    parts = [ship.slice(a, b - a) for a, b in itertools.pairwise(cuts)][::-1]
     args = (parts, batch.leases, batch.parties, batch.screening_list, load_reference())
     in_memory = FeatureBuilder(*args)
     on_disk = FeatureBuilder(*args, hold=spill_context(tmp_path))
