@@ -42,6 +42,35 @@ def test_hbos_scores_equal_pyod_bit_for_bit():
     assert np.array_equal(hbos_scores(det, train), det.decision_scores_)
 
 
+def test_hbos_scores_of_flag_and_constant_columns_equal_pyod(monkeypatch):
+    """Columns of one or two distinct values are scored per value (`_hbos_feature`):
+    flags, a constant inside and outside the histogram, -0.0 beside 0.0, two values of
+    which one lies beyond the edges, and a flag column with a NaN (the general path)
+    score as pyod scores them, bit for bit."""
+    rng = np.random.default_rng(13)
+    train = _data(rng, 4_000, 7)
+    train[:, 2] = rng.integers(0, 2, 4_000)  # a flag
+    train[:, 3] = 1.0  # constant in training
+    det = HBOS(n_bins=20).fit(train)
+    test = _data(rng, 9_000, 7)
+    test[:, 2] = rng.integers(0, 2, 9_000)
+    test[:, 3] = 1.0
+    test[:, 4] = 0.0
+    test[::3, 4] = -0.0
+    test[:, 5] = np.where(rng.random(9_000) < 0.5, det.bin_edges_[0, 5],
+                          det.bin_edges_[-1, 5] + 1e6)
+    test[:, 6] = -1e9  # far below the histogram
+    expected = det.decision_function(test)
+    assert np.array_equal(hbos_scores(det, test), expected)
+    # pyod refuses NaN; a NaN takes the general path, as every column did before
+    from detector.models import unsupervised
+
+    test[7, 2] = np.nan
+    got = hbos_scores(det, test)
+    monkeypatch.setattr(unsupervised, "_hbos_feature", unsupervised._hbos_values)
+    assert np.array_equal(got, hbos_scores(det, test), equal_nan=True)
+
+
 def test_hbos_scores_can_fail():
     """A different detector gives different scores (the comparison above can fail)."""
     rng = np.random.default_rng(4)

@@ -81,7 +81,28 @@ def hbos_scores(detector, x: np.ndarray) -> np.ndarray:
 
 def _hbos_feature(column: np.ndarray, edges: np.ndarray, scores: np.ndarray, n_bins: int,
                   tol: float) -> np.ndarray:
-    """One feature's HBOS score per value (see `hbos_scores`)."""
+    """One feature's HBOS score per value (see `hbos_scores`).
+
+    A value's score depends on that value alone, so a column that holds one or two
+    distinct values (flags, and inputs constant in a block: about half of the model's)
+    is scored per value and the scores put at their rows, instead of a binary search per
+    row. Any NaN makes the minimum NaN, and such a column takes the general path."""
+    low, high = column.min(), column.max()
+    if low == high:
+        return np.full(len(column), _hbos_values(np.array([low]), edges, scores, n_bins,
+                                                 tol)[0])
+    if low < high:
+        is_high = column == high
+        if np.count_nonzero(is_high) + np.count_nonzero(column == low) == len(column):
+            score_low, score_high = _hbos_values(np.array([low, high]), edges, scores,
+                                                 n_bins, tol)
+            return np.where(is_high, score_high, score_low)
+    return _hbos_values(column, edges, scores, n_bins, tol)
+
+
+def _hbos_values(column: np.ndarray, edges: np.ndarray, scores: np.ndarray, n_bins: int,
+                 tol: float) -> np.ndarray:
+    """The HBOS score of each value of ``column`` (see `hbos_scores`)."""
     bins = np.digitize(column, edges, right=True)
     lowest = scores.min()
     out = scores[np.clip(bins - 1, 0, n_bins - 1)]
