@@ -161,6 +161,20 @@ def record_months(dataset: Dataset) -> pl.DataFrame:
     return _record_keys(dataset).collect()
 
 
+def report_months(dataset: Dataset) -> pl.DataFrame:
+    """The months (``month``: ``YYYY-MM``) the records are dated in, once each; read from
+    the records' dates alone, streaming (a large batch's records are not held)."""
+    return _record_keys(dataset).select(pl.col("month").unique()) \
+        .collect(engine="streaming")
+
+
+def period_keys(dataset: Dataset, period: str) -> pl.DataFrame:
+    """The keys (record_kind, record_id) of the records dated in ``period`` (``YYYY-MM``),
+    in the order `record_months` gives them."""
+    return _record_keys(dataset).filter(pl.col("month") == period) \
+        .select("record_kind", "record_id").collect()
+
+
 def report_period(months: pl.DataFrame, period: str | None, directory) -> str:
     """The report's month (``YYYY-MM``): ``period``, checked against the months the
     records (``months``: a ``month`` column) are dated in, or the latest of them."""
