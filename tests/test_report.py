@@ -478,8 +478,8 @@ def test_only_the_report_months_candidates_are_kept_while_scoring(tmp_path, monk
     from pipeline_fixtures import detector_env
 
     import detector.report.generate as generate
-    from detector.report.data import record_months
     from detector.errors import InputError
+    from detector.report.data import record_months
     from detector.tables import read_dataset
 
     dataset = write_dataset(tmp_path / "ds", valid_tables())

@@ -23,7 +23,7 @@ from detector.queue import (
     unsureness,
 )
 from detector.report.cards import CARD_FEATURES, KEY
-from detector.report.data import parse_period, period_keys, report_months, report_period
+from detector.report.data import among, parse_period, period_keys, report_months, report_period
 from detector.report.render import build_report, write_report
 
 
@@ -68,15 +68,6 @@ def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised
         kept += [o.filter(within) for o in orders]
     chosen = pl.concat(kept).unique(["record_kind", "record_id"], maintain_order=True)
     return frame[chosen["__i"]]
-
-
-def among(keys: pl.DataFrame) -> pl.Expr:
-    """True for the rows whose (record_kind, record_id) is one of ``keys``'."""
-    kinds = keys.partition_by("record_kind", as_dict=True, include_key=False)
-    return pl.any_horizontal(
-        pl.lit(False),
-        *((pl.col("record_kind") == kind) & pl.col("record_id").is_in(ids["record_id"].implode())
-          for (kind,), ids in kinds.items()))
 
 
 def with_queue(table: pl.DataFrame, review: pl.DataFrame, full: pl.Series) -> pl.DataFrame:
