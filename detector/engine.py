@@ -329,6 +329,9 @@ class Records:
     scored_lease_ids: pl.Series | None = None
     # decisions the case memory may count besides the model's own (--history labels)
     labels: pl.DataFrame | None = None
+    # where the cross-record frame waits while the parts are built (FeatureBuilder's
+    # ``hold``); None: in memory
+    hold_context: Callable[[pl.DataFrame], Callable[[], pl.LazyFrame]] | None = None
 
 
 def feature_parts(records: Records, stats) -> list[Part]:
@@ -338,7 +341,7 @@ def feature_parts(records: Records, stats) -> list[Part]:
 
     builder = FeatureBuilder(records.shipment_parts, records.leases, records.parties,
                              records.screening_list, records.reference, stats,
-                             records.labels)
+                             records.labels, hold=records.hold_context)
     scored = len(records.shipment_parts) if records.scored_parts is None \
         else records.scored_parts
 

@@ -17,6 +17,8 @@ reference data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import polars as pl
 
 from detector.contract import LEASES, PARTIES, SCREENING_LIST, SHIPMENTS
@@ -331,11 +333,13 @@ def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
     with the Int64 columns stored as Int32 where every value fits (`_narrow_counts`,
     piece by piece, so the wide Int64 frame is never held whole), and their names.
 
-    ``inputs``: `_window_inputs` of every shipment (dataset and history). Keyed by the
-    shipment's row number in column `record_id`; the result does not depend on how the
-    records were cut into parts, since it is computed over all of them together. Its
-    rows are in record_date order (`FeatureBuilder` joins it on ``__row``; it passes
-    ``inputs`` already in that order).
+    ``inputs``: `_window_inputs` of every shipment (dataset and history), keyed by the
+    shipment's row number in column `record_id` (0 to n - 1: every row once). The
+    result does not depend on how the records were cut into parts, since it is
+    computed over all of them together. Its rows are in row-number order (column
+    ``__row``), so a part's rows are a slice of it (`FeatureBuilder.shipment_lazy`).
+    The pieces run in record_date order (``inputs`` arrives in it from
+    `FeatureBuilder`) and each piece's columns are put in row order as it is added.
     """
     # one sort by date serves every window: each piece's rows are then these rows, in
     # this order, and are put side by side (no sort or join back per window)
@@ -351,30 +355,41 @@ def _cross_record(inputs: pl.DataFrame, events: pl.DataFrame | None = None,
         pl.col("destination_country").cast(pl.String), "chip_units")
     # categorical keys: the same equality as the text, cheaper to group, sort and join
     memory_events = case_memory.empty_events() if events is None else events
-    # collected one at a time: one plan over every shipment held all three at its peak
-    out, narrowed = None, []
-    for piece in (
-            lambda: behaviour.consignee_history(base),
-            lambda: behaviour.splitting(base),
-            lambda: behaviour.reexport(
-                base.drop("consignee_key").rename({"__consignee_name_key": "consignee_key"}),
-                reexports.with_columns(pl.col("exporter_key").cast(pl.Categorical))),
-            lambda: learned.own_history(lf.select("record_id", "record_date", "__luv_kg",
-                                                  "exporter_key", "consignee_key")),
-            lambda: learned.novelty(lf),
-            lambda: case_memory.case_memory(lf, memory_events, prior, sorted_by_date=True)):
+    # collected one at a time: one plan over every shipment held all three at its peak;
+    # the case memory one entity at a time (its counts of every key at once were the
+    # pass's peak)
+    pieces = [
+        lambda: behaviour.consignee_history(base),
+        lambda: behaviour.splitting(base),
+        lambda: behaviour.reexport(
+            base.drop("consignee_key").rename({"__consignee_name_key": "consignee_key"}),
+            reexports.with_columns(pl.col("exporter_key").cast(pl.Categorical))),
+        lambda: learned.own_history(lf.select("record_id", "record_date", "__luv_kg",
+                                              "exporter_key", "consignee_key")),
+        lambda: learned.novelty(lf),
+        *[lambda entity=entity: case_memory.case_memory(
+            lf, memory_events, prior, sorted_by_date=True, entities=(entity,))
+          for entity in case_memory.ENTITIES]]
+    dated, order, out, narrowed = None, None, None, []
+    for piece in pieces:
         frame = piece().collect(engine="in-memory")
-        if out is None:
-            out = frame.select("record_id")
-        elif not frame["record_id"].equals(out["record_id"]):  # each piece keeps the rows
+        if dated is None:
+            dated = frame["record_id"]
+            order = dated.arg_sort()  # date order -> row-number order
+            rows = dated.gather(order)
+            if rows.len() and (rows[0] != 0 or rows[-1] != rows.len() - 1
+                               or not rows.diff().drop_nulls().eq(1).all()):
+                raise AssertionError("cross-record inputs: expected row numbers 0 to n - 1")
+            out = rows.rename("__row").to_frame()
+        elif not frame["record_id"].equals(dated):  # each piece keeps the rows
             raise AssertionError("a cross-record piece changed the row order")
         values, fits = _narrow_counts(frame.drop("record_id"))
         del frame
-        out = out.hstack(values.get_columns())
+        out = out.hstack([column.gather(order) for column in values.get_columns()])
         narrowed += fits
         del values
-    rows, fits = _narrow_counts(out.select(pl.col("record_id").alias("__row")))
-    return out.drop("record_id").insert_column(0, rows.to_series()), [*fits, *narrowed]
+    rows, fits = _narrow_counts(out.select("__row"))
+    return out.replace_column(0, rows.to_series()), [*fits, *narrowed]
 
 
 def _narrow_counts(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
@@ -457,10 +472,15 @@ class FeatureBuilder:
     def __init__(self, shipment_parts: list, leases, parties,
                  screening_list: pl.DataFrame | None, reference,
                  stats: FeatureStats | None = None, labels: pl.DataFrame | None = None,
-                 built_parts: int | None = None):
+                 built_parts: int | None = None,
+                 hold: Callable[[pl.DataFrame], Callable[[], pl.LazyFrame]] | None = None):
         """``built_parts``: when only the first this many shipment parts (and the
         leases) will have their features built, the other parts are context for the
-        cross-record features only, and their names are not screened (`_Context`)."""
+        cross-record features only, and their names are not screened (`_Context`).
+        ``hold(cross)`` keeps the cross-record frame while the parts are built and
+        returns a function that gives it back, lazily (each part reads its slice); by
+        default it stays in memory (`detector score` puts a large batch's on disk: 10M
+        shipments, ~1.9 GiB)."""
         self.parts = shipment_parts or [pl.DataFrame(schema=SHIPMENTS.schema)]
         self.leases = _frame(leases, LEASES)
         party = _frame(parties, PARTIES)
@@ -531,8 +551,10 @@ class FeatureBuilder:
         inputs = inputs.drop("shipment_id").sort("record_date", "record_id")
         # held while every part is scored (10M shipments: 2.6 GiB), so its counts are kept
         # as Int32 where every value fits and read back as Int64 (`shipment_lazy`)
-        self.cross, self._cross_int64 = _cross_record(inputs, self.events, self.prior)
+        cross, self._cross_int64 = _cross_record(inputs, self.events, self.prior)
         del inputs
+        self._cross = (hold or (lambda frame: frame.lazy))(cross)
+        del cross
         self.lease_memory = case_memory.case_memory(
             lease_keys.lazy().drop("record_id").rename({"__lrow": "record_id"}),
             self.events, self.prior).rename({"record_id": "__lrow"}) \
@@ -561,8 +583,8 @@ class FeatureBuilder:
             part = self._part(i)
             records = _shipment_records(self.ctx, part, self.first_rows[i])
             height = part.height
-        cross = self.cross.lazy().filter(pl.col("__row").is_between(
-            self.first_rows[i], self.first_rows[i] + height - 1)) \
+        # rows in row-number order, every row once (`_cross_record`): the part's slice
+        cross = self._cross().slice(self.first_rows[i], height) \
             .with_columns(pl.col(self._cross_int64).cast(pl.Int64))
         return _select(records.join(cross, on="__row", how="left"), list(carry),
                        self.input_names)

@@ -7,6 +7,8 @@ compares against the one-pass path on the same world with parts far smaller than
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import polars as pl
 import pytest
@@ -97,6 +99,27 @@ def test_features_built_in_parts_equal_build_features(world):
     assert shipments["later_reexported_to_d5_hk_mo"].sum() > 0
     assert (shipments["consignee_prior_shipments"] > 0).sum() > 100
     assert (shipments["linked_small_shipments_14d"] > 1).sum() > 0
+
+
+def test_cross_record_frame_held_on_disk_gives_the_same_features(world, tmp_path):
+    """`detector score` keeps a batch's cross-record frame on disk while its parts are
+    built (`scoring.spill_context`); each part reads its slice back: the same features
+    as the frame held in memory, for parts cut unevenly and out of file order."""
+    from detector.batch import load_batch
+    from detector.reference import load_reference
+    from detector.scoring import spill_context
+    from features.build import FeatureBuilder
+
+    batch = load_batch(world)
+    ship = batch.shipments
+    cuts = [0, 1700, 2000, 5555, 8000, ship.height]
+    parts = [ship.slice(a, b - a) for a, b in itertools.pairwise(cuts)][::-1]
+    args = (parts, batch.leases, batch.parties, batch.screening_list, load_reference())
+    in_memory = FeatureBuilder(*args)
+    on_disk = FeatureBuilder(*args, hold=spill_context(tmp_path))
+    assert (tmp_path / "cross-record.parquet").is_file()
+    for i in range(len(parts)):
+        assert_frame_equal(in_memory.shipment_features(i), on_disk.shipment_features(i))
 
 
 def test_windows_look_backward_and_linkage_forward_across_parts(world):
