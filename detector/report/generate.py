@@ -103,6 +103,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
         drift_counts,
         load_model,
         score_with_progress,
+        spill_context,
         spill_rows,
     )
     from detector.settings import DEFAULT_CHUNK_ROWS
@@ -136,9 +137,12 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
         order = explore_order(model)
         counts = drift_counts(model)  # the batch's model inputs and risk, binned while scoring
         records = batch.records()
+        several = len(records.shipment_parts) > 1
+        if several:  # the cross-record frame waits on disk, as in `detector score`
+            records.hold_context = spill_context(spill)
         scores = score_with_progress(
             records, model, 0, progress,
-            hold=spill_rows(spill) if len(records.shipment_parts) > 1 else None,
+            hold=spill_rows(spill) if several else None,
             keep=lambda layered: queue_candidates(layered, capacities, supervised, explore,
                                                    familiar, order),
             observe=None if counts is None else counts.add)
