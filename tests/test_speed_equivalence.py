@@ -102,6 +102,107 @@ def test_iforest_scores_equal_on_a_row_major_float32_copy():
     assert not np.array_equal(_decision_function(other, test), det.decision_function(test))
 
 
+def test_iforest_through_lignum_equals_pyod_bit_for_bit():
+    """`iforest_scores` with the forest written as LightGBM trees (`isolation_trees`,
+    scored by lignum) gives pyod's scores bit for bit: on ordinary rows, on values at
+    every split threshold and one float32 step either side of it (where a float32 copy
+    decides differently from the float64 value), on extreme values; a matrix with NaN or
+    an infinity is refused as pyod refuses it."""
+    import pytest
+    from pyod.models.iforest import IForest
+
+    from detector.models.unsupervised import iforest_scores, isolation_trees
+
+    rng = np.random.default_rng(11)
+    train = _data(rng, 3_000, 8)
+    det = IForest(n_estimators=30, max_samples=256, random_state=0, n_jobs=1).fit(train)
+    trees = isolation_trees(det)
+    assert trees is not None
+    test = np.asfortranarray(_data(rng, 20_000, 8))
+    # split values: the double threshold, and the float32 values around it
+    splits = [(f, t) for e in det.detector_.estimators_
+              for f, t in zip(e.tree_.feature, e.tree_.threshold) if f >= 0]
+    for k, (f, t) in enumerate(splits[:3_000]):
+        near = np.float32(t)
+        row = 3 * k
+        test[row, f] = t
+        test[row + 1, f] = np.nextafter(near, np.float32(np.inf))
+        test[row + 2, f] = np.nextafter(near, np.float32(-np.inf))
+    test[-20:] *= 1e6
+    expected = det.decision_function(np.ascontiguousarray(test, dtype=np.float32))
+    got = iforest_scores(det, trees, test)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert np.array_equal(got, expected)
+    assert np.array_equal(iforest_scores(det, trees, train), det.decision_scores_)
+    other = IForest(n_estimators=30, max_samples=256, random_state=1, n_jobs=1).fit(train)
+    assert not np.array_equal(iforest_scores(other, isolation_trees(other), test), expected)
+    for bad in (np.nan, np.inf):
+        broken = test.copy()
+        broken[5, 2] = bad
+        with pytest.raises(ValueError, match="NaN|infinity"):
+            det.decision_function(broken)
+        with pytest.raises(ValueError, match="NaN|infinity"):
+            iforest_scores(det, trees, broken)
+
+
+def test_ensemble_with_lignum_trees_pickles_and_refits():
+    """The ensemble's lignum trees are made once per fitted set of detectors, left out of
+    a pickle (remade after it) and remade after a new fit."""
+    import pickle
+
+    import polars as pl
+
+    from detector.models import unsupervised
+
+    rng = np.random.default_rng(12)
+    columns = [f"f{i}" for i in range(5)]
+    train = pl.DataFrame(_data(rng, 2_000, 5), schema=columns)
+    test = pl.DataFrame(_data(rng, 3_000, 5), schema=columns)
+    ensemble = unsupervised.UnsupervisedEnsemble(columns).fit(train)
+    scores = ensemble.raw_scores(test)
+    assert ensemble._isolation_trees()["iforest"] is not None
+    copy = pickle.loads(pickle.dumps(ensemble))
+    assert "_trees_cache" not in copy.__dict__
+    for name, values in copy.raw_scores(test).items():
+        assert np.array_equal(values, scores[name])
+    first = ensemble._isolation_trees()
+    ensemble.fit(pl.DataFrame(_data(rng, 2_000, 5), schema=columns))
+    assert ensemble._isolation_trees() is not first
+
+
+def test_feature_matrix_equals_casting_every_column():
+    """`feature_matrix` hands number and null-free boolean columns to numpy as they are;
+    the matrix equals casting each column to Float64 with nulls as NaN, bit for bit
+    (integers beyond 2**53, unsigned, float32, NaN beside nulls, booleans with and
+    without nulls, a sliced frame)."""
+    import polars as pl
+
+    from detector.models.base import feature_matrix
+
+    frame = pl.DataFrame({
+        "i64": pl.Series([1, None, 2 ** 53 + 1, -(2 ** 62) - 3, 7], dtype=pl.Int64),
+        "i32": pl.Series([1, 2, None, -4, 5], dtype=pl.Int32),
+        "u64": pl.Series([2 ** 64 - 1, 0, 3, None, 9], dtype=pl.UInt64),
+        "f32": pl.Series([0.1, None, float("nan"), -1e30, 3.5], dtype=pl.Float32),
+        "f64": pl.Series([0.1, None, float("nan"), float("inf"), -0.0]),
+        "b": [True, False, True, False, True],
+        "b_null": [True, None, False, None, True],
+    })
+    columns = list(frame.columns)
+
+    def cast_each(df):
+        return np.column_stack([df[c].cast(pl.Float64).fill_null(np.nan).to_numpy()
+                                for c in columns])
+
+    for df in (frame, frame.slice(1, 3)):
+        got, expected = feature_matrix(df, columns), cast_each(df)
+        assert got.flags.f_contiguous
+        assert np.array_equal(got.view(np.int64), expected.view(np.int64))
+    # the comparison can fail: a different column order gives a different matrix
+    assert not np.array_equal(feature_matrix(frame, columns[::-1]), cast_each(frame),
+                              equal_nan=True)
+
+
 def test_detectors_score_the_same_side_by_side():
     """The unsupervised layer's detectors run on threads for large parts; each
     detector's percentiles equal those of running them one after another."""

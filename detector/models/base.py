@@ -43,9 +43,17 @@ def feature_matrix(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
     if missing:
         raise ValueError(f"feature frame lacks {len(missing)} model input(s): {missing[:8]}")
     # column by column into one column-major matrix (the layout DataFrame.to_numpy gives):
-    # casting every column first and then converting held the matrix twice; a column
-    # without nulls converts without a copy
+    # casting every column first and then converting held the matrix twice. A number
+    # column (nulls as NaN) or a boolean one without nulls is handed over as it is and
+    # converted as it is copied in, the same conversion as polars' cast to Float64
+    # without its two intermediate copies; the rest (booleans with nulls) is cast
     out = np.empty((frame.height, len(columns)), dtype=np.float64, order="F")
     for j, name in enumerate(columns):
-        out[:, j] = frame[name].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        series = frame[name]
+        dtype = series.dtype
+        if (dtype.is_numeric() and not dtype.is_decimal()) \
+                or (dtype == pl.Boolean and series.null_count() == 0):
+            out[:, j] = series.to_numpy()
+        else:
+            out[:, j] = series.cast(pl.Float64).fill_null(np.nan).to_numpy()
     return out

@@ -58,6 +58,12 @@ class TreePredictor:
             self.model_.predict(inputs.slice(start, PREDICT_BLOCK_ROWS), raw_score=raw_score)
             for start in range(0, max(inputs.height, 1), PREDICT_BLOCK_ROWS)])
 
+    def predict_matrix(self, x: np.ndarray, *, raw_score: bool = False) -> np.ndarray:
+        """``Booster.predict(x)`` for a row-major float64 matrix, on the calling thread
+        (callers that score blocks side by side bring their own threads)."""
+        return self.model_.predict(np.ascontiguousarray(x, dtype=np.float64),
+                                   raw_score=raw_score, n_jobs=1)
+
 
 class CachedTrees:
     """For a model holding a fitted ``booster_``: its `TreePredictor`, made once per
