@@ -382,20 +382,25 @@ def drift_report(profile: dict | None, counts: InputCounts | None,
                                           psi(profile["risk"]["shares"], counts.risk),
                                           settings.risk_psi, _top_decile(profile["risk"],
                                                                          counts.risk)))
+    # each figure's values made when it is taken and let go after (10M shipments: each
+    # is a text per record)
     unseen = [
-        ("destinations", _destinations(shipments, leases), set(profile["destinations"]), False,
-         settings.unseen_destination),
-        ("hs_codes", _hs6(shipments), set(profile["hs_codes"]), False, settings.unseen_hs_code),
-        ("chipless_wordings", _chipless_wordings(shipments, chip_model),
+        ("destinations", lambda: _destinations(shipments, leases),
+         set(profile["destinations"]), False, settings.unseen_destination),
+        ("hs_codes", lambda: _hs6(shipments), set(profile["hs_codes"]), False,
+         settings.unseen_hs_code),
+        ("chipless_wordings", lambda: _chipless_wordings(shipments, chip_model),
          set(profile["chipless_wordings"]), True, settings.unseen_description),
-        ("parties", _parties(shipments, leases), set(profile["parties"]), True,
+        ("parties", lambda: _parties(shipments, leases), set(profile["parties"]), True,
          settings.unseen_party),
     ]
-    for name, values, known, hashed, threshold in unseen:
+    for name, make, known, hashed, threshold in unseen:
+        values = make()
         share, detail = _unseen(values, known, hashed)
         if name == "chipless_wordings" and len(values):
             share = share * len(values) / max(shipments.height, 1)  # of all shipments
         report.figures.append(DriftFigure("unseen", name, share, threshold, detail))
+        del values
     if small:
         for f in report.figures:  # too few records: figures shown, never alerts
             f.threshold = float("inf")

@@ -287,16 +287,16 @@ def score_parts(parts: Sequence[Part | pl.DataFrame], model: LoadedModel, top: i
     head_reasons = pl.Series(full_reasons(head, scorer, model.fallback,
                                           scheme_model=model.scheme_model), dtype=pl.String)
     labels = _rule_mask_labels(ranked["rule_mask"])
-    # a look-up, not a join: the other columns are not copied
-    table = ranked.with_columns(reasons=pl.col("rule_mask").replace_strict(
-        labels["rule_mask"], labels["reasons"], default=None, return_dtype=pl.String))
-    del ranked
-    table = table.with_columns(
+    # the rule labels by a look-up, not a join (the other columns are not copied), and the
+    # top N's full reasons over them, in one column
+    table = ranked.with_columns(
         *(pl.col(c).cast(pl.String) for c in REPEATED_TEXT),
         reasons=pl.when(pl.col("rank") <= top).then(
-            pl.lit(head_reasons.extend_constant(None, table.height - head.height)))
-        .otherwise(pl.col("reasons")),
+            pl.lit(head_reasons.extend_constant(None, ranked.height - head.height)))
+        .otherwise(pl.col("rule_mask").replace_strict(
+            labels["rule_mask"], labels["reasons"], default=None, return_dtype=pl.String)),
         model=pl.lit(model.label)).select(TABLE_COLUMNS)
+    del ranked
     if kept:
         rows = pl.concat(kept, how="vertical_relaxed")
         kept_frame = table.select(*KEY, "rank", "reasons", "model").join(

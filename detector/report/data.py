@@ -161,6 +161,20 @@ def record_months(dataset: Dataset) -> pl.DataFrame:
     return _record_keys(dataset).collect()
 
 
+def report_months(dataset: Dataset) -> pl.DataFrame:
+    """The months (``month``: ``YYYY-MM``) the records are dated in, once each; read from
+    the records' dates alone, streaming (a large batch's records are not held)."""
+    return _record_keys(dataset).select(pl.col("month").unique()) \
+        .collect(engine="streaming")
+
+
+def period_keys(dataset: Dataset, period: str) -> pl.DataFrame:
+    """The keys (record_kind, record_id) of the records dated in ``period`` (``YYYY-MM``),
+    in the order `record_months` gives them."""
+    return _record_keys(dataset).filter(pl.col("month") == period) \
+        .select("record_kind", "record_id").collect()
+
+
 def report_period(months: pl.DataFrame, period: str | None, directory) -> str:
     """The report's month (``YYYY-MM``): ``period``, checked against the months the
     records (``months``: a ``month`` column) are dated in, or the latest of them."""
@@ -207,6 +221,28 @@ def report_records(dataset: Dataset, months: Sequence[str] | None = None,
         pl.col("record_date").dt.strftime("%Y-%m").alias("month")).collect()
 
 
+def among(keys: pl.DataFrame) -> pl.Expr:
+    """True for the rows whose (record_kind, record_id) is one of ``keys``' (a filter: a
+    large table is not joined, so not copied)."""
+    kinds = keys.partition_by("record_kind", as_dict=True, include_key=False)
+    return pl.any_horizontal(
+        pl.lit(False),
+        *((pl.col("record_kind") == kind) & pl.col("record_id").is_in(ids["record_id"].implode())
+          for (kind,), ids in kinds.items()))
+
+
+def _key_hash() -> pl.Expr:
+    """A record's (record_kind, record_id) as one 64-bit hash: equal keys, equal hashes."""
+    return pl.struct("record_kind", "record_id").hash()
+
+
+def _repeated(hashes: pl.Series) -> pl.Series:
+    """The values that occur more than once in ``hashes`` (found by sorting 8-byte values,
+    not by hashing a large table's texts)."""
+    ordered = hashes.sort()
+    return ordered.filter(ordered == ordered.shift(1)).unique()
+
+
 def checked_scores(scores: pl.DataFrame) -> pl.DataFrame:
     """A scores table in the columns and types the report reads; one row per record."""
     from detector.contract import SCORES
@@ -222,7 +258,12 @@ def checked_scores(scores: pl.DataFrame) -> pl.DataFrame:
         pl.col("model").cast(pl.String),
         *[(pl.col(c) if c in scores.columns else pl.lit(None)).cast(SCORES.schema[c]).alias(c)
           for c in ("likely_scheme", "scheme_confidence", "queue_reason")])
-    duplicated = scores.filter(pl.len().over("record_kind", "record_id") > 1)
+    # Rows with a repeated key have a repeated hash: only those are grouped by their key.
+    hashes = scores.select(_key_hash()).to_series()
+    repeated = _repeated(hashes)
+    candidates = scores.filter(hashes.is_in(repeated.implode())) if repeated.len() else \
+        scores.clear()
+    duplicated = candidates.filter(pl.len().over("record_kind", "record_id") > 1)
     if duplicated.height:
         raise InputError(f"scores: {duplicated.height} rows repeat a (record_kind, record_id); "
                          f"e.g. {duplicated['record_id'].head(5).to_list()}")
@@ -244,7 +285,39 @@ def _record_keys(dataset: Dataset) -> pl.LazyFrame:
 def scored_overview(dataset: Dataset, scores: pl.DataFrame) -> tuple[list[str], list]:
     """The months the records are dated in and the models that scored them (each sorted),
     after checking that every record has a score (``scores``: `checked_scores`); from
-    the records' keys only, never the whole of a large batch's columns."""
+    the records' keys only, never the whole of a large batch's columns.
+
+    Each record's key is looked up among the scores' by its hash (sorted 8-byte values),
+    then compared: a large scores table is neither joined nor hashed by its texts. Scores
+    of several models (or keys whose hashes collide) are joined to the records instead."""
+    import numpy as np
+
+    models = scores["model"].unique()
+    hashes = scores.select(_key_hash()).to_series()
+    order = hashes.arg_sort()
+    ordered = hashes.gather(order)
+    if models.len() != 1 or not scores.height or _repeated(ordered).len():
+        return _joined_overview(dataset, scores)
+    ordered, order = ordered.to_numpy(), order.to_numpy()
+    keys = scores.select("record_kind", "record_id")
+    records = unscored = 0
+    for batch in _record_keys(dataset).select("record_kind", "record_id") \
+            .collect_batches(chunk_size=1_000_000):
+        wanted = batch.select(_key_hash()).to_series().to_numpy()
+        at = np.minimum(np.searchsorted(ordered, wanted), len(ordered) - 1)
+        found = keys[order[at]]
+        scored = (pl.Series(ordered[at] == wanted) & (batch["record_kind"] == found["record_kind"])
+                  & (batch["record_id"] == found["record_id"]))
+        records += batch.height
+        unscored += batch.height - int(scored.sum())
+    if unscored:
+        return _joined_overview(dataset, scores)  # raises, naming the records
+    months = report_months(dataset)["month"]
+    return months.sort().to_list(), models.to_list() if records else []
+
+
+def _joined_overview(dataset: Dataset, scores: pl.DataFrame) -> tuple[list[str], list]:
+    """`scored_overview` by a streaming join of the records' keys to the scores."""
     joined = _record_keys(dataset).join(
         scores.lazy().select("record_kind", "record_id", "risk_score", "model"),
         on=["record_kind", "record_id"], how="left", maintain_order="left")
@@ -266,8 +339,10 @@ def scored_records(dataset: Dataset, scores: pl.DataFrame, months: Sequence[str]
     """The records (`report_records`: those dated in ``months``, among ``keys``, where
     given) with their scores (``scores``: `checked_scores`), highest risk first; ties by
     record_kind then record_id, as in the scores table."""
-    records = report_records(dataset, months, keys).join(
-        scores, on=["record_kind", "record_id"], how="left")
+    records = report_records(dataset, months, keys)
+    # the scores of these records only, found by a filter: the whole table is not joined
+    records = records.join(scores.filter(among(records.select("record_kind", "record_id"))),
+                           on=["record_kind", "record_id"], how="left")
     return records.sort(["risk_score", "record_kind", "record_id"],
                         descending=[True, False, False])
 

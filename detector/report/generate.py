@@ -22,8 +22,8 @@ from detector.queue import (
     parse_capacity,
     unsureness,
 )
-from detector.report.cards import CARD_FEATURES
-from detector.report.data import parse_period, record_months, report_period
+from detector.report.cards import CARD_FEATURES, KEY
+from detector.report.data import among, parse_period, period_keys, report_months, report_period
 from detector.report.render import build_report, write_report
 
 
@@ -70,6 +70,21 @@ def queue_candidates(frame: pl.DataFrame, capacities: dict[str, int], supervised
     return frame[chosen["__i"]]
 
 
+def with_queue(table: pl.DataFrame, review: pl.DataFrame, full: pl.Series) -> pl.DataFrame:
+    """``table`` (every record, by rank: row i has rank i + 1) with ``queue_reason`` and
+    the full reasons ``full`` set on the rows of ``review`` (by rank); the other rows'
+    reasons as they are, their queue_reason null. Two columns are made, the others are
+    ``table``'s own (a join would copy every column of every record)."""
+    at = review["rank"] - 1
+    if not table.select(KEY).gather(at).equals(review.select(KEY)):
+        raise RuntimeError("report: the scores table is not in rank order")
+    reasons = table["reasons"]
+    full = pl.select(pl.coalesce(full, reasons.gather(at))).to_series()
+    queue = pl.repeat(None, table.height, dtype=pl.String, eager=True).alias("queue_reason")
+    return table.with_columns(reasons.clone().scatter(at, full),
+                              queue.scatter(at, review["queue_reason"].cast(pl.String)))
+
+
 def generate_report(dataset_dir: str | Path, out: str | Path,
                     history_dirs: Sequence[str | Path] = (), *, model_uri: str | None = None,
                     period: str | None = None, capacity: str = "1%",
@@ -88,6 +103,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
         drift_counts,
         load_model,
         score_with_progress,
+        spill_context,
         spill_rows,
     )
     from detector.settings import DEFAULT_CHUNK_ROWS
@@ -112,36 +128,36 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
         # The period's review queue (detector.queue: by risk, plus a share to explore) gets
         # full reasons and cards: the engine keeps each part's candidates for it. Only that
         # month's, so a large batch keeps a month's candidates, not every month's.
-        months = record_months(batch.dataset)
-        period = report_period(months, period, batch.dataset.directory)
-        capacities = {period: parse_capacity(capacity, months.filter(pl.col("month") == period)
-                                             .height)}
+        # Only the months present and the period's keys are held: not every record's month.
+        period = report_period(report_months(batch.dataset), period, batch.dataset.directory)
+        in_period = period_keys(batch.dataset, period)
+        capacities = {period: parse_capacity(capacity, in_period.height)}
         supervised = not model.fallback
         familiar = familiar_cells(model)
         order = explore_order(model)
         counts = drift_counts(model)  # the batch's model inputs and risk, binned while scoring
         records = batch.records()
+        several = len(records.shipment_parts) > 1
+        if several:  # the cross-record frame waits on disk, as in `detector score`
+            records.hold_context = spill_context(spill)
         scores = score_with_progress(
             records, model, 0, progress,
-            hold=spill_rows(spill) if len(records.shipment_parts) > 1 else None,
+            hold=spill_rows(spill) if several else None,
             keep=lambda layered: queue_candidates(layered, capacities, supervised, explore,
                                                    familiar, order),
             observe=None if counts is None else counts.add)
         with progress.phase("reasons for the month's review queue") as phase:
-            table = scores.table.join(months, on=engine.KEY, how="left", maintain_order="left")
-            queue = mark_queue(table.filter(pl.col("month") == period), capacity, explore,
+            # the period's rows of the table, in rank order (a filter: the table not copied)
+            queue = mark_queue(scores.table.filter(among(in_period)), capacity, explore,
                                supervised=supervised, familiar=familiar, order=order) \
                 .filter(pl.col("queue_reason").is_not_null()).select(*engine.KEY, "queue_reason")
             review = scores.kept.join(queue, on=engine.KEY, how="inner").sort("rank")
             if review.height != queue.height:  # queue_candidates must hold every queue row
                 raise RuntimeError(f"report: {queue.height - review.height} queue rows missing "
                                    "from the scored candidates")
-            reasons = review.select(*engine.KEY, "queue_reason",
-                                    pl.Series("_full", scores.reasons(review), dtype=pl.String))
+            full = pl.Series("_full", scores.reasons(review), dtype=pl.String)
             phase.finish(f"{review.height:,} records")
-        scores = engine.scores_columns(
-            scores.table.join(reasons, on=engine.KEY, how="left", maintain_order="left")
-            .with_columns(reasons=pl.coalesce("_full", "reasons")))
+        scores = engine.scores_columns(with_queue(scores.table, review, full))
         model_info = None
         if not model.fallback:
             from detector import tracking
