@@ -208,9 +208,7 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         counts = drift_counts(model) if engine != "dask" else None
         observe = None if counts is None else counts.add
         records = batch.records(chunk_rows, spill)
-        hold = spill_rows(spill) if len(records.shipment_parts) > 1 else None
-        if len(records.shipment_parts) > 1:
-            records.hold_context = spill_context(spill)
+        hold = hold_on_disk(records, spill)
         if engine == "dask":
             from detector.distributed import dask_client, dask_mapper
 
@@ -256,6 +254,18 @@ def spill_rows(directory: Path) -> Callable[[pl.DataFrame], Callable[[], pl.Data
         return lambda: pl.read_parquet(path)
 
     return hold
+
+
+def hold_on_disk(records, spill: Path) \
+        -> Callable[[pl.DataFrame], Callable[[], pl.DataFrame]] | None:
+    """For a batch of several parts, what waits in ``spill`` while the parts are scored:
+    the cross-record frame (sets ``records.hold_context``, `spill_context`) and each
+    part's ranking rows (the hold returned, `spill_rows`, for `score_parts`). One part:
+    both stay in memory (None)."""
+    if len(records.shipment_parts) <= 1:
+        return None
+    records.hold_context = spill_context(spill)
+    return spill_rows(spill)
 
 
 def spill_context(directory: Path) -> Callable[[pl.DataFrame], Callable[[], pl.LazyFrame]]:

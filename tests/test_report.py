@@ -479,11 +479,11 @@ def test_only_the_report_months_candidates_are_kept_while_scoring(tmp_path, monk
 
     import detector.report.generate as generate
     from detector.errors import InputError
-    from detector.report.data import record_months
+    from detector.report.data import report_months
     from detector.tables import read_dataset
 
     dataset = write_dataset(tmp_path / "ds", valid_tables())
-    months_in_data = record_months(read_dataset(dataset))["month"].unique().to_list()
+    months_in_data = report_months(read_dataset(dataset))["month"].to_list()
     assert len(months_in_data) > 1  # else the test proves nothing
     kept_months: set[str] = set()
     original = generate.queue_candidates

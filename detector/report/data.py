@@ -155,12 +155,6 @@ def _lease_records(leases: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def record_months(dataset: Dataset) -> pl.DataFrame:
-    """Each record's key (record_kind, record_id) and ``month`` (``YYYY-MM``), as
-    `report_records` gives them, without its other columns (a large batch's routes)."""
-    return _record_keys(dataset).collect()
-
-
 def report_months(dataset: Dataset) -> pl.DataFrame:
     """The months (``month``: ``YYYY-MM``) the records are dated in, once each; read from
     the records' dates alone, streaming (a large batch's records are not held)."""
@@ -170,7 +164,7 @@ def report_months(dataset: Dataset) -> pl.DataFrame:
 
 def period_keys(dataset: Dataset, period: str) -> pl.DataFrame:
     """The keys (record_kind, record_id) of the records dated in ``period`` (``YYYY-MM``),
-    in the order `record_months` gives them."""
+    in the order `_record_keys` gives them."""
     return _record_keys(dataset).filter(pl.col("month") == period) \
         .select("record_kind", "record_id").collect()
 
@@ -271,7 +265,9 @@ def checked_scores(scores: pl.DataFrame) -> pl.DataFrame:
 
 
 def _record_keys(dataset: Dataset) -> pl.LazyFrame:
-    """`record_months`, lazy: read from a spilled batch's scan only when collected."""
+    """Each record's key (record_kind, record_id) and ``month`` (``YYYY-MM``), as
+    `report_records` gives them, without its other columns (a large batch's routes);
+    lazy: read from a spilled batch's scan only when collected."""
     def keyed(frame, kind: str, id_column: str, date_column: str) -> pl.LazyFrame:
         return frame.lazy().select(pl.lit(kind).alias("record_kind"),
                                    pl.col(id_column).alias("record_id"),
@@ -301,8 +297,9 @@ def scored_overview(dataset: Dataset, scores: pl.DataFrame) -> tuple[list[str], 
     ordered, order = ordered.to_numpy(), order.to_numpy()
     keys = scores.select("record_kind", "record_id")
     records = unscored = 0
-    for batch in _record_keys(dataset).select("record_kind", "record_id") \
-            .collect_batches(chunk_size=1_000_000):
+    months = []  # each batch's months, once each: the keys are read in this one pass
+    for batch in _record_keys(dataset).collect_batches(chunk_size=1_000_000):
+        months.append(batch["month"].unique())
         wanted = batch.select(_key_hash()).to_series().to_numpy()
         at = np.minimum(np.searchsorted(ordered, wanted), len(ordered) - 1)
         found = keys[order[at]]
@@ -312,7 +309,7 @@ def scored_overview(dataset: Dataset, scores: pl.DataFrame) -> tuple[list[str], 
         unscored += batch.height - int(scored.sum())
     if unscored:
         return _joined_overview(dataset, scores)  # raises, naming the records
-    months = report_months(dataset)["month"]
+    months = pl.concat(months).unique() if months else pl.Series("month", [], pl.String)
     return months.sort().to_list(), models.to_list() if records else []
 
 

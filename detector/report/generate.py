@@ -101,10 +101,9 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     from detector.scoring import (
         check_drift,
         drift_counts,
+        hold_on_disk,
         load_model,
         score_with_progress,
-        spill_context,
-        spill_rows,
     )
     from detector.settings import DEFAULT_CHUNK_ROWS
     from detector.tables import Spill
@@ -137,12 +136,8 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
         order = explore_order(model)
         counts = drift_counts(model)  # the batch's model inputs and risk, binned while scoring
         records = batch.records()
-        several = len(records.shipment_parts) > 1
-        if several:  # the cross-record frame waits on disk, as in `detector score`
-            records.hold_context = spill_context(spill)
         scores = score_with_progress(
-            records, model, 0, progress,
-            hold=spill_rows(spill) if several else None,
+            records, model, 0, progress, hold=hold_on_disk(records, spill),
             keep=lambda layered: queue_candidates(layered, capacities, supervised, explore,
                                                    familiar, order),
             observe=None if counts is None else counts.add)
