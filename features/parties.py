@@ -184,27 +184,31 @@ def screening_columns(name_norm: str, address_norm: str) -> list[pl.Expr]:
     ]
 
 
-def join_screening(lf: pl.LazyFrame, name_col: str, address_col: str | None,
-                   name_hits: pl.DataFrame, address_hits: pl.DataFrame,
-                   screening_list: pl.DataFrame | None) -> pl.LazyFrame:
-    """Attach the best list match for a record's normalised name (and address)."""
+def screening_hits(hits: pl.DataFrame, screening_list: pl.DataFrame | None,
+                   prefix: str) -> pl.LazyFrame:
+    """`screen`'s hits with their list entry's name and list: ``<prefix>_text``,
+    ``_score``, ``_list_entry``, ``_list_name``."""
     if screening_list is None or screening_list.height == 0:
         entries = pl.DataFrame(schema={"entry": pl.UInt32, "name": pl.String,
                                        "list_name": pl.String})
     else:
         entries = screening_list.with_row_index("entry").select("entry", "name", "list_name")
+    return (hits.join(entries, on="entry", how="left").lazy()
+            .select(pl.col("text").alias(f"{prefix}_text"),
+                    pl.col("score").alias(f"{prefix}_score"),
+                    pl.col("name").alias(f"{prefix}_list_entry"),
+                    pl.col("list_name").alias(f"{prefix}_list_name")))
 
-    def hits(df: pl.DataFrame, prefix: str) -> pl.LazyFrame:
-        return (df.join(entries, on="entry", how="left").lazy()
-                .select(pl.col("text").alias(f"{prefix}_text"),
-                        pl.col("score").alias(f"{prefix}_score"),
-                        pl.col("name").alias(f"{prefix}_list_entry"),
-                        pl.col("list_name").alias(f"{prefix}_list_name")))
 
-    lf = lf.join(hits(name_hits, "__sn"), left_on=name_col, right_on="__sn_text", how="left")
+def join_screening(lf: pl.LazyFrame, name_col: str, address_col: str | None,
+                   name_hits: pl.DataFrame, address_hits: pl.DataFrame,
+                   screening_list: pl.DataFrame | None) -> pl.LazyFrame:
+    """Attach the best list match for a record's normalised name (and address)."""
+    lf = lf.join(screening_hits(name_hits, screening_list, "__sn"), left_on=name_col,
+                 right_on="__sn_text", how="left")
     if address_col is not None:
-        lf = lf.join(hits(address_hits, "__sa"), left_on=address_col, right_on="__sa_text",
-                     how="left")
+        lf = lf.join(screening_hits(address_hits, screening_list, "__sa"),
+                     left_on=address_col, right_on="__sa_text", how="left")
     else:
         lf = lf.with_columns(pl.lit(None, pl.Float64).alias("__sa_score"),
                              pl.lit(None, pl.String).alias("__sa_list_entry"),
