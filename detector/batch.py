@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ class Batch:
     fingerprint: str
     reference_version: str
     provenance: dict = field(default_factory=dict)
+    # notices (the case memory's count of stored decisions, `scoring_labels`)
+    log: Callable[[str], None] = field(default=lambda _: None, repr=False)
 
     def records(self, chunk_rows: int | None = None, spill_dir: Path | None = None):
         """The batch as the scoring engine's records: its own shipments in parts of
@@ -91,11 +94,13 @@ def _combine_records(dataset: Dataset, history: list[Dataset], kind: str
 
 def load_batch(dataset_dir: str | Path, history_dirs: list[str | Path] = (),
                screening_list: str | Path | None = None, *,
-               allow_errors: bool = False, spill: Spill | None = None) -> Batch:
+               allow_errors: bool = False, spill: Spill | None = None,
+               log: Callable[[str], None] | None = None) -> Batch:
     """Read the dataset and its history, resolve the screening list, fingerprint the inputs.
 
     With ``spill``, the dataset's shipments, if longer than ``spill.over_rows``, wait on
-    disk as they pass validation (`detector.tables.Spill`)."""
+    disk as they pass validation (`detector.tables.Spill`). ``log`` receives the batch's
+    notices (`scoring_labels`)."""
     from detector.reference import load_reference, resolve_screening_list
 
     dataset = read_dataset(dataset_dir, allow_errors=allow_errors, spill=spill)
@@ -125,42 +130,96 @@ def load_batch(dataset_dir: str | Path, history_dirs: list[str | Path] = (),
             "screening_list": sl_source,
             "reference_version": reference.version,
         },
+        log=log or (lambda _: None),
     )
 
 
 def read_batch(progress: Progress, dataset_dir: str | Path,
                history_dirs: list[str | Path] = (), screening_list: str | Path | None = None,
-               *, allow_errors: bool = False, spill: Spill | None = None) -> Batch:
+               *, allow_errors: bool = False, spill: Spill | None = None,
+               log: Callable[[str], None] | None = None) -> Batch:
     """`load_batch` as a phase of the work."""
     with progress.phase(f"read {dataset_dir}" + (f" and {len(history_dirs)} history "
                                                  "dataset(s)" if history_dirs else "")) as phase:
         batch = load_batch(dataset_dir, history_dirs, screening_list,
-                           allow_errors=allow_errors, spill=spill)
+                           allow_errors=allow_errors, spill=spill, log=log)
         phase.finish(f"{height(batch.dataset.shipments):,} shipments, "
                      f"{batch.dataset.leases.height:,} leases, "
                      f"{batch.parties.height:,} parties")
     return batch
 
 
-def history_labels(batch: Batch) -> pl.DataFrame | None:
-    """The labels of the --history datasets: the case memory's decisions at scoring,
-    beside those stored with the model (the scored dataset's own are not used)."""
+def scoring_labels(batch: Batch) -> pl.DataFrame | None:
+    """The decisions the case memory counts at scoring, besides those stored with the
+    model: the labels of the --history datasets and the decision store's (the latest
+    decision per record, `detector.decisions.DecisionStore.labels`), one per record,
+    the latest ``decided_on`` winning and, on equal dates, the stored decision (as
+    training's `detector.decisions.merge_labels`). The scored dataset's own labels file
+    is not used. None: no such decision.
+
+    The one place every scoring path takes them from (score, explain, report, review,
+    drift through `Batch.records`, `feature_frame` and `record_frame`); read once per
+    batch. Only decisions about records of the batch or its history can count (the case
+    memory needs the record's parties, route and product); the others are counted and
+    left out. How many counted goes to ``batch.log`` and ``batch.provenance``. The
+    features count a decision only for records dated after it (features.case_memory).
+    """
+    if not hasattr(batch, "_scoring_labels"):
+        batch._scoring_labels = _scoring_labels(batch)
+    return batch._scoring_labels
+
+
+def _history_labels(batch: Batch) -> pl.DataFrame | None:
     frames = [h.labels for h in batch.history if h.labels.height]
     return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+
+def _scoring_labels(batch: Batch) -> pl.DataFrame | None:
+    from detector.contract import LABELS
+    from detector.decisions import DecisionStore, merge_labels
+
+    history = _history_labels(batch)
+    stored = DecisionStore().labels()
+    if stored.height == 0:  # no store, or nothing decided: the history's labels alone
+        return history
+    decided = stored.select("record_kind", "record_id")
+    shipments = decided.filter(pl.col("record_kind") == "shipment")["record_id"]
+    leases = decided.filter(pl.col("record_kind") == "lease")["record_id"]
+    # the stored records the batch holds (own or history), found without reading every id
+    present = pl.concat([
+        batch.shipments.lazy().select(pl.col("shipment_id").alias("record_id"))
+        .filter(pl.col("record_id").is_in(shipments.implode()))
+        .select(pl.lit("shipment").alias("record_kind"), "record_id"),
+        batch.leases.lazy().select(pl.col("lease_id").alias("record_id"))
+        .filter(pl.col("record_id").is_in(leases.implode()))
+        .select(pl.lit("lease").alias("record_kind"), "record_id"),
+    ]).collect()
+    base = history if history is not None else pl.DataFrame(schema=LABELS.schema)
+    labels, counts = merge_labels(base, stored, present)
+    batch.provenance["case_memory_stored_decisions"] = {
+        "history_labels": counts.dataset, "stored": counts.stored,
+        "stored_used": counts.stored_used, "stored_overriding": counts.stored_overriding,
+        "stored_elsewhere": counts.stored_elsewhere}
+    batch.log(f"case memory: {counts.stored_used} of {counts.stored} stored decisions about "
+              f"this batch and its history count ({counts.stored_overriding} overriding a "
+              f"different --history label; {counts.stored_elsewhere} about other records, "
+              f"not used), with {counts.dataset} --history labels; each counts only for "
+              "records dated after it")
+    return labels
 
 
 def feature_frame(batch: Batch, stats=None, *, labels: pl.DataFrame | None = None,
                   memory_out: dict | None = None) -> pl.DataFrame:
     """The feature frame of the batch's own records (history is context only).
 
-    ``labels`` feed the case memory (training: every label known); None: the history's
-    labels (scoring)."""
+    ``labels`` feed the case memory (training: every label known); None: those of
+    `scoring_labels` (scoring)."""
     from detector.reference import load_reference
     from features.build import build_features
 
     frame = build_features(batch.shipments, batch.leases, batch.parties, batch.screening_list,
                            load_reference(), stats,
-                           labels=history_labels(batch) if labels is None else labels,
+                           labels=scoring_labels(batch) if labels is None else labels,
                            memory_out=memory_out)
     return frame.join(batch.batch_keys(), on=["record_kind", "record_id"], how="semi") \
         .sort(["record_kind", "record_id"])
@@ -209,4 +268,4 @@ def _records(batch: Batch, chunk_rows: int | None, spill_dir: Path | None):
     return Records([*own, *context], batch.leases, batch.parties, batch.screening_list,
                    load_reference(), scored_parts=len(own),
                    scored_lease_ids=batch.dataset.leases["lease_id"],
-                   labels=history_labels(batch))
+                   labels=scoring_labels(batch))

@@ -571,8 +571,9 @@ def review(
 ) -> None:
     """Serve the local review page: ranked queue, case pages, decisions.
 
-    Decisions go to the decision store under $DETECTOR_HOME and feed the next
-    `detector train`.
+    Decisions go to the decision store under $DETECTOR_HOME: the case memory of the
+    next scoring counts them for later records, and the next `detector train` learns
+    from them.
     """
     from detector.queue import DEFAULT_EXPLORE
     from detector.review import serve

@@ -282,7 +282,7 @@ def compare_models(dataset_dir: str | Path, ref_a: str, ref_b: str,
                                 *_cutoff(bundle)), bundle))
     (a, bundle_a), (b, bundle_b) = models
     log(f"reading {dataset_dir}")
-    batch = load_batch(dataset_dir, history_dirs, screening_list)
+    batch = load_batch(dataset_dir, history_dirs, screening_list, log=log)
     keys = batch.batch_keys()
     record_dates = pl.concat([
         batch.dataset.shipments.select(pl.lit("shipment").alias("record_kind"),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from detector import engine as score_engine
-from detector.batch import Batch, history_labels, load_batch, read_batch
+from detector.batch import Batch, load_batch, read_batch, scoring_labels
 from detector.engine import (  # noqa: F401 (the API)
     FALLBACK_LABEL,
     LoadedModel,
@@ -199,7 +199,7 @@ def score(dataset_dir: str | Path, out: str | Path, history_dirs: list[str | Pat
         importing = import_while_reading(model_uri)
         batch = read_batch(progress, dataset_dir, history_dirs, screening_list,
                            allow_errors=quarantine is not None,
-                           spill=Spill(spill, chunk_rows or DEFAULT_CHUNK_ROWS))
+                           spill=Spill(spill, chunk_rows or DEFAULT_CHUNK_ROWS), log=log)
         with progress.phase("load model") as phase:
             importing.join()
             model = load_model(model_uri, log)
@@ -307,7 +307,7 @@ def drift(dataset_dir, history_dirs=(), *, model_uri: str | None = None,
     model's training data."""
     from detector.drift import PROFILE_KEY, InputCounts, check_batch
 
-    batch = load_batch(dataset_dir, history_dirs, screening_list)
+    batch = load_batch(dataset_dir, history_dirs, screening_list, log=log)
     model = load_model(model_uri, log)
     if model.fallback:
         raise InputError("no trained model to compare with: drift needs the training "
@@ -345,20 +345,39 @@ def record_frame(batch: Batch, model: LoadedModel, kind: str, record_id: str) ->
     """One record's feature frame, layer scores, risk and likely scheme, scored by the
     engine from only the records its features read (features.neighbourhood), not the
     whole batch: what `detector explain` needs in about a second. A model is required
-    (the fallback's detectors are fitted on the whole batch)."""
+    (the fallback's detectors are fitted on the whole batch).
+
+    The case memory reads the parties, route and product of every decided record
+    (`scoring_labels`), so those records come along as context too: the record then
+    counts the same decisions as when the whole batch is scored."""
     from detector.reference import load_reference
+
+    labels = scoring_labels(batch)
+    decided = (pl.DataFrame(schema={"record_kind": pl.String, "record_id": pl.String})
+               if labels is None else labels.select("record_kind", "record_id"))
+    decided_shipments = decided.filter(pl.col("record_kind") == "shipment")["record_id"]
+    decided_leases = decided.filter(pl.col("record_kind") == "lease")["record_id"]
     if kind == "shipment":
         around = batch.shipment_index().around(record_id)
         # the record alone in the first part, the only one whose features are built; its
         # neighbours are the context its cross-record features read
         one = pl.col("shipment_id") == record_id
         parts = [around.filter(one), around.filter(~one)]
-        leases = batch.leases.clear()
+        leases = batch.leases.filter(pl.col("lease_id").is_in(decided_leases.implode()))
+        near = around["shipment_id"]
     else:
         parts = [batch.shipments.clear()]
-        leases = batch.leases.filter(pl.col("lease_id") == record_id)
+        leases = batch.leases.filter((pl.col("lease_id") == record_id)
+                                     | pl.col("lease_id").is_in(decided_leases.implode()))
+        near = pl.Series([], dtype=pl.String)
+    if decided_shipments.len():
+        context = batch.shipments.lazy().filter(
+            pl.col("shipment_id").is_in(decided_shipments.implode())
+            & ~pl.col("shipment_id").is_in(near.implode())).collect()
+        if context.height:
+            parts.append(context)
     records = score_engine.Records(parts, leases, batch.parties, batch.screening_list,
-                                   load_reference(), labels=history_labels(batch))
+                                   load_reference(), labels=labels)
     return score_engine.score_record(records, model, kind, record_id)
 
 
@@ -394,7 +413,7 @@ def explain(dataset_dir: str | Path, record_id: str, kind: str | None = None,
     # neighbourhood index reads, and the record's neighbourhood, come back (Spill).
     with temporary_directory("explain") as spill:
         batch = load_batch(dataset_dir, history_dirs, screening_list,
-                           spill=Spill(spill, DEFAULT_CHUNK_ROWS))
+                           spill=Spill(spill, DEFAULT_CHUNK_ROWS), log=log)
         kind = _record_key(batch, dataset_dir, record_id, kind)
         model = load_model(model_uri, log)
         if model.fallback:

@@ -586,8 +586,8 @@ class FeatureBuilder:
             del part
         del only
         inputs = pl.concat(inputs)
-        # case memory: the decisions stored with the model, then those of ``labels``, on
-        # shipments and leases alike (features.case_memory)
+        # case memory: the decisions stored with the model and those of ``labels``, the
+        # latest per record, on shipments and leases alike (features.case_memory)
         lease_keys = _lease_parties(self.ctx, self.leases).select(
             "__lrow", "record_id", "record_date", *case_memory.KEY_COLUMNS) \
             .collect(engine="in-memory")
@@ -599,8 +599,13 @@ class FeatureBuilder:
                 case_memory.case_events(inputs.lazy().drop("record_id")
                                         .rename({"shipment_id": "record_id"}), labels.lazy()),
                 case_memory.case_events(lease_keys.lazy(), labels.lazy(), "lease"))
-        self.events = case_memory.merge_events(given, stored)
-        self.prior = case_memory.prior_rate(self.events) if given.height else stored_prior
+        self.events = case_memory.latest_events(given, stored)
+        # the smoothing prior is learned: the model's, from its training decisions; those
+        # handed in at scoring add counts, never a new prior, so no decision moves the
+        # rate of a record dated before it. None stored (training, the fallback): the
+        # confirmed share of the decisions given.
+        self.prior = stored_prior if stored_prior is not None \
+            else case_memory.prior_rate(self.events)
         # in date order, the order every cross-record piece keeps (`_cross_record`); the
         # unsorted frame is let go before the pieces run (at 10M shipments it is ~1 GB)
         inputs = inputs.drop("shipment_id").sort("record_date", "record_id")

@@ -27,7 +27,11 @@ record, is dated at its record (a decision cannot precede what it decides), so a
 never sees its own label nor any label decided on or after its date. In training this is
 the out-of-fold rule: every row's case memory comes only from labels decided before it.
 At scoring the decisions are those stored in the bundle (every training label, with
-their cut-off date) plus the labels of the `--history` datasets.
+their cut-off date) plus those handed in: the labels of the `--history` datasets and
+the analysts' decision store (`detector.batch.scoring_labels`), one per record, the
+latest decision winning (`latest_events`). The same date rule holds: a decision made
+today about a record of the batch counts for the later records of its party, linked
+parties, route and product, never for that record itself.
 """
 
 from __future__ import annotations
@@ -123,6 +127,20 @@ def merge_events(first: pl.DataFrame, *others: pl.DataFrame) -> pl.DataFrame:
         return empty_events()
     return pl.concat(frames).unique(["record_kind", "record_id"], keep="first",
                                     maintain_order=True)
+
+
+def latest_events(given: pl.DataFrame, stored: pl.DataFrame) -> pl.DataFrame:
+    """The events of decisions handed in at scoring (``given``: --history labels and the
+    decision store's) and of those stored with the model (``stored``), one per record:
+    the later event date wins (the latest decision, as training merges its labels); on
+    equal dates ``given``'s, the newer word."""
+    if not given.height or not stored.height:
+        return merge_events(given, stored)
+    key = ["record_kind", "record_id"]
+    both = pl.concat([stored.select(EVENT_COLUMNS), merge_events(given)]) \
+        .with_row_index("__order")
+    return (both.sort("event_date", "__order")
+            .unique(key, keep="last", maintain_order=True).drop("__order"))
 
 
 def prior_rate(events: pl.DataFrame) -> float | None:

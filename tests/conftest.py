@@ -19,6 +19,7 @@ Reading it gives no errors and exactly one warning (the repeated S0003 label).
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 
@@ -30,6 +31,20 @@ from detector.tables import write_table
 
 # Session fixtures of the model/pipeline tests (one simulated world, one trained home).
 pytest_plugins = ["pipeline_fixtures"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_detector_home(tmp_path_factory):
+    """Every test runs with ``DETECTOR_HOME`` at an empty test directory unless it
+    points it elsewhere: a developer's own MLflow runs and decision store (which feeds
+    the case memory of every scoring) never reach a test."""
+    saved = os.environ.get("DETECTOR_HOME")
+    os.environ["DETECTOR_HOME"] = str(tmp_path_factory.mktemp("detector_home"))
+    yield
+    if saved is None:
+        os.environ.pop("DETECTOR_HOME", None)
+    else:
+        os.environ["DETECTOR_HOME"] = saved
 
 _SHIPMENT_ROWS = [
     # id, date, exporter, exp_c, consignee, cons_c, address, type, party_id, dest, transit,

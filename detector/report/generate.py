@@ -120,7 +120,7 @@ def generate_report(dataset_dir: str | Path, out: str | Path,
     # validation (detector.tables.Spill), and so do its parts' rows for the ranking.
     with temporary_directory("report") as spill:
         batch = read_batch(progress, dataset_dir, history_dirs, screening_list,
-                           spill=Spill(spill, DEFAULT_CHUNK_ROWS))
+                           spill=Spill(spill, DEFAULT_CHUNK_ROWS), log=log)
         with progress.phase("load model") as phase:
             model = load_model(model_uri, log)
             phase.finish(model.label)

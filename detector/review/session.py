@@ -478,7 +478,7 @@ def open_review(dataset_dir: str | Path, *, scores_path: str | Path | None = Non
 
     parse_capacity(capacity, 1)
     check_explore(explore)
-    batch = load_batch(dataset_dir, history_dirs, screening_list)
+    batch = load_batch(dataset_dir, history_dirs, screening_list, log=log)
     scored = None
     if scores_path is not None:
         scores = read_scores(Path(scores_path))
