@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -15,6 +17,9 @@ from detector.errors import InputError, UsageError
 from detector.progress import Progress
 from detector.settings import DEFAULT_CHUNK_ROWS
 from detector.tables import Dataset, Spill, height, read_dataset
+
+if TYPE_CHECKING:
+    from detector.decisions import DecisionStore
 
 
 @dataclass
@@ -31,6 +36,9 @@ class Batch:
     provenance: dict = field(default_factory=dict)
     # notices (the case memory's count of stored decisions, `scoring_labels`)
     log: Callable[[str], None] = field(default=lambda _: None, repr=False)
+    # the decision store the case memory reads at scoring (`scoring_labels`); None: the
+    # default one, `$DETECTOR_HOME/decisions.sqlite`
+    decisions: DecisionStore | None = field(default=None, repr=False)
 
     def records(self, chunk_rows: int | None = None, spill_dir: Path | None = None):
         """The batch as the scoring engine's records: its own shipments in parts of
@@ -47,6 +55,24 @@ class Batch:
 
             self._shipment_index = ShipmentIndex(self.shipments, self.parties)
         return self._shipment_index
+
+    @cached_property
+    def scoring_labels(self) -> pl.DataFrame | None:
+        """The decisions the case memory counts at scoring, besides those stored with the
+        model: the labels of the --history datasets and the decision store's (the latest
+        decision per record, `detector.decisions.DecisionStore.labels`), one per record,
+        the latest ``decided_on`` winning and, on equal dates, the stored decision (as
+        training's `detector.decisions.merge_labels`). The scored dataset's own labels file
+        is not used. None: no such decision.
+
+        The one place every scoring path takes them from (score, explain, report, review,
+        drift through `Batch.records`, `feature_frame` and `record_frame`), read from
+        ``decisions`` once per batch (a cached property). Only decisions about records of
+        the batch or its history can count (the case memory needs the record's parties,
+        route and product); the others are counted and left out. How many counted goes to ``batch.log`` and ``batch.provenance``. The
+        features count a decision only for records dated after it (features.case_memory).
+        """
+        return _scoring_labels(self)
 
     def batch_keys(self) -> pl.DataFrame:
         """(record_kind, record_id) of the records being scored: the dataset's own."""
@@ -95,12 +121,14 @@ def _combine_records(dataset: Dataset, history: list[Dataset], kind: str
 def load_batch(dataset_dir: str | Path, history_dirs: list[str | Path] = (),
                screening_list: str | Path | None = None, *,
                allow_errors: bool = False, spill: Spill | None = None,
-               log: Callable[[str], None] | None = None) -> Batch:
+               log: Callable[[str], None] | None = None,
+               decisions: DecisionStore | None = None) -> Batch:
     """Read the dataset and its history, resolve the screening list, fingerprint the inputs.
 
     With ``spill``, the dataset's shipments, if longer than ``spill.over_rows``, wait on
     disk as they pass validation (`detector.tables.Spill`). ``log`` receives the batch's
-    notices (`scoring_labels`)."""
+    notices (`Batch.scoring_labels`); ``decisions``: the decision store its case memory
+    reads (None: the default one under ``$DETECTOR_HOME``)."""
     from detector.reference import load_reference, resolve_screening_list
 
     dataset = read_dataset(dataset_dir, allow_errors=allow_errors, spill=spill)
@@ -131,6 +159,7 @@ def load_batch(dataset_dir: str | Path, history_dirs: list[str | Path] = (),
             "reference_version": reference.version,
         },
         log=log or (lambda _: None),
+        decisions=decisions,
     )
 
 
@@ -149,26 +178,6 @@ def read_batch(progress: Progress, dataset_dir: str | Path,
     return batch
 
 
-def scoring_labels(batch: Batch) -> pl.DataFrame | None:
-    """The decisions the case memory counts at scoring, besides those stored with the
-    model: the labels of the --history datasets and the decision store's (the latest
-    decision per record, `detector.decisions.DecisionStore.labels`), one per record,
-    the latest ``decided_on`` winning and, on equal dates, the stored decision (as
-    training's `detector.decisions.merge_labels`). The scored dataset's own labels file
-    is not used. None: no such decision.
-
-    The one place every scoring path takes them from (score, explain, report, review,
-    drift through `Batch.records`, `feature_frame` and `record_frame`); read once per
-    batch. Only decisions about records of the batch or its history can count (the case
-    memory needs the record's parties, route and product); the others are counted and
-    left out. How many counted goes to ``batch.log`` and ``batch.provenance``. The
-    features count a decision only for records dated after it (features.case_memory).
-    """
-    if not hasattr(batch, "_scoring_labels"):
-        batch._scoring_labels = _scoring_labels(batch)
-    return batch._scoring_labels
-
-
 def _history_labels(batch: Batch) -> pl.DataFrame | None:
     frames = [h.labels for h in batch.history if h.labels.height]
     return pl.concat(frames, how="diagonal_relaxed") if frames else None
@@ -179,7 +188,8 @@ def _scoring_labels(batch: Batch) -> pl.DataFrame | None:
     from detector.decisions import DecisionStore, merge_labels
 
     history = _history_labels(batch)
-    stored = DecisionStore().labels()
+    store = batch.decisions if batch.decisions is not None else DecisionStore()
+    stored = store.labels()
     if stored.height == 0:  # no store, or nothing decided: the history's labels alone
         return history
     decided = stored.select("record_kind", "record_id")
@@ -219,7 +229,7 @@ def feature_frame(batch: Batch, stats=None, *, labels: pl.DataFrame | None = Non
 
     frame = build_features(batch.shipments, batch.leases, batch.parties, batch.screening_list,
                            load_reference(), stats,
-                           labels=scoring_labels(batch) if labels is None else labels,
+                           labels=batch.scoring_labels if labels is None else labels,
                            memory_out=memory_out)
     return frame.join(batch.batch_keys(), on=["record_kind", "record_id"], how="semi") \
         .sort(["record_kind", "record_id"])
@@ -268,4 +278,4 @@ def _records(batch: Batch, chunk_rows: int | None, spill_dir: Path | None):
     return Records([*own, *context], batch.leases, batch.parties, batch.screening_list,
                    load_reference(), scored_parts=len(own),
                    scored_lease_ids=batch.dataset.leases["lease_id"],
-                   labels=scoring_labels(batch))
+                   labels=batch.scoring_labels)

@@ -9,6 +9,9 @@ label: a record whose latest decision is "needs more information" is unlabelled 
 Two analysts (two processes, or two requests of the review page) deciding at once lose
 nothing: each decision is one short ``BEGIN IMMEDIATE`` transaction in WAL mode, and a
 writer that finds the store busy waits (``busy_timeout``) instead of failing.
+Readers (every scoring path, training, the export) open it read-only: no folder,
+file, lock or journal change, so scoring runs with a read-only ``$DETECTOR_HOME``
+and a missing store reads as no decisions.
 
 The store is the source of stored labels for training (`merge_labels`): the dataset's
 labels and the store's, one per record, the latest ``decided_on`` winning; on equal
@@ -22,6 +25,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import polars as pl
 
@@ -210,22 +214,34 @@ class DecisionStore:
             conn.close()
         return len(rows)
 
+    def _read(self, query: str, args: tuple = ()) -> list[tuple]:
+        """The rows of one query, read through a read-only connection: a read creates no
+        folder, file, lock or journal change (scoring only reads, and may run with a
+        read-only ``$DETECTOR_HOME``). No store file, or no table yet: no rows."""
+        if not self.path.exists():
+            return []
+        try:
+            conn = _open_read_only(self.path)
+            try:
+                if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                "AND name = 'decisions'").fetchone() is None:
+                    return []  # a writer is creating the store (`_prepare`)
+                return conn.execute(query, args).fetchall()
+            finally:
+                conn.close()
+        except (sqlite3.Error, OSError) as exc:
+            raise EnvironmentFailure(f"decision store {self.path}: {exc}") from exc
+
     def history(self, record_kind: str | None = None, record_id: str | None = None
                 ) -> pl.DataFrame:
         """Every stored decision (of one record, if given), oldest first."""
-        if not self.path.exists():
-            return pl.DataFrame(schema=SCHEMA)
         where, args = "", ()
         if record_id is not None:
             where, args = " WHERE record_kind = ? AND record_id = ?", (record_kind, record_id)
-        conn = self._connect()
-        try:
-            rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM decisions{where} "
-                                "ORDER BY id", args).fetchall()
-        except sqlite3.Error as exc:
-            raise EnvironmentFailure(f"decision store {self.path}: {exc}") from exc
-        finally:
-            conn.close()
+        rows = self._read(f"SELECT {', '.join(COLUMNS)} FROM decisions{where} ORDER BY id",
+                          args)
+        if not rows:
+            return pl.DataFrame(schema=SCHEMA)
         frame = pl.DataFrame(rows, schema={k: (pl.String if v == pl.Date else v)
                                            for k, v in SCHEMA.items()}, orient="row")
         return frame.with_columns(pl.col("decided_on").str.to_date("%Y-%m-%d", strict=False))
@@ -240,6 +256,26 @@ class DecisionStore:
         latest = self.latest().filter(pl.col("label").is_not_null())
         return latest.select("record_kind", "record_id", "label", "typology", "decided_on",
                              *EXPORT_EXTRA).sort(["record_kind", "record_id"])
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """``path`` opened read-only (sqlite URI ``mode=ro``).
+
+    A WAL store whose folder cannot be written, and which has no ``-shm`` file, cannot
+    be opened so (SQLite must create that file: SQLITE_READONLY_DIRECTORY); it is then
+    read as immutable: nobody can be writing it either, since a writer needs that folder.
+    """
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                           isolation_level=None)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if getattr(exc, "sqlite_errorname", "") != "SQLITE_READONLY_DIRECTORY":
+            raise
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+    return conn
 
 
 def latest_per_record(history: pl.DataFrame) -> pl.DataFrame:

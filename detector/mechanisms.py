@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import cache
 
 from features.behaviour import SPLITTING_WINDOW_DAYS
 from features.parties import INDUSTRIES_THAT_DO_NOT_FIT
@@ -42,19 +43,26 @@ def _transit(row: dict) -> str:
     return ", ".join(transit) if isinstance(transit, list) else str(transit)
 
 
-RESTRICTED = ("CN", "HK", "MO")
+@cache
+def restricted() -> tuple[str, ...]:
+    """China, Hong Kong and Macau, as the reference data gives them
+    (`features.refview.china_sphere`: CN, TREATED_AS_CN and MACAU)."""
+    from detector.reference import load_reference
+    from features.refview import china_sphere
+
+    return china_sphere(load_reference())
 
 
 def onward_leg(row: dict) -> bool:
     """A hub company exporting the goods on to China, Hong Kong or Macau: the exporter is
     the party whose profile tells the scheme (it received them on an earlier leg)."""
     exporter = row.get("exporter_country")
-    return bool(exporter) and exporter != "US" and row.get("destination_country") in RESTRICTED
+    return bool(exporter) and exporter != "US" and row.get("destination_country") in restricted()
 
 
 def transshipment(row: dict) -> Mechanism | None:
     exporter = row.get("exporter_country")
-    if exporter and exporter != "US" and row.get("destination_country") in RESTRICTED:
+    if exporter and exporter != "US" and row.get("destination_country") in restricted():
         return (f"re-export of {_goods(row)} from {exporter} to "
                 f"{row.get('counterparty_name') or 'a consignee'} in "
                 f"{row['destination_country']}", {"reexport_leg"})
@@ -147,14 +155,14 @@ def restricted_parent(row: dict) -> Mechanism | None:
     depth = _num(row, "ownership_depth")
     country = row.get("ultimate_parent_country")
     if row.get("ultimate_parent_name") and depth and depth >= 1 and (
-            _true(row, "ultimate_parent_in_d5_or_macau") or country in RESTRICTED):
+            _true(row, "ultimate_parent_in_d5_or_macau") or country in restricted()):
         levels = f", {depth:,.0f} level{'s' if depth != 1 else ''} up"
         return (f"ultimately owned by {row['ultimate_parent_name']} ({country}){levels}",
                 {"ownership"})
     depth = _num(row, "exporter_ownership_depth")
     country = row.get("exporter_parent_country")
     if (onward_leg(row) and row.get("exporter_parent_name") and depth and depth >= 1
-            and (_true(row, "exporter_parent_in_d5_or_macau") or country in RESTRICTED)):
+            and (_true(row, "exporter_parent_in_d5_or_macau") or country in restricted())):
         levels = f", {depth:,.0f} level{'s' if depth != 1 else ''} up"
         return (f"exporter re-exporting the goods is ultimately owned by "
                 f"{row['exporter_parent_name']} ({country}){levels}", {"exporter_ownership"})

@@ -106,7 +106,7 @@ def exporter_signals() -> dict[str, pl.Expr]:
     or a restricted group's. Each scheme's points, weighted as the consignee's flags of the
     same kind (the shell profile per flag, a screening match >= 90 as the screening rule,
     a parent in D:5, Macau or Hong Kong as a D:5 parent)."""
-    from detector.mechanisms import NEWLY_FORMED_DAYS
+    from detector.mechanisms import NEWLY_FORMED_DAYS, restricted
     from features.parties import INDUSTRIES_THAT_DO_NOT_FIT
 
     onward = reexport_leg()
@@ -119,7 +119,7 @@ def exporter_signals() -> dict[str, pl.Expr]:
     listed = (pl.col("exporter_screening_score") >= 90).fill_null(False)
     parent = ((pl.col("exporter_ownership_depth") >= 1)
               & (pl.col("exporter_parent_in_d5_or_macau")
-                 | pl.col("exporter_parent_country").is_in(["CN", "HK", "MO"]))).fill_null(False)
+                 | pl.col("exporter_parent_country").is_in(restricted()))).fill_null(False)
     return {
         "shell_company": onward.cast(pl.Float64) * shell * SHELL_FLAG_WEIGHT,
         "screening_evasion": (onward & listed).cast(pl.Float64)
@@ -131,13 +131,17 @@ def exporter_signals() -> dict[str, pl.Expr]:
 
 def declared_to_restricted() -> pl.Expr:
     """A US export (the first leg) declared straight to China, Hong Kong or Macau."""
+    from detector.mechanisms import restricted
+
     return ((pl.col("exporter_country").fill_null("US") == "US")
-            & pl.col("destination_country").is_in(["CN", "HK", "MO"])).fill_null(False)
+            & pl.col("destination_country").is_in(restricted())).fill_null(False)
 
 
 def reexport_leg() -> pl.Expr:
+    from detector.mechanisms import restricted
+
     return ((pl.col("exporter_country").fill_null("US") != "US")
-            & pl.col("destination_country").is_in(["CN", "HK", "MO"])
+            & pl.col("destination_country").is_in(restricted())
             & (pl.col("chip_controlled") | pl.col("vague_description")).fill_null(False))
 
 

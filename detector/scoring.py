@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from detector import engine as score_engine
-from detector.batch import Batch, load_batch, read_batch, scoring_labels
+from detector.batch import Batch, load_batch, read_batch
 from detector.engine import (  # noqa: F401 (the API)
     FALLBACK_LABEL,
     LoadedModel,
@@ -348,11 +348,11 @@ def record_frame(batch: Batch, model: LoadedModel, kind: str, record_id: str) ->
     (the fallback's detectors are fitted on the whole batch).
 
     The case memory reads the parties, route and product of every decided record
-    (`scoring_labels`), so those records come along as context too: the record then
+    (`Batch.scoring_labels`), so those records come along as context too: the record then
     counts the same decisions as when the whole batch is scored."""
     from detector.reference import load_reference
 
-    labels = scoring_labels(batch)
+    labels = batch.scoring_labels
     decided = (pl.DataFrame(schema={"record_kind": pl.String, "record_id": pl.String})
                if labels is None else labels.select("record_kind", "record_id"))
     decided_shipments = decided.filter(pl.col("record_kind") == "shipment")["record_id"]

@@ -2,7 +2,8 @@
 
 `build_features` returns one row per shipment and per lease, keyed by
 (record_kind, record_id), with `record_date` and every feature of
-`features.registry.FEATURES` (a feature that does not apply to a kind is null there).
+`features.registry.FEATURES` (a feature that does not apply to a kind is null there),
+then the registry's `RULE_INPUTS`.
 
 How the work is split: name matching (resolving consignees to parties, screening-list
 matches) runs first over the *distinct* normalised names with rapidfuzz, which needs
@@ -26,7 +27,7 @@ from features import behaviour, case_memory, learned, product, route
 from features import parties as party_features
 from features.names import normalise_address, normalise_name
 from features.refview import RefView, view
-from features.registry import FEATURES
+from features.registry import FEATURES, RULE_INPUTS
 from features.stats import UNKNOWN_CODE, FeatureStats, default_category_maps
 
 KEY = ["record_kind", "record_id"]
@@ -505,9 +506,10 @@ def _lease_frame(ctx: _Context, leases: pl.DataFrame,
 
 def _select(lf: pl.LazyFrame, carry: list[str], inputs: list[str] = ()) -> pl.LazyFrame:
     """The registry's columns (nulls for features of the other kind), in registry order,
-    then the configured inputs (`features.learned`)."""
+    then its rule inputs, then the configured inputs (`features.learned`)."""
     have = set(lf.collect_schema().names())
-    cols = [pl.col(n) if n in have else pl.lit(None).alias(n) for n in [*FEATURES, *inputs]]
+    cols = [pl.col(n) if n in have else pl.lit(None).alias(n)
+            for n in [*FEATURES, *RULE_INPUTS, *inputs]]
     extra = [pl.col(c) if c in have else pl.lit(None).alias(c) for c in carry]
     return lf.select(*KEY, "record_date", *cols, *extra)
 
@@ -570,7 +572,8 @@ class FeatureBuilder:
             records = _shipment_records(self.ctx, part, row)
             if len(self.parts) == 1:
                 # only the columns its features and the window inputs read are built
-                wanted = {"__row", *KEY, "record_date", *FEATURES, *self.input_names}
+                wanted = {"__row", *KEY, "record_date", *FEATURES, *RULE_INPUTS,
+                          *self.input_names}
                 window = {n for e in _window_columns(self.ctx.ref) for n in e.meta.root_names()}
                 records = records.select(c for c in records.collect_schema().names()
                                          if c in wanted or c in window)

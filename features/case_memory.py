@@ -28,8 +28,8 @@ never sees its own label nor any label decided on or after its date. In training
 the out-of-fold rule: every row's case memory comes only from labels decided before it.
 At scoring the decisions are those stored in the bundle (every training label, with
 their cut-off date) plus those handed in: the labels of the `--history` datasets and
-the analysts' decision store (`detector.batch.scoring_labels`), one per record, the
-latest decision winning (`latest_events`). The same date rule holds: a decision made
+the analysts' decision store (`detector.batch.Batch.scoring_labels`), one per record,
+the latest decision winning (`latest_events`). The same date rule holds: a decision made
 today about a record of the batch counts for the later records of its party, linked
 parties, route and product, never for that record itself.
 """

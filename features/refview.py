@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-CHINA_SPHERE = ("CN", "HK", "MO")  # payer / re-export destinations named in the cases
+# China itself; the places the chip rules treat as China or name with it come from the
+# reference (`china_sphere`)
+CHINA = "CN"
 GPU_HS6_DEFAULT = ("847150", "847141", "847149", "847180", "847330", "854231")
 
 
@@ -20,6 +22,7 @@ class RefView:
     d5: tuple[str, ...]
     d5_or_macau: tuple[str, ...]
     d5_hk_mo: tuple[str, ...]
+    china_sphere: tuple[str, ...]  # China, Hong Kong, Macau (`china_sphere`)
     licence_required: tuple[str, ...]
     hubs_confirmed: tuple[str, ...]
     hubs_unconfirmed: tuple[str, ...]
@@ -45,9 +48,21 @@ def _group(reference, group: str, confirmed_only: bool = False) -> tuple[str, ..
         return ()
 
 
+def china_sphere(reference) -> tuple[str, ...]:
+    """China and the places the chip rules treat as China (``TREATED_AS_CN``: Hong Kong)
+    or name with it (``MACAU``), from the reference's groups (data/country_groups.csv):
+    the payer and re-export destinations named in the cases."""
+    return _sorted({CHINA, *_group(reference, "TREATED_AS_CN"), *_macau(reference)})
+
+
+def _macau(reference) -> tuple[str, ...]:
+    return _group(reference, "MACAU") or ("MO",)
+
+
 def view(reference) -> RefView:
     d5 = _group(reference, "D:5")
-    macau = _group(reference, "MACAU") or ("MO",)
+    macau = _macau(reference)
+    sphere = china_sphere(reference)
     hubs_all = set(_group(reference, "HUB"))
     hubs_confirmed = _group(reference, "HUB", confirmed_only=True)
     hs = reference.hs_codes
@@ -75,7 +90,8 @@ def view(reference) -> RefView:
     return RefView(
         d5=d5,
         d5_or_macau=_sorted(set(d5) | set(macau)),
-        d5_hk_mo=_sorted(set(d5) | set(macau) | set(CHINA_SPHERE)),
+        d5_hk_mo=_sorted(set(d5) | set(macau) | set(sphere)),
+        china_sphere=sphere,
         licence_required=_sorted(reference.licence_required_countries()),
         hubs_confirmed=hubs_confirmed,
         hubs_unconfirmed=tuple(sorted(hubs_all - set(hubs_confirmed))),

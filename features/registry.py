@@ -409,6 +409,16 @@ FEATURES: dict[str, Feature] = {f.name: f for f in _ALL}
 if len(FEATURES) != len(_ALL):  # a repeated name would silently drop a feature
     raise RuntimeError("features.registry: duplicate feature names")
 
+# Columns of the feature frame that only rules read (features/rules.py), after the
+# features: computed with the reference data (`features.refview`), they are neither model
+# inputs nor a record's context, so neither the model, explain nor the reasons see them.
+RULE_INPUTS: dict[str, str] = {
+    "payer_in_china_sphere": "payer in China, Hong Kong or Macau (the reference's China, "
+                             "TREATED_AS_CN and MACAU: `features.refview.china_sphere`)",
+}
+if set(RULE_INPUTS) & set(FEATURES):
+    raise RuntimeError("features.registry: a rule input is also a feature")
+
 
 # Feature families a training config can leave out (`[inputs] without = [...]`), e.g. for
 # an ablation. The configured inputs (`[inputs] categorical/numeric`) are their own.

@@ -44,6 +44,7 @@ def money_columns(ref: RefView, counterparty_country: str) -> list[pl.Expr]:
     return [
         (payer != pl.col(counterparty_country)).alias("payer_country_mismatch"),
         payer.is_in(ref.d5_hk_mo).alias("payer_in_d5_hk_or_mo"),
+        payer.is_in(ref.china_sphere).alias("payer_in_china_sphere"),  # a rule input
     ]
 
 

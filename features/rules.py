@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from features.refview import CHINA_SPHERE
 from features.registry import FEATURES, FLAGGED_WHEN, fill_template
 
 
@@ -62,7 +61,7 @@ RULES: list[Rule] = [
     Rule("new_lessee", "lessee under one year old leasing controlled GPUs",
          flag["lessee_age_days"] & c("chip_controlled"), 10.0, "lessee_age_days"),
     Rule("china_payer", "payer in China, Hong Kong or Macau for a party elsewhere",
-         c("payer_country").is_in(CHINA_SPHERE) & c("payer_country_mismatch"), 20.0,
+         c("payer_in_china_sphere") & c("payer_country_mismatch"), 20.0,
          "payer_country_mismatch"),
     Rule("unusual_payment", "payment by cash, crypto or a third party",
          c("unusual_payment_method"), 10.0, "unusual_payment_method"),

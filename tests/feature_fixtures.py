@@ -26,6 +26,7 @@ CHIPS = pl.DataFrame({
 GROUPS = {
     "D:5": ["CN", "RU", "IR"],
     "MACAU": ["MO"],
+    "TREATED_AS_CN": ["HK"],
     "HUB": ["SG", "MY", "HK"],
     "A:6": ["SG"],
 }

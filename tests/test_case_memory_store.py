@@ -151,7 +151,7 @@ def test_a_stored_lease_confirmation_counts_for_the_lessees_later_leases(
 def test_a_later_history_label_wins_over_an_older_stored_decision(world, tmp_path):
     """Precedence at scoring, as in training: the latest decided_on wins; the counts
     say how many stored decisions counted."""
-    from detector.batch import load_batch, scoring_labels
+    from detector.batch import load_batch
 
     data = tmp_path / "batch"
     history = tmp_path / "history"
@@ -181,11 +181,38 @@ def test_a_later_history_label_wins_over_an_older_stored_decision(world, tmp_pat
     said = []
     with detector_env(home):
         batch = load_batch(data, [history], log=said.append)
-        labels = scoring_labels(batch)
-        assert scoring_labels(batch) is labels  # read once per batch
+        labels = batch.scoring_labels
+        assert batch.scoring_labels is labels  # read once per batch
+        assert "scoring_labels" in vars(batch)  # the cached property's value, nothing else
     label_of = dict(zip(labels["record_id"], labels["label"]))
     assert label_of == {first: 0, second: 1, third: 1}
     assert batch.provenance["case_memory_stored_decisions"] == {
         "history_labels": 2, "stored": 3, "stored_used": 2, "stored_overriding": 1,
         "stored_elsewhere": 1}
     assert len(said) == 1 and said[0].startswith("case memory: 2 of 3 stored decisions")
+
+
+def test_the_review_page_scores_with_the_store_it_was_given(world, bundle, tmp_path):
+    """`open_review(store=...)`: the store the page writes to is the one its scoring's
+    case memory reads, not the default store under $DETECTOR_HOME (left uncreated)."""
+    from detector.review.session import open_review
+
+    rows = _unlabelled_party(world, "shipments", "shipment_id", "consignee_party_id",
+                             "export_date")
+    confirmed = rows.row(0, named=True)
+    later = rows.filter(pl.col("record_date") > confirmed["record_date"])["record_id"]
+    store = DecisionStore(tmp_path / "elsewhere" / "decisions.sqlite")
+    store.add([make_decision("shipment", confirmed["record_id"], "confirm", "ana",
+                             typology="transshipment", decided_on=confirmed["record_date"])])
+    home = tmp_path / "home"
+    home.mkdir()
+    with detector_env(home):
+        session = open_review(world, model_uri=str(bundle), store=store)
+        frame = session.scored().frame
+    assert session.batch.scoring_labels.select("record_id", "label").rows() == [
+        (confirmed["record_id"], 1)]
+    assert session.batch.provenance["case_memory_stored_decisions"]["stored_used"] == 1
+    for record in later:
+        assert _row(frame, "shipment", record)["consignee_confirmed_before"] == 1
+    assert not (home / "decisions.sqlite").exists()
+    assert session.batch.decisions is store and session.store is store

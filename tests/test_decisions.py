@@ -75,6 +75,58 @@ def test_a_later_decided_on_wins_over_a_later_insert(tmp_path):
     assert store.labels()["label"].to_list() == [1]
 
 
+def test_reading_a_missing_store_creates_nothing(tmp_path):
+    """Scoring only reads the store: with none, a read makes no folder, file or lock."""
+    home = tmp_path / "home"
+    store = DecisionStore(home / "decisions.sqlite")
+    assert store.history().height == 0
+    assert store.latest().height == 0
+    assert store.labels().height == 0
+    assert not home.exists()
+    home.mkdir()
+    assert store.labels().height == 0 and store.history("shipment", "S1").height == 0
+    assert list(home.iterdir()) == []  # no file, no .lock, no -wal or -shm
+
+
+def test_reading_an_existing_store_is_read_only(tmp_path):
+    """A store read takes no lock and leaves the journal alone (a read-only connection):
+    here a store in SQLite's default rollback journal, made without `DecisionStore`."""
+    from detector.decisions import _SCHEMA
+
+    path = tmp_path / "decisions.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_SCHEMA)
+        conn.execute("INSERT INTO decisions (record_kind, record_id, decision, label, "
+                     "typology, analyst, decided_on, decided_at, source) VALUES ('shipment',"
+                     " 'S1', 'confirm', 1, 'splitting', 'ana', '2024-05-01', 'x', 'cli')")
+    conn.close()
+    store = DecisionStore(path)
+    assert store.labels().select("record_id", "label", "typology").rows() == [
+        ("S1", 1, "splitting")]
+    assert store.history("shipment", "S1").height == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decisions.sqlite"]  # no lock
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
+    # a writer still prepares the store as before: WAL, under its lock
+    _decide(store, "S2", "clear")
+    assert {p.name for p in tmp_path.iterdir()} >= {"decisions.sqlite",
+                                                     "decisions.sqlite.lock"}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    assert DecisionStore(path).history().height == 2
+
+
+def test_an_unreadable_store_names_its_path(tmp_path):
+    from detector.errors import EnvironmentFailure
+
+    path = tmp_path / "decisions.sqlite"
+    path.write_text("not a database, " * 100)
+    with pytest.raises(EnvironmentFailure, match=f"decision store {path}"):
+        DecisionStore(path).labels()
+
+
 _WRITER = """
 import sys
 from detector.decisions import DecisionStore, make_decision

@@ -19,7 +19,7 @@ from feature_fixtures import (
 )
 
 from features.build import build_features, fit_feature_stats
-from features.registry import FEATURES, model_feature_names, render_reason
+from features.registry import FEATURES, RULE_INPUTS, model_feature_names, render_reason
 from features.rules import RULES, rule_points
 from features.stats import FeatureStats
 
@@ -44,7 +44,8 @@ def row(frame: pl.DataFrame, record_id: str) -> dict:
 
 def test_frame_has_key_date_and_every_registry_feature_sorted():
     frame = build(shipments(shipment("S2"), shipment("S1")), leases(lease("L1")))
-    assert frame.columns == ["record_kind", "record_id", "record_date", *FEATURES]
+    assert frame.columns == ["record_kind", "record_id", "record_date", *FEATURES,
+                             *RULE_INPUTS]
     assert frame.select("record_kind", "record_id").rows() == [
         ("lease", "L1"), ("shipment", "S1"), ("shipment", "S2")]
     for name in model_feature_names():
@@ -410,3 +411,25 @@ def test_rules_fire_on_a_misdeclared_shipment():
     assert {"misdeclared_classification", "undervalued", "china_payer",
             "unusual_payment"} <= set(result["rule_hits"])
     assert result["rule_points"] >= 35 + 20 + 20 + 10
+
+
+def test_the_china_payer_rule_reads_the_reference_groups():
+    """Issue #15: China, Hong Kong and Macau come from the reference's groups (CN,
+    TREATED_AS_CN, MACAU), not a list in the code: a place the data treats as China
+    is a China payer; one it does not is not, and is not a China re-export destination."""
+    from features.refview import china_sphere, view
+
+    class MoreAsChina(FakeReference):
+        def countries(self, group, confirmed_only=False):
+            extra = ["TW"] if group == "TREATED_AS_CN" else []
+            return sorted([*super().countries(group, confirmed_only), *extra])
+
+    assert china_sphere(REF) == ("CN", "HK", "MO")
+    assert china_sphere(MoreAsChina()) == ("CN", "HK", "MO", "TW")
+    assert "TW" in view(MoreAsChina()).d5_hk_mo and "TW" not in view(REF).d5_hk_mo
+    paid = shipments(shipment("TW", payer_country="TW"), shipment("HK", payer_country="HK"),
+                     shipment("DE", payer_country="DE"))
+    for reference, china in ((REF, {"HK"}), (MoreAsChina(), {"HK", "TW"})):
+        frame = build_features(paid, NO_LEASES, NO_PARTIES, None, reference, None)
+        hits = dict(zip(frame["record_id"], rule_points(frame)["rule_hits"].to_list()))
+        assert {r for r, h in hits.items() if "china_payer" in h} == china

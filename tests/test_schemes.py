@@ -521,3 +521,42 @@ def test_reasons_count_one_thing_in_the_singular():
     assert splitting(row)[0].startswith("5 small shipments of H100 SXM")
     assert render_reason("linked_small_shipments_14d", {**row, "linked_small_value_14d_usd":
                                                          9e4}).startswith("5 small GPU shipments")
+
+
+def test_china_hong_kong_and_macau_come_from_the_reference(monkeypatch):
+    """Issue #15: the mechanisms' and schemes' China, Hong Kong and Macau (a re-export leg's
+    destination, a restricted parent) are the reference's CN, TREATED_AS_CN and MACAU, read
+    from data/country_groups.csv: a place the data treats as China counts as one."""
+    import dataclasses
+
+    import detector.reference
+    from detector.mechanisms import onward_leg, restricted, restricted_parent
+    from detector.schemes import declared_to_restricted, reexport_leg
+
+    shipped = pl.DataFrame({"exporter_country": ["US", "SG", "SG"],
+                            "destination_country": ["TW", "TW", "DE"],
+                            "chip_controlled": [True, True, True],
+                            "vague_description": [False, False, False]})
+    parent = _row(ultimate_parent_name="Formosa Holdings", ultimate_parent_country="TW",
+                  ownership_depth=2, ultimate_parent_in_d5_or_macau=False)
+    shipped_data = detector.reference.load_reference()
+    restricted.cache_clear()
+    try:
+        assert restricted() == ("CN", "HK", "MO")
+        assert not onward_leg({"exporter_country": "SG", "destination_country": "TW"})
+        assert restricted_parent(parent) is None
+        assert shipped.select(reexport_leg())[:, 0].to_list() == [False, False, False]
+        as_china = pl.DataFrame({"country": ["TW"], "group": ["TREATED_AS_CN"],
+                                 "confirmed": [False]})
+        changed = dataclasses.replace(shipped_data, country_groups=pl.concat(
+            [shipped_data.country_groups, as_china], how="diagonal_relaxed"))
+        monkeypatch.setattr(detector.reference, "load_reference", lambda: changed)
+        restricted.cache_clear()
+        assert restricted() == ("CN", "HK", "MO", "TW")
+        assert onward_leg({"exporter_country": "SG", "destination_country": "TW"})
+        assert restricted_parent(parent)[0] == ("ultimately owned by Formosa Holdings (TW), "
+                                                "2 levels up")
+        assert shipped.select(reexport_leg())[:, 0].to_list() == [False, True, False]
+        assert shipped.select(declared_to_restricted())[:, 0].to_list() == [True, False, False]
+    finally:
+        restricted.cache_clear()

@@ -478,7 +478,10 @@ def open_review(dataset_dir: str | Path, *, scores_path: str | Path | None = Non
 
     parse_capacity(capacity, 1)
     check_explore(explore)
-    batch = load_batch(dataset_dir, history_dirs, screening_list, log=log)
+    store = store if store is not None else DecisionStore()
+    # the store the page writes to is the one its scoring's case memory reads
+    batch = load_batch(dataset_dir, history_dirs, screening_list, log=log,
+                       decisions=store)
     scored = None
     if scores_path is not None:
         scores = read_scores(Path(scores_path))
@@ -499,7 +502,7 @@ def open_review(dataset_dir: str | Path, *, scores_path: str | Path | None = Non
                                   supervised=not model.fallback,
                                   familiar=familiar_cells(model), order=explore_order(model))
         scores = scores_columns(scored.frame)
-    return ReviewSession(batch, scores, model, store=store or DecisionStore(), analyst=analyst,
+    return ReviewSession(batch, scores, model, store=store, analyst=analyst,
                          scored=scored, dataset_dir=Path(dataset_dir), log=log)
 
 
