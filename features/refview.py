@@ -23,6 +23,7 @@ class RefView:
     d5_or_macau: tuple[str, ...]
     d5_hk_mo: tuple[str, ...]
     china_sphere: tuple[str, ...]  # China, Hong Kong, Macau (`china_sphere`)
+    hk_mo: tuple[str, ...]  # the same less China itself: Hong Kong, Macau
     licence_required: tuple[str, ...]
     hubs_confirmed: tuple[str, ...]
     hubs_unconfirmed: tuple[str, ...]
@@ -92,6 +93,7 @@ def view(reference) -> RefView:
         d5_or_macau=_sorted(set(d5) | set(macau)),
         d5_hk_mo=_sorted(set(d5) | set(macau) | set(sphere)),
         china_sphere=sphere,
+        hk_mo=tuple(c for c in sphere if c != CHINA),
         licence_required=_sorted(reference.licence_required_countries()),
         hubs_confirmed=hubs_confirmed,
         hubs_unconfirmed=tuple(sorted(hubs_all - set(hubs_confirmed))),

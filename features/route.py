@@ -26,7 +26,7 @@ def route_columns(ref: RefView) -> list[pl.Expr]:
         dest.is_in(ref.hubs_unconfirmed).alias("destination_unconfirmed_hub"),
         (pl.col("consignee_country") != dest).alias("consignee_destination_mismatch"),
         # no transit declared counts as no transit through HK / Macau
-        transit.list.eval(pl.element().is_in(["HK", "MO"])).list.any().fill_null(False)
+        transit.list.eval(pl.element().is_in(ref.hk_mo)).list.any().fill_null(False)
         .alias("transit_via_hk_or_mo"),
         transit.list.len().fill_null(0).cast(pl.Int64).alias("transit_country_count"),
         pl.col("intermediate_consignee_name").is_not_null().alias("intermediate_consignee_present"),

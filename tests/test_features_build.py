@@ -413,10 +413,11 @@ def test_rules_fire_on_a_misdeclared_shipment():
     assert result["rule_points"] >= 35 + 20 + 20 + 10
 
 
-def test_the_china_payer_rule_reads_the_reference_groups():
+def test_china_hong_kong_and_macau_come_from_the_reference_groups():
     """Issue #15: China, Hong Kong and Macau come from the reference's groups (CN,
-    TREATED_AS_CN, MACAU), not a list in the code: a place the data treats as China
-    is a China payer; one it does not is not, and is not a China re-export destination."""
+    TREATED_AS_CN, MACAU), not a list in the code: a place the data treats as China is a
+    China payer, a re-export destination and a transit like Hong Kong's; one it does not
+    is none of these."""
     from features.refview import china_sphere, view
 
     class MoreAsChina(FakeReference):
@@ -427,6 +428,12 @@ def test_the_china_payer_rule_reads_the_reference_groups():
     assert china_sphere(REF) == ("CN", "HK", "MO")
     assert china_sphere(MoreAsChina()) == ("CN", "HK", "MO", "TW")
     assert "TW" in view(MoreAsChina()).d5_hk_mo and "TW" not in view(REF).d5_hk_mo
+    assert view(REF).hk_mo == ("HK", "MO") and view(MoreAsChina()).hk_mo == ("HK", "MO", "TW")
+    routed = shipments(*[shipment(c, transit_countries=[c]) for c in ("TW", "HK", "MO", "SG")])
+    for reference, through in ((REF, [True, True, False, False]),
+                               (MoreAsChina(), [True, True, False, True])):
+        frame = build_features(routed, NO_LEASES, NO_PARTIES, None, reference, None)
+        assert frame["transit_via_hk_or_mo"].to_list() == through  # HK, MO, SG, TW
     paid = shipments(shipment("TW", payer_country="TW"), shipment("HK", payer_country="HK"),
                      shipment("DE", payer_country="DE"))
     for reference, china in ((REF, {"HK"}), (MoreAsChina(), {"HK", "TW"})):
